@@ -1,0 +1,251 @@
+//! `mpfnet-cache`: a generic content-addressed store.
+//!
+//! Bytes and tensors go in, blake3 digests come out. On disk (all under one
+//! root, safe to share between processes and hosts, e.g. over NFS):
+//!
+//! ```text
+//! FORMAT                 store format version
+//! blobs/ab/cdef…         immutable content, file name = blake3 of content
+//! actions/ab/cdef….json  action key -> output digest + provenance
+//! checkpoints/<key>/     resumable progress of long-running nodes
+//! stat/                  persistent stat cache for external files
+//! tmp/                   in-flight writes (renamed into place when complete)
+//! quarantine/            corrupt files moved out of the way
+//! ```
+//!
+//! Every write goes to a unique temp file, is fsynced and renamed into place,
+//! so there is no global lock, no torn file and no lost entry with many
+//! concurrent writers. Every read re-hashes: corrupt data is quarantined and
+//! reported as a miss, never returned.
+
+mod actions;
+mod blobs;
+mod checkpoints;
+mod digest;
+mod fsutil;
+mod maintenance;
+mod stat;
+pub mod tensors;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub use actions::ActionRecord;
+pub use digest::{Digest, KeyHasher, ParseDigestError};
+pub use maintenance::{DuReport, GcOptions, GcReport, Usage, VerifyReport};
+pub use stat::StatCacheStats;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_MAGIC: &str = "mpfnet-cache-format";
+
+/// Errors callers may want to match on (via `anyhow::Error::downcast_ref`).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("store {path} has format version {found}, newer than the {supported} this build supports: upgrade mpfnet-cache or use another store")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path} is not an mpfnet-cache FORMAT file (content {content:?})")]
+    BadFormatFile { path: PathBuf, content: String },
+    #[error("{0:?} is not a digest prefix (1 to 64 hex digits)")]
+    BadPrefix(String),
+    #[error("no action key or blob starts with {0:?}")]
+    PrefixNotFound(String),
+    #[error("prefix {prefix:?} is ambiguous: {count} matches, e.g. {examples}")]
+    PrefixAmbiguous {
+        prefix: String,
+        count: usize,
+        examples: String,
+    },
+}
+
+/// Tunables for [`Store::open_with`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A file whose mtime or ctime is within this window of the moment it was
+    /// hashed is not stat-cached: a second same-size write within one
+    /// timestamp tick would otherwise go unnoticed ("racy clean" files).
+    /// Default 2 s (covers coarse filesystem clocks and small NFS clock skew).
+    pub stat_racy_window: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            stat_racy_window: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A handle on a store directory. Cheap to share between threads (`&Store` is
+/// all the API needs); open one per process. The stat cache is saved on
+/// [`Store::flush`] and on drop.
+pub struct Store {
+    root: PathBuf,
+    stat: stat::StatCache,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root` with default options.
+    pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `root`. Refuses a store written
+    /// by a newer format version ([`CacheError::NewerFormat`]).
+    pub fn open_with(root: &Path, opts: StoreOptions) -> Result<Store> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("creating store directory {}", root.display()))?;
+        for sub in ["blobs", "actions", "checkpoints", "stat", "tmp", "quarantine"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let fmt_path = root.join("FORMAT");
+        match fsutil::read_opt(&fmt_path)? {
+            Some(bytes) => {
+                let content = String::from_utf8_lossy(&bytes).into_owned();
+                let version = content
+                    .trim()
+                    .strip_prefix(FORMAT_MAGIC)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .ok_or_else(|| CacheError::BadFormatFile {
+                        path: fmt_path.clone(),
+                        content: content.chars().take(80).collect(),
+                    })?;
+                if version > FORMAT_VERSION {
+                    return Err(CacheError::NewerFormat {
+                        path: root.to_path_buf(),
+                        found: version,
+                        supported: FORMAT_VERSION,
+                    }
+                    .into());
+                }
+            }
+            None => {
+                // Concurrent creators write identical content; last rename wins.
+                let line = format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n");
+                fsutil::write_atomic(&root.join("tmp"), &fmt_path, line.as_bytes(), false)?;
+            }
+        }
+        Ok(Store {
+            stat: stat::StatCache::new(root.join("stat"), opts.stat_racy_window),
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Saves the stat cache if it changed (also done on drop).
+    pub fn flush(&self) -> Result<()> {
+        self.stat.save(&self.tmp_dir())
+    }
+
+    pub(crate) fn dir(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// `base/ab/cdef…{ext}` for a digest.
+    pub(crate) fn sharded(&self, sub: &str, d: &Digest, ext: &str) -> PathBuf {
+        let hex = d.to_hex();
+        self.root
+            .join(sub)
+            .join(&hex[..2])
+            .join(format!("{}{ext}", &hex[2..]))
+    }
+
+    /// Digests named by the files of a sharded directory (`blobs` or
+    /// `actions`), with each file's path; unrelated names are skipped.
+    pub(crate) fn list_sharded(&self, sub: &str, ext: &str) -> Result<Vec<(Digest, PathBuf)>> {
+        let mut out = Vec::new();
+        for shard in fsutil::list_dir(&self.dir(sub))? {
+            let sname = shard.file_name();
+            let Some(sname) = sname.to_str() else { continue };
+            if sname.len() != 2 || !shard.path().is_dir() {
+                continue;
+            }
+            for ent in fsutil::list_dir(&shard.path())? {
+                let name = ent.file_name();
+                let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(ext)) else {
+                    continue;
+                };
+                if let Ok(d) = format!("{sname}{stem}").parse::<Digest>() {
+                    if d.to_hex()[2..] == *stem {
+                        out.push((d, ent.path()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The unique action key or blob digest starting with `prefix` (hex, any
+    /// case). Errors: [`CacheError::BadPrefix`], [`CacheError::PrefixNotFound`],
+    /// [`CacheError::PrefixAmbiguous`].
+    pub fn resolve_prefix(&self, prefix: &str) -> Result<Digest> {
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|c| digest::hex_val(c).is_some()) {
+            return Err(CacheError::BadPrefix(prefix.to_string()).into());
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for (sub, ext) in [("blobs", ""), ("actions", ".json")] {
+            for shard in fsutil::list_dir(&self.dir(sub))? {
+                let sname = shard.file_name().to_string_lossy().into_owned();
+                let n = p.len().min(2);
+                if sname.len() != 2 || sname[..n] != p[..n] {
+                    continue;
+                }
+                for ent in fsutil::list_dir(&shard.path())? {
+                    let name = ent.file_name().to_string_lossy().into_owned();
+                    let Some(stem) = name.strip_suffix(ext) else { continue };
+                    let full = format!("{sname}{stem}");
+                    if full.starts_with(&p) {
+                        if let Ok(d) = full.parse::<Digest>() {
+                            found.insert(d);
+                        }
+                    }
+                }
+            }
+        }
+        match found.len() {
+            0 => Err(CacheError::PrefixNotFound(p).into()),
+            1 => Ok(*found.iter().next().unwrap()),
+            count => Err(CacheError::PrefixAmbiguous {
+                prefix: p,
+                count,
+                examples: found
+                    .iter()
+                    .take(4)
+                    .map(|d| d.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(store = %self.root.display(), "saving the stat cache failed: {e:#}");
+        }
+    }
+}

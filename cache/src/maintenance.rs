@@ -1,0 +1,319 @@
+//! Store maintenance: integrity check, garbage collection, disk usage.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use crate::actions::parse_action;
+use crate::blobs::hash_file_st;
+use crate::{fsutil, Digest, Store};
+
+/// Outcome of [`Store::verify`].
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Blobs whose content matches their name.
+    pub blobs_ok: usize,
+    /// Bytes re-hashed.
+    pub bytes_checked: u64,
+    /// Blobs whose content did not match (now in `quarantine/`).
+    pub blobs_corrupt: Vec<Digest>,
+    /// Actions that parse and whose output blob is intact.
+    pub actions_ok: usize,
+    /// Actions whose output blob is missing or corrupt (a miss on lookup;
+    /// `gc` drops them unless kept).
+    pub actions_missing_output: Vec<Digest>,
+    /// Action records that did not parse (now in `quarantine/`).
+    pub actions_corrupt: Vec<Digest>,
+    /// Intact checkpoint files.
+    pub checkpoints_ok: usize,
+    /// Damaged checkpoint files (now in `quarantine/`).
+    pub checkpoints_corrupt: Vec<PathBuf>,
+}
+
+impl VerifyReport {
+    /// True when nothing was corrupt or missing.
+    pub fn is_clean(&self) -> bool {
+        self.blobs_corrupt.is_empty()
+            && self.actions_missing_output.is_empty()
+            && self.actions_corrupt.is_empty()
+            && self.checkpoints_corrupt.is_empty()
+    }
+}
+
+/// Options of [`Store::gc`].
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Nothing (blob, action, checkpoint, temp file) modified more recently
+    /// than this is deleted, so writers running concurrently with `gc` are
+    /// safe. Default 1 hour.
+    pub grace: Duration,
+    /// Blobs to keep even if no kept action references them.
+    pub keep_blobs: HashSet<Digest>,
+    /// Also delete quarantined files older than `grace`. Default false.
+    pub purge_quarantine: bool,
+    /// Report what would be deleted, delete nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            keep_blobs: HashSet::new(),
+            purge_quarantine: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// Outcome of [`Store::gc`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub actions_kept: usize,
+    pub actions_removed: usize,
+    pub blobs_kept: usize,
+    pub blobs_removed: usize,
+    /// Checkpoint directories (one per node) removed.
+    pub checkpoints_removed: usize,
+    /// Leftover temp files (from killed writers) removed.
+    pub tmp_removed: usize,
+    pub quarantine_removed: usize,
+    /// Unreferenced items spared because they are younger than the grace period.
+    pub young_spared: usize,
+    /// Stat cache entries dropped because their file is gone or changed.
+    pub stat_entries_pruned: usize,
+    /// Bytes freed (or that would be, in a dry run).
+    pub bytes_freed: u64,
+}
+
+/// Files and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Outcome of [`Store::du`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DuReport {
+    pub blobs: Usage,
+    pub actions: Usage,
+    pub checkpoints: Usage,
+    pub stat: Usage,
+    pub tmp: Usage,
+    pub quarantine: Usage,
+}
+
+impl DuReport {
+    /// Bytes of everything.
+    pub fn total_bytes(&self) -> u64 {
+        [self.blobs, self.actions, self.checkpoints, self.stat, self.tmp, self.quarantine]
+            .iter()
+            .map(|u| u.bytes)
+            .sum()
+    }
+}
+
+fn usage(dir: &Path) -> Result<Usage> {
+    let mut u = Usage::default();
+    for e in fsutil::list_dir(dir)? {
+        let Ok(m) = fs::symlink_metadata(e.path()) else { continue };
+        if m.is_dir() {
+            let s = usage(&e.path())?;
+            u.files += s.files;
+            u.bytes += s.bytes;
+        } else {
+            u.files += 1;
+            u.bytes += m.len();
+        }
+    }
+    Ok(u)
+}
+
+/// Newest mtime under `dir` (its files and itself).
+fn newest_mtime(dir: &Path) -> Result<Option<SystemTime>> {
+    let mut newest = fs::metadata(dir).and_then(|m| m.modified()).ok();
+    for e in fsutil::list_dir(dir)? {
+        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(Some(t));
+        }
+    }
+    Ok(newest)
+}
+
+impl Store {
+    /// Re-hashes every blob (in parallel) and checks every action record and
+    /// checkpoint. Corrupt files are quarantined; the report names them.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let blobs = self.list_sharded("blobs", "")?;
+        let checked: Vec<Option<(Digest, u64)>> = blobs
+            .par_iter()
+            .map(|(_, p)| {
+                // A blob deleted meanwhile (concurrent gc) is simply absent.
+                let Ok(meta) = fs::metadata(p) else { return Ok(None) };
+                match hash_file_st(p) {
+                    Ok(actual) => Ok(Some((actual, meta.len()))),
+                    Err(_) if !p.exists() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let mut rep = VerifyReport::default();
+        let mut good = HashSet::new();
+        for (checked, (d, path)) in checked.into_iter().zip(&blobs) {
+            let d = *d;
+            match checked {
+                Some((a, len)) if a == d => {
+                    rep.blobs_ok += 1;
+                    rep.bytes_checked += len;
+                    good.insert(d);
+                }
+                Some((a, len)) => {
+                    rep.bytes_checked += len;
+                    self.quarantine_blob(&d, path, &a)?;
+                    // A concurrent writer may have restored a good copy.
+                    if self.get_blob(&d)?.is_some() {
+                        rep.blobs_ok += 1;
+                        good.insert(d);
+                    } else {
+                        rep.blobs_corrupt.push(d);
+                    }
+                }
+                None => {}
+            }
+        }
+        for (key, path) in self.list_sharded("actions", ".json")? {
+            let Some(bytes) = fsutil::read_opt(&path)? else { continue };
+            match parse_action(&bytes) {
+                Ok(rec) => {
+                    if good.contains(&rec.output) || self.get_blob(&rec.output)?.is_some() {
+                        rep.actions_ok += 1;
+                    } else {
+                        rep.actions_missing_output.push(key);
+                    }
+                }
+                Err(e) => {
+                    self.quarantine_action(&key, &path, &e)?;
+                    rep.actions_corrupt.push(key);
+                }
+            }
+        }
+        let (ok, bad) = self.verify_checkpoints()?;
+        rep.checkpoints_ok = ok;
+        rep.checkpoints_corrupt = bad;
+        Ok(rep)
+    }
+
+    /// Deletes action records not in `keep`, checkpoints of nodes not in
+    /// `keep`, blobs referenced by no remaining action (nor in
+    /// `opts.keep_blobs`) and leftover temp files, sparing anything modified
+    /// within `opts.grace` (concurrent writers are safe: `put_blob` refreshes
+    /// the mtime of a blob it finds present). Also prunes the stat cache.
+    pub fn gc(&self, keep: &HashSet<Digest>, opts: &GcOptions) -> Result<GcReport> {
+        let now = SystemTime::now();
+        let mut rep = GcReport::default();
+        let young = |m: &fs::Metadata| fsutil::age(m, now) < opts.grace;
+        let remove = |path: &Path, len: u64, rep: &mut GcReport| -> Result<bool> {
+            if opts.dry_run {
+                rep.bytes_freed += len;
+                return Ok(true);
+            }
+            let gone = fsutil::remove_file_opt(path)?;
+            if gone {
+                rep.bytes_freed += len;
+            }
+            Ok(gone)
+        };
+
+        let mut referenced: HashSet<Digest> = opts.keep_blobs.clone();
+        for (key, path) in self.list_sharded("actions", ".json")? {
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            let output = fsutil::read_opt(&path)?
+                .and_then(|b| parse_action(&b).ok())
+                .map(|r| r.output);
+            if keep.contains(&key) {
+                rep.actions_kept += 1;
+                referenced.extend(output);
+            } else if young(&meta) {
+                rep.young_spared += 1;
+                referenced.extend(output);
+            } else if remove(&path, meta.len(), &mut rep)? {
+                rep.actions_removed += 1;
+            }
+        }
+
+        for dir in fsutil::list_dir(&self.dir("checkpoints"))? {
+            let key = dir.file_name().to_str().and_then(|s| s.parse::<Digest>().ok());
+            if key.is_some_and(|k| keep.contains(&k)) {
+                continue;
+            }
+            let newest = newest_mtime(&dir.path())?;
+            if newest.is_some_and(|t| now.duration_since(t).unwrap_or_default() < opts.grace) {
+                rep.young_spared += 1;
+                continue;
+            }
+            let u = usage(&dir.path())?;
+            if !opts.dry_run {
+                match fs::remove_dir_all(dir.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("removing {}", dir.path().display())))
+                    }
+                }
+            }
+            rep.bytes_freed += u.bytes;
+            rep.checkpoints_removed += 1;
+        }
+
+        for (d, path) in self.list_sharded("blobs", "")? {
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            if referenced.contains(&d) {
+                rep.blobs_kept += 1;
+            } else if young(&meta) {
+                rep.young_spared += 1;
+            } else if remove(&path, meta.len(), &mut rep)? {
+                rep.blobs_removed += 1;
+            }
+        }
+
+        for e in fsutil::list_dir(&self.tmp_dir())? {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_file() && !young(&meta) && remove(&e.path(), meta.len(), &mut rep)? {
+                rep.tmp_removed += 1;
+            }
+        }
+
+        if opts.purge_quarantine {
+            for e in fsutil::list_dir(&self.quarantine_dir())? {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_file() && !young(&meta) && remove(&e.path(), meta.len(), &mut rep)? {
+                    rep.quarantine_removed += 1;
+                }
+            }
+        }
+
+        if !opts.dry_run {
+            rep.stat_entries_pruned = self.prune_stat_cache()?;
+            self.flush()?;
+        }
+        Ok(rep)
+    }
+
+    /// Disk usage by area.
+    pub fn du(&self) -> Result<DuReport> {
+        Ok(DuReport {
+            blobs: usage(&self.dir("blobs"))?,
+            actions: usage(&self.dir("actions"))?,
+            checkpoints: usage(&self.dir("checkpoints"))?,
+            stat: usage(&self.dir("stat"))?,
+            tmp: usage(&self.tmp_dir())?,
+            quarantine: usage(&self.quarantine_dir())?,
+        })
+    }
+}

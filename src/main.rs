@@ -1,0 +1,295 @@
+//! The `mpfnet` command line: wires the domain's stage registry into the engine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mpfnet::engine::Options;
+use mpfnet::session::{self, Workspace};
+use mpfnet::{inspect, plan, runs, ConfigError};
+
+#[derive(Parser)]
+#[command(name = "mpfnet", version, about = "MPFNet micro-expression recognition as a cached, resumable pipeline")]
+struct Cli {
+    /// Cache folder (default: $MPFNET_CACHE or .mpfnet/cache)
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct PipelineArgs {
+    /// The pipeline file (TOML)
+    pipeline: PathBuf,
+    /// Override a value: --set stages.meta.gamma=0.7
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline: compute what the cache lacks, print the results table, write a run record
+    Run {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Light nodes run in parallel up to this many; heavy (training) nodes one per device
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// cpu or cuda:N (cuda needs a build with --features cuda)
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Keep running independent branches after a node fails
+        #[arg(long)]
+        keep_going: bool,
+        /// No progress bars
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Say what a run would compute and why, without computing it (axis sources excepted)
+    Plan {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+        /// List cached nodes too
+        #[arg(long)]
+        all: bool,
+    },
+    /// Inspect and maintain the cache
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+    /// Run records
+    Runs {
+        #[command(subcommand)]
+        cmd: RunsCmd,
+    },
+    /// List the stage kinds this build knows
+    Stages,
+    /// Write a synthetic micro-expression dataset (CASME II layout and coding sheet)
+    Synth(mpfnet_stages::cli::SynthArgs),
+    /// Print a pipeline's LOSO folds with class counts per split
+    Folds {
+        #[command(flatten)]
+        p: PipelineArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List cached node outputs
+    Ls {
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Tensors (name, shape, dtype, min/max/mean) and provenance of a node or blob
+    Show { what: String },
+    /// Write a node's output as safetensors (with provenance), its files and PNG renderings
+    Export {
+        what: String,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Re-hash every blob; corrupt ones are quarantined (and recomputed when next needed)
+    Verify,
+    /// Delete what the named pipelines' latest runs do not use
+    Gc {
+        #[arg(long = "keep", value_name = "PIPELINE")]
+        keep: Vec<String>,
+        /// Never delete files younger than this (concurrent writers)
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCmd {
+    Ls,
+    /// Compare the parameters and metrics of two runs (folders, PIPELINE for its latest)
+    Diff { a: String, b: String },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<ConfigError>().is_some() {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let registry = mpfnet_stages::registry();
+    let ws = Workspace::from_env(cli.cache.clone());
+    match cli.cmd {
+        Cmd::Run { p, jobs, device, keep_going, quiet } => {
+            mpfnet_stages::check_device(&device)?;
+            let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let opts = Options { jobs, device, keep_going, progress };
+            let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, opts)?;
+            let args: Vec<String> = std::env::args().collect();
+            let out = session::run(&mut engine, &ws, &args)?;
+            print!("{}", out.report_text);
+            let s = &out.summary;
+            eprintln!(
+                "{}: {} computed, {} cached, {} failed, {} skipped in {:.1}s; record {}",
+                engine.pipeline().name,
+                s.computed,
+                s.cached,
+                s.failed.len(),
+                s.skipped,
+                out.record.wall_s,
+                out.run_dir.display()
+            );
+            for (n, e) in &s.failed {
+                eprintln!("  failed {n}: {e}");
+            }
+            if s.cancelled {
+                eprintln!("interrupted: run the same command again to resume from the cache");
+                return Ok(ExitCode::from(130));
+            }
+            Ok(if s.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Plan { p, json, all } => {
+            let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            engine.prepare()?;
+            let prev = runs::latest(&ws.runs_dir, &engine.pipeline().name);
+            let plan = plan::plan(&engine, prev.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan::render(&plan, all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cache { cmd } => {
+            let store = mpfnet_cache::Store::open(&ws.cache_dir).with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
+            match cmd {
+                CacheCmd::Ls { stage } => {
+                    for (k, p) in inspect::list(&store, stage.as_deref())? {
+                        println!(
+                            "{}  {:<12} {:<48} {:<12} {}  {} B",
+                            k.short(),
+                            p["kind"].as_str().unwrap_or("?"),
+                            p["node"].as_str().unwrap_or("?"),
+                            p["pipeline"].as_str().unwrap_or("?"),
+                            p["created"].as_str().unwrap_or("?"),
+                            p["bytes"]
+                        );
+                    }
+                }
+                CacheCmd::Show { what } => {
+                    let t = inspect::resolve(&store, &ws.runs_dir, &what)?;
+                    print!("{}", inspect::show(&store, &t)?);
+                }
+                CacheCmd::Export { what, to } => {
+                    let t = inspect::resolve(&store, &ws.runs_dir, &what)?;
+                    for p in inspect::export(&store, &registry, &t, &to)? {
+                        println!("{}", p.display());
+                    }
+                }
+                CacheCmd::Verify => {
+                    let r = store.verify()?;
+                    println!(
+                        "{} blobs ok ({} bytes), {} corrupt (quarantined); {} actions ok, {} missing output, {} corrupt; {} checkpoints ok, {} corrupt",
+                        r.blobs_ok, r.bytes_checked, r.blobs_corrupt.len(), r.actions_ok, r.actions_missing_output.len(),
+                        r.actions_corrupt.len(), r.checkpoints_ok, r.checkpoints_corrupt.len()
+                    );
+                    for d in &r.blobs_corrupt {
+                        println!("  corrupt blob {d}");
+                    }
+                    if !r.is_clean() {
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+                CacheCmd::Gc { keep, grace_secs } => {
+                    let mut keys = std::collections::HashSet::new();
+                    for p in &keep {
+                        keys.extend(inspect::keys_of_latest(&ws.runs_dir, p)?.into_keys());
+                    }
+                    let opts = mpfnet_cache::GcOptions { grace: std::time::Duration::from_secs(grace_secs), ..Default::default() };
+                    let r = store.gc(&keys, &opts)?;
+                    println!(
+                        "removed {} actions, {} blobs, {} checkpoint sets, {} temp files; kept {} actions, {} blobs; spared {} young files; freed {} bytes",
+                        r.actions_removed, r.blobs_removed, r.checkpoints_removed, r.tmp_removed, r.actions_kept, r.blobs_kept, r.young_spared, r.bytes_freed
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Runs { cmd } => {
+            match cmd {
+                RunsCmd::Ls => {
+                    for (pipeline, dir) in runs::list(&ws.runs_dir) {
+                        if let Some(r) = runs::load(&dir) {
+                            let computed = r.nodes.iter().filter(|n| n.status == "computed").count();
+                            println!(
+                                "{:<16} {:<24} {:<4} {:>6.1}s {:>5} nodes {:>5} computed  {}",
+                                pipeline,
+                                dir.file_name().unwrap().to_string_lossy(),
+                                if r.ok { "ok" } else { "FAIL" },
+                                r.wall_s,
+                                r.nodes.len(),
+                                computed,
+                                r.metrics.to_string().chars().take(60).collect::<String>()
+                            );
+                        }
+                    }
+                }
+                RunsCmd::Diff { a, b } => {
+                    let ra = runs::load(&runs::resolve(&ws.runs_dir, &a)?).context("unreadable run record")?;
+                    let rb = runs::load(&runs::resolve(&ws.runs_dir, &b)?).context("unreadable run record")?;
+                    let lines = runs::diff(&ra, &rb);
+                    if lines.is_empty() {
+                        println!("no differences in parameters or metrics");
+                    }
+                    for l in lines {
+                        println!("{l}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stages => {
+            for s in registry.iter() {
+                println!("{:<14} v{:<4} {}", s.kind(), s.version(), s.about());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Synth(args) => {
+            mpfnet_stages::cli::synth(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Folds { p } => {
+            let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            engine.prepare()?;
+            let mut printed = false;
+            for (name, decl) in engine.pipeline().stages.clone() {
+                if decl.kind == "folds" {
+                    let id = engine.instances(&name)[0];
+                    let art = engine.load(id)?;
+                    print!("{}", art.meta.get("table").and_then(|t| t.as_str()).unwrap_or(""));
+                    printed = true;
+                }
+            }
+            if !printed {
+                anyhow::bail!("pipeline has no stage of kind `folds`");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

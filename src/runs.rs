@@ -1,0 +1,159 @@
+//! Run records: `runs/<pipeline>/<time>/` holds the resolved pipeline, the node table (cached or
+//! computed, duration, key, digest) and the report files. `latest` names the newest record;
+//! `plan` compares against it to say *why* a node will run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub stage: String,
+    pub kind: String,
+    /// cached | computed | failed | skipped | pending
+    pub status: String,
+    pub key: Option<String>,
+    pub digest: Option<String>,
+    pub duration_s: f64,
+    pub version: String,
+    pub code: String,
+    pub params: Value,
+    /// input name -> digests (one, or item id -> digest for gathered inputs)
+    pub inputs: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub started: String,
+    pub finished: String,
+    pub wall_s: f64,
+    pub host: String,
+    pub args: Vec<String>,
+    pub ok: bool,
+    pub resolved: Value,
+    /// The report nodes' `meta.metrics`, for `runs diff`.
+    pub metrics: Value,
+    pub nodes: Vec<NodeRecord>,
+}
+
+pub fn pipeline_dir(runs_root: &Path, pipeline: &str) -> PathBuf {
+    runs_root.join(pipeline)
+}
+
+/// Writes the record (atomically) and points `latest` at it. Returns the run's folder.
+pub fn write(runs_root: &Path, rec: &RunRecord, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf> {
+    let stamp = rec.started.replace([':', '-'], "");
+    let base = pipeline_dir(runs_root, &rec.pipeline);
+    let mut dir = base.join(&stamp);
+    let mut n = 1;
+    while dir.exists() {
+        dir = base.join(format!("{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, bytes) in files {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        atomic_write(&p, bytes)?;
+    }
+    atomic_write(&dir.join("run.json"), serde_json::to_string_pretty(rec)?.as_bytes())?;
+    atomic_write(&base.join("latest"), dir.file_name().unwrap().to_string_lossy().as_bytes())?;
+    Ok(dir)
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+pub fn latest(runs_root: &Path, pipeline: &str) -> Option<RunRecord> {
+    let base = pipeline_dir(runs_root, pipeline);
+    let name = std::fs::read_to_string(base.join("latest")).ok()?;
+    load(&base.join(name.trim()))
+}
+
+pub fn load(dir: &Path) -> Option<RunRecord> {
+    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// All run folders, oldest first: (pipeline, folder).
+pub fn list(runs_root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(pipes) = std::fs::read_dir(runs_root) else { return out };
+    for p in pipes.flatten() {
+        let Ok(runs) = std::fs::read_dir(p.path()) else { continue };
+        for r in runs.flatten() {
+            if r.path().join("run.json").exists() {
+                out.push((p.file_name().to_string_lossy().into_owned(), r.path()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.file_name().cmp(&b.1.file_name()).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// Resolves a run argument: a folder, `PIPELINE` (its latest), or `PIPELINE/STAMP`.
+pub fn resolve(runs_root: &Path, arg: &str) -> Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.join("run.json").exists() {
+        return Ok(p.to_path_buf());
+    }
+    let under = runs_root.join(arg);
+    if under.join("run.json").exists() {
+        return Ok(under);
+    }
+    if let Ok(name) = std::fs::read_to_string(under.join("latest")) {
+        return Ok(under.join(name.trim()));
+    }
+    anyhow::bail!("no run `{arg}` (looked for {0}/run.json and {0}/latest)", under.display())
+}
+
+/// Flattens a JSON document into dotted keys (for diffs).
+pub fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(v, &p, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Lines describing what differs between two runs' parameters and metrics.
+pub fn diff(a: &RunRecord, b: &RunRecord) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (title, va, vb) in [("parameter", &a.resolved, &b.resolved), ("metric", &a.metrics, &b.metrics)] {
+        let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+        flatten(va, "", &mut fa);
+        flatten(vb, "", &mut fb);
+        let keys: std::collections::BTreeSet<_> = fa.keys().chain(fb.keys()).cloned().collect();
+        for k in keys {
+            let (x, y) = (fa.get(&k), fb.get(&k));
+            if x != y {
+                lines.push(format!(
+                    "{title:9} {k}: {} -> {}",
+                    x.map(|s| s.as_str()).unwrap_or("(none)"),
+                    y.map(|s| s.as_str()).unwrap_or("(none)")
+                ));
+            }
+        }
+    }
+    lines
+}
