@@ -592,9 +592,13 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
         let joined = tokio::select! {
             j = js.join_next() => j,
             _ = tokio::signal::ctrl_c() => {
-                sh.cancel.store(true, Ordering::Relaxed);
+                if sh.cancel.swap(true, Ordering::Relaxed) {
+                    // second Ctrl-C: leave now; finished nodes and checkpoints are on disk
+                    sh.progress.println("interrupted again: exiting; run the same command to resume");
+                    std::process::exit(130);
+                }
                 stop.store(true, Ordering::Relaxed);
-                sh.progress.println("interrupted: finishing running nodes; completed ones are cached");
+                sh.progress.println("interrupted: letting running nodes finish (Ctrl-C again to exit now; training resumes from its last checkpoint)");
                 continue;
             }
         };

@@ -13,7 +13,9 @@ use crate::{fsutil, Digest, KeyHasher, Store};
 /// stored verbatim (it must be JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionRecord {
+    /// Digest of the output blob.
     pub output: Digest,
+    /// Free-form JSON from the engine (what ran, when, with what).
     pub provenance: serde_json::Value,
 }
 
@@ -96,7 +98,12 @@ impl Store {
         }
     }
 
-    pub(crate) fn quarantine_action(&self, key: &Digest, path: &Path, why: &anyhow::Error) -> Result<()> {
+    pub(crate) fn quarantine_action(
+        &self,
+        key: &Digest,
+        path: &Path,
+        why: &anyhow::Error,
+    ) -> Result<()> {
         let q = fsutil::quarantine(&self.quarantine_dir(), path, "action")?;
         tracing::warn!(
             action = %key,

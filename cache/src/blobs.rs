@@ -54,6 +54,27 @@ impl Store {
         Ok(Some(bytes))
     }
 
+    /// The path of blob `d` after re-hashing its file in place (memory-mapped,
+    /// no copy): for consumers that mmap or hand paths to other programs.
+    /// Blob files are immutable (renamed into place, read-only), so the path
+    /// stays valid until `gc`. Missing or corrupt (then quarantined): `Ok(None)`.
+    pub fn verified_blob_path(&self, d: &Digest) -> Result<Option<PathBuf>> {
+        let path = self.blob_path(d);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let actual = match hash_file(&path) {
+            Ok(a) => a,
+            Err(_) if !path.exists() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if actual != *d {
+            self.quarantine_blob(d, &path, &actual)?;
+            return Ok(None);
+        }
+        Ok(Some(path))
+    }
+
     /// Moves a blob whose content hashed to `actual` out of the way. If a
     /// concurrent writer replaced it with good content just before the move,
     /// the good file is linked back.
@@ -97,4 +118,61 @@ pub(crate) fn hash_file_st(path: &Path) -> Result<Digest> {
 /// Sets a file's mtime to now without opening it for writing.
 fn touch(path: &Path) -> io::Result<()> {
     File::open(path)?.set_modified(SystemTime::now())
+}
+
+impl Store {
+    /// Stores the content of an external file without loading it whole: one
+    /// streaming pass copies it to a temp file while hashing, then renames it
+    /// into place. Returns the content digest.
+    pub fn put_file(&self, path: &Path) -> Result<Digest> {
+        use std::io::{Read, Write};
+        let mut src =
+            File::open(path).with_context(|| format!("opening {} to store it", path.display()))?;
+        let tmp = self.tmp_dir().join(fsutil::unique_name("f-"));
+        let result = (|| -> Result<Digest> {
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| format!("creating temp file {}", tmp.display()))?;
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                };
+                h.update(&buf[..n]);
+                dst.write_all(&buf[..n])
+                    .with_context(|| format!("writing temp file {}", tmp.display()))?;
+            }
+            let d: Digest = h.finalize().into();
+            let dest = self.blob_path(&d);
+            if fs::metadata(&dest)
+                .is_ok_and(|m| m.len() == dst.metadata().map(|t| t.len()).unwrap_or(u64::MAX))
+                && touch(&dest).is_ok()
+            {
+                return Ok(d);
+            }
+            dst.sync_all()
+                .with_context(|| format!("fsync of temp file {}", tmp.display()))?;
+            let mut perm = dst.metadata()?.permissions();
+            perm.set_readonly(true);
+            dst.set_permissions(perm)?;
+            drop(dst);
+            let parent = dest.parent().expect("blob path has a shard directory");
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating directory {}", parent.display()))?;
+            fs::rename(&tmp, &dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+            fsutil::fsync_dir(parent)?;
+            Ok(d)
+        })();
+        // On success the temp file was renamed (or is a duplicate); either way
+        // nothing should remain.
+        let _ = fs::remove_file(&tmp);
+        result.with_context(|| format!("storing file {}", path.display()))
+    }
 }

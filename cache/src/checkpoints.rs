@@ -25,7 +25,11 @@ fn encode(step: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn decode(step: u64, mut bytes: Vec<u8>) -> Result<Vec<u8>> {
-    ensure!(bytes.len() >= HEADER, "truncated header ({} bytes)", bytes.len());
+    ensure!(
+        bytes.len() >= HEADER,
+        "truncated header ({} bytes)",
+        bytes.len()
+    );
     ensure!(&bytes[..8] == MAGIC, "bad magic");
     let file_step = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
     ensure!(file_step == step, "file says step {file_step}");
@@ -57,14 +61,16 @@ impl Store {
                 Some((step, e.path()))
             })
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         Ok(v)
     }
 
     /// Saves the state of `node_key` after `step` (atomic). Keeps the two
     /// newest steps and deletes older ones.
     pub fn put_checkpoint(&self, node_key: &Digest, step: u64, bytes: &[u8]) -> Result<()> {
-        let path = self.checkpoint_dir(node_key).join(format!("{step:020}.ckpt"));
+        let path = self
+            .checkpoint_dir(node_key)
+            .join(format!("{step:020}.ckpt"));
         fsutil::write_atomic(&self.tmp_dir(), &path, &encode(step, bytes), false)?;
         for (old, p) in self.checkpoint_files(node_key)?.into_iter().skip(KEEP) {
             if old < step {
@@ -78,7 +84,9 @@ impl Store {
     /// ones are quarantined with a warning and skipped.
     pub fn latest_checkpoint(&self, node_key: &Digest) -> Result<Option<(u64, Vec<u8>)>> {
         for (step, path) in self.checkpoint_files(node_key)? {
-            let Some(bytes) = fsutil::read_opt(&path)? else { continue };
+            let Some(bytes) = fsutil::read_opt(&path)? else {
+                continue;
+            };
             match decode(step, bytes) {
                 Ok(payload) => return Ok(Some((step, payload))),
                 Err(e) => self.quarantine_checkpoint(node_key, &path, &e)?,
@@ -87,7 +95,12 @@ impl Store {
         Ok(None)
     }
 
-    fn quarantine_checkpoint(&self, node_key: &Digest, path: &Path, why: &anyhow::Error) -> Result<()> {
+    fn quarantine_checkpoint(
+        &self,
+        node_key: &Digest,
+        path: &Path,
+        why: &anyhow::Error,
+    ) -> Result<()> {
         let q = fsutil::quarantine(&self.quarantine_dir(), path, "ckpt")?;
         tracing::warn!(
             node = %node_key,
@@ -104,8 +117,10 @@ impl Store {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(anyhow::Error::new(e)
-                .context(format!("removing checkpoints {}", dir.display()))),
+            Err(e) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("removing checkpoints {}", dir.display())))
+            }
         }
     }
 
@@ -114,11 +129,17 @@ impl Store {
         let mut ok = 0;
         let mut bad = Vec::new();
         for dir in fsutil::list_dir(&self.dir("checkpoints"))? {
-            let Some(key) = dir.file_name().to_str().and_then(|s| s.parse::<Digest>().ok()) else {
+            let Some(key) = dir
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<Digest>().ok())
+            else {
                 continue;
             };
             for (step, path) in self.checkpoint_files(&key)? {
-                let Some(bytes) = fsutil::read_opt(&path)? else { continue };
+                let Some(bytes) = fsutil::read_opt(&path)? else {
+                    continue;
+                };
                 match decode(step, bytes) {
                     Ok(_) => ok += 1,
                     Err(e) => {

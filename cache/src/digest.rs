@@ -16,10 +16,17 @@ pub struct Digest(pub [u8; 32]);
 /// Why a string is not a digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseDigestError {
+    /// Not 64 characters long.
     #[error("a digest has 64 hex digits, got {0} characters")]
     Length(usize),
+    /// A character that is not a hex digit.
     #[error("invalid hex character {ch:?} at position {pos}")]
-    Char { ch: char, pos: usize },
+    Char {
+        /// The character.
+        ch: char,
+        /// Its byte position.
+        pos: usize,
+    },
 }
 
 impl Digest {
@@ -128,8 +135,8 @@ impl<'de> Deserialize<'de> for Digest {
 ///
 /// ```
 /// use mpfnet_cache::KeyHasher;
-/// let k = KeyHasher::new("train-fold").str("casme2").u64(3).digest();
-/// assert_ne!(k, KeyHasher::new("train-fold").str("casme2").u64(4).digest());
+/// let k = KeyHasher::new("resize").str("img-001.png").u64(128).digest();
+/// assert_ne!(k, KeyHasher::new("resize").str("img-001.png").u64(64).digest());
 /// ```
 #[derive(Clone)]
 pub struct KeyHasher {

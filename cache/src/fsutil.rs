@@ -52,7 +52,12 @@ impl Drop for TmpGuard<'_> {
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     match File::open(dir).and_then(|f| f.sync_all()) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+            ) =>
+        {
             Ok(())
         }
         Err(e) if e.raw_os_error() == Some(22) => Ok(()),
@@ -104,7 +109,11 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], readonly: b
 
 /// Moves a bad file to `quarantine_dir` (kept for inspection, out of the
 /// lookup path). Returns the new path. A file that vanished meanwhile is fine.
-pub(crate) fn quarantine(quarantine_dir: &Path, path: &Path, kind: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn quarantine(
+    quarantine_dir: &Path,
+    path: &Path,
+    kind: &str,
+) -> Result<Option<PathBuf>> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -113,9 +122,8 @@ pub(crate) fn quarantine(quarantine_dir: &Path, path: &Path, kind: &str) -> Resu
     match fs::rename(path, &dest) {
         Ok(()) => Ok(Some(dest)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| {
-            format!("moving {} to quarantine {}", path.display(), dest.display())
-        }),
+        Err(e) => Err(e)
+            .with_context(|| format!("moving {} to quarantine {}", path.display(), dest.display())),
     }
 }
 
@@ -147,8 +155,7 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     Ok(out)
 }
 
-/// Removes a file; a missing one is fine. Clears the read-only bit first where
-/// the platform needs it.
+/// Removes a file; `Ok(false)` if it was already gone.
 pub(crate) fn remove_file_opt(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),

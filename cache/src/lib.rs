@@ -17,6 +17,24 @@
 //! so there is no global lock, no torn file and no lost entry with many
 //! concurrent writers. Every read re-hashes: corrupt data is quarantined and
 //! reported as a miss, never returned.
+//!
+//! ```
+//! use mpfnet_cache::{ActionRecord, KeyHasher, Store};
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//! // The engine derives an action key from everything the result depends on.
+//! let key = KeyHasher::new("my-node").str("params-v1").u64(3).digest();
+//! if store.get_action(&key)?.is_none() {
+//!     let output = store.put_blob(b"result")?;
+//!     let provenance = serde_json::json!({"node": "my-node"});
+//!     store.put_action(&key, &ActionRecord { output, provenance })?;
+//! }
+//! let rec = store.get_action(&key)?.expect("just stored");
+//! assert_eq!(store.get_blob(&rec.output)?.as_deref(), Some(&b"result"[..]));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+#![warn(missing_docs)]
 
 mod actions;
 mod blobs;
@@ -45,22 +63,38 @@ const FORMAT_MAGIC: &str = "mpfnet-cache-format";
 /// Errors callers may want to match on (via `anyhow::Error::downcast_ref`).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The store was written by a newer version of this crate.
     #[error("store {path} has format version {found}, newer than the {supported} this build supports: upgrade mpfnet-cache or use another store")]
     NewerFormat {
+        /// Store root.
         path: PathBuf,
+        /// Version found in its FORMAT file.
         found: u32,
+        /// [`FORMAT_VERSION`].
         supported: u32,
     },
+    /// The FORMAT file is not ours (wrong directory?).
     #[error("{path} is not an mpfnet-cache FORMAT file (content {content:?})")]
-    BadFormatFile { path: PathBuf, content: String },
+    BadFormatFile {
+        /// The FORMAT file.
+        path: PathBuf,
+        /// Its first characters.
+        content: String,
+    },
+    /// Not 1 to 64 hex digits.
     #[error("{0:?} is not a digest prefix (1 to 64 hex digits)")]
     BadPrefix(String),
+    /// Nothing starts with the prefix.
     #[error("no action key or blob starts with {0:?}")]
     PrefixNotFound(String),
+    /// Several digests start with the prefix.
     #[error("prefix {prefix:?} is ambiguous: {count} matches, e.g. {examples}")]
     PrefixAmbiguous {
+        /// The prefix (lowercased).
         prefix: String,
+        /// Number of matches.
         count: usize,
+        /// A few matches (short form).
         examples: String,
     },
 }
@@ -102,7 +136,14 @@ impl Store {
     pub fn open_with(root: &Path, opts: StoreOptions) -> Result<Store> {
         fs::create_dir_all(root)
             .with_context(|| format!("creating store directory {}", root.display()))?;
-        for sub in ["blobs", "actions", "checkpoints", "stat", "tmp", "quarantine"] {
+        for sub in [
+            "blobs",
+            "actions",
+            "checkpoints",
+            "stat",
+            "tmp",
+            "quarantine",
+        ] {
             let d = root.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -176,7 +217,9 @@ impl Store {
         let mut out = Vec::new();
         for shard in fsutil::list_dir(&self.dir(sub))? {
             let sname = shard.file_name();
-            let Some(sname) = sname.to_str() else { continue };
+            let Some(sname) = sname.to_str() else {
+                continue;
+            };
             if sname.len() != 2 || !shard.path().is_dir() {
                 continue;
             }
@@ -192,7 +235,7 @@ impl Store {
                 }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|e| e.0);
         Ok(out)
     }
 
@@ -214,7 +257,9 @@ impl Store {
                 }
                 for ent in fsutil::list_dir(&shard.path())? {
                     let name = ent.file_name().to_string_lossy().into_owned();
-                    let Some(stem) = name.strip_suffix(ext) else { continue };
+                    let Some(stem) = name.strip_suffix(ext) else {
+                        continue;
+                    };
                     let full = format!("{sname}{stem}");
                     if full.starts_with(&p) {
                         if let Ok(d) = full.parse::<Digest>() {

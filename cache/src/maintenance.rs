@@ -73,14 +73,19 @@ impl Default for GcOptions {
 /// Outcome of [`Store::gc`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
+    /// Action records in the keep set.
     pub actions_kept: usize,
+    /// Action records deleted.
     pub actions_removed: usize,
+    /// Blobs referenced by a remaining action or pinned.
     pub blobs_kept: usize,
+    /// Blobs deleted.
     pub blobs_removed: usize,
     /// Checkpoint directories (one per node) removed.
     pub checkpoints_removed: usize,
     /// Leftover temp files (from killed writers) removed.
     pub tmp_removed: usize,
+    /// Quarantined files deleted (with `purge_quarantine`).
     pub quarantine_removed: usize,
     /// Unreferenced items spared because they are younger than the grace period.
     pub young_spared: usize,
@@ -93,35 +98,52 @@ pub struct GcReport {
 /// Files and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Number of files.
     pub files: u64,
+    /// Their total size (apparent, not allocated).
     pub bytes: u64,
 }
 
 /// Outcome of [`Store::du`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DuReport {
+    /// `blobs/`.
     pub blobs: Usage,
+    /// `actions/`.
     pub actions: Usage,
+    /// `checkpoints/`.
     pub checkpoints: Usage,
+    /// `stat/` (stat cache snapshots).
     pub stat: Usage,
+    /// `tmp/` (in-flight or abandoned writes).
     pub tmp: Usage,
+    /// `quarantine/`.
     pub quarantine: Usage,
 }
 
 impl DuReport {
     /// Bytes of everything.
     pub fn total_bytes(&self) -> u64 {
-        [self.blobs, self.actions, self.checkpoints, self.stat, self.tmp, self.quarantine]
-            .iter()
-            .map(|u| u.bytes)
-            .sum()
+        [
+            self.blobs,
+            self.actions,
+            self.checkpoints,
+            self.stat,
+            self.tmp,
+            self.quarantine,
+        ]
+        .iter()
+        .map(|u| u.bytes)
+        .sum()
     }
 }
 
 fn usage(dir: &Path) -> Result<Usage> {
     let mut u = Usage::default();
     for e in fsutil::list_dir(dir)? {
-        let Ok(m) = fs::symlink_metadata(e.path()) else { continue };
+        let Ok(m) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
         if m.is_dir() {
             let s = usage(&e.path())?;
             u.files += s.files;
@@ -154,7 +176,9 @@ impl Store {
             .par_iter()
             .map(|(_, p)| {
                 // A blob deleted meanwhile (concurrent gc) is simply absent.
-                let Ok(meta) = fs::metadata(p) else { return Ok(None) };
+                let Ok(meta) = fs::metadata(p) else {
+                    return Ok(None);
+                };
                 match hash_file_st(p) {
                     Ok(actual) => Ok(Some((actual, meta.len()))),
                     Err(_) if !p.exists() => Ok(None),
@@ -187,7 +211,9 @@ impl Store {
             }
         }
         for (key, path) in self.list_sharded("actions", ".json")? {
-            let Some(bytes) = fsutil::read_opt(&path)? else { continue };
+            let Some(bytes) = fsutil::read_opt(&path)? else {
+                continue;
+            };
             match parse_action(&bytes) {
                 Ok(rec) => {
                     if good.contains(&rec.output) || self.get_blob(&rec.output)?.is_some() {
@@ -231,7 +257,9 @@ impl Store {
 
         let mut referenced: HashSet<Digest> = opts.keep_blobs.clone();
         for (key, path) in self.list_sharded("actions", ".json")? {
-            let Ok(meta) = fs::metadata(&path) else { continue };
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
             let output = fsutil::read_opt(&path)?
                 .and_then(|b| parse_action(&b).ok())
                 .map(|r| r.output);
@@ -247,7 +275,10 @@ impl Store {
         }
 
         for dir in fsutil::list_dir(&self.dir("checkpoints"))? {
-            let key = dir.file_name().to_str().and_then(|s| s.parse::<Digest>().ok());
+            let key = dir
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<Digest>().ok());
             if key.is_some_and(|k| keep.contains(&k)) {
                 continue;
             }
@@ -272,7 +303,9 @@ impl Store {
         }
 
         for (d, path) in self.list_sharded("blobs", "")? {
-            let Ok(meta) = fs::metadata(&path) else { continue };
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
             if referenced.contains(&d) {
                 rep.blobs_kept += 1;
             } else if young(&meta) {
@@ -284,7 +317,12 @@ impl Store {
 
         for e in fsutil::list_dir(&self.tmp_dir())? {
             let Ok(meta) = e.metadata() else { continue };
-            if meta.is_file() && !young(&meta) && remove(&e.path(), meta.len(), &mut rep)? {
+            if !meta.is_file() {
+                continue;
+            }
+            if young(&meta) {
+                rep.young_spared += 1;
+            } else if remove(&e.path(), meta.len(), &mut rep)? {
                 rep.tmp_removed += 1;
             }
         }

@@ -90,6 +90,9 @@ struct Entry {
     digest: Digest,
 }
 
+/// A digest, plus the entry to cache when the file was settled.
+type Looked = (Digest, Option<(PathBuf, Entry)>);
+
 #[derive(Default)]
 struct Inner {
     loaded: bool,
@@ -137,7 +140,13 @@ fn encode(map: &HashMap<PathBuf, Entry>) -> Vec<u8> {
         let pb = path_bytes(p);
         out.extend_from_slice(&(pb.len() as u32).to_le_bytes());
         out.extend_from_slice(&pb);
-        for v in [e.fp.size, e.fp.mtime_ns as u64, e.fp.ctime_ns as u64, e.fp.ino, e.fp.dev] {
+        for v in [
+            e.fp.size,
+            e.fp.mtime_ns as u64,
+            e.fp.ctime_ns as u64,
+            e.fp.ino,
+            e.fp.dev,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(e.digest.as_bytes());
@@ -150,7 +159,10 @@ fn encode(map: &HashMap<PathBuf, Entry>) -> Vec<u8> {
 fn decode(bytes: &[u8]) -> Result<Vec<(PathBuf, Entry)>> {
     ensure!(bytes.len() >= 48, "truncated ({} bytes)", bytes.len());
     let (body, check) = bytes.split_at(bytes.len() - 32);
-    ensure!(Digest::of(body).as_bytes()[..] == *check, "checksum mismatch");
+    ensure!(
+        Digest::of(body).as_bytes()[..] == *check,
+        "checksum mismatch"
+    );
     ensure!(&body[..8] == MAGIC, "bad magic");
     let n = u64::from_le_bytes(body[8..16].try_into().unwrap());
     let mut pos = 16;
@@ -225,14 +237,18 @@ impl StatCache {
             if inner.merged.contains(&f) {
                 continue;
             }
-            let Some(bytes) = fsutil::read_opt(&f)? else { continue };
+            let Some(bytes) = fsutil::read_opt(&f)? else {
+                continue;
+            };
             match decode(&bytes) {
                 Ok(entries) => {
                     for (p, e) in entries {
                         merge(&mut inner.map, p, e);
                     }
                 }
-                Err(e) => tracing::warn!(path = %f.display(), "ignoring damaged stat cache snapshot: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %f.display(), "ignoring damaged stat cache snapshot: {e:#}")
+                }
             }
             inner.merged.push(f);
         }
@@ -258,7 +274,7 @@ impl StatCache {
 
     /// Digest of one file: from the cache or by hashing it (`parallel_hash`:
     /// use blake3's own threads for this file).
-    fn digest_one(&self, path: &Path, parallel_hash: bool) -> Result<(Digest, Option<(PathBuf, Entry)>)> {
+    fn digest_one(&self, path: &Path, parallel_hash: bool) -> Result<Looked> {
         let canon = fs::canonicalize(path)
             .with_context(|| format!("resolving input file {}", path.display()))?;
         let stat = |p: &Path| -> Result<Fingerprint> {
@@ -286,7 +302,7 @@ impl StatCache {
                 continue;
             }
             let settled = fp.newest_ns().saturating_add(self.racy.as_nanos() as i64) < started;
-            let entry = settled.then(|| (canon, Entry { fp, digest: d }));
+            let entry = settled.then_some((canon, Entry { fp, digest: d }));
             return Ok((d, entry));
         }
         bail!("{} kept changing while being hashed", path.display())
@@ -294,10 +310,13 @@ impl StatCache {
 
     pub(crate) fn digests(&self, paths: &[PathBuf]) -> Result<Vec<Digest>> {
         self.ensure_loaded()?;
-        let results: Vec<Result<(Digest, Option<(PathBuf, Entry)>)>> = if paths.len() == 1 {
+        let results: Vec<Result<Looked>> = if paths.len() == 1 {
             vec![self.digest_one(&paths[0], true)]
         } else {
-            paths.par_iter().map(|p| self.digest_one(p, false)).collect()
+            paths
+                .par_iter()
+                .map(|p| self.digest_one(p, false))
+                .collect()
         };
         let mut out = Vec::with_capacity(paths.len());
         let mut new = Vec::new();

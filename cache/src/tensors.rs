@@ -23,13 +23,21 @@ const MAX_HEADER: u64 = 100_000_000;
 /// Element types supported here (a subset of safetensors').
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dtype {
+    /// 32-bit float.
     F32,
+    /// 64-bit float.
     F64,
+    /// Unsigned byte.
     U8,
+    /// 64-bit signed integer.
     I64,
+    /// 32-bit unsigned integer.
     U32,
+    /// 32-bit signed integer.
     I32,
+    /// IEEE half float (raw bits).
     F16,
+    /// bfloat16 (raw bits).
     BF16,
 }
 
@@ -84,8 +92,11 @@ impl FromStr for Dtype {
 
 /// A Rust element type with a safetensors dtype.
 pub trait Element: Copy {
+    /// The matching dtype.
     const DTYPE: Dtype;
+    /// Appends the little-endian bytes.
     fn write_le(self, out: &mut Vec<u8>);
+    /// Reads from exactly `DTYPE.size()` little-endian bytes.
     fn read_le(b: &[u8]) -> Self;
 }
 
@@ -112,9 +123,13 @@ element!(i32, I32);
 /// One named tensor: dtype, shape and little-endian data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorEntry {
+    /// Unique name within a file.
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, row-major (empty for a scalar).
     pub shape: Vec<usize>,
+    /// Little-endian element bytes (`shape` product times `dtype.size()`).
     pub data: Vec<u8>,
 }
 
@@ -148,7 +163,11 @@ impl TensorEntry {
             self.dtype,
             T::DTYPE
         );
-        Ok(self.data.chunks_exact(T::DTYPE.size()).map(T::read_le).collect())
+        Ok(self
+            .data
+            .chunks_exact(T::DTYPE.size())
+            .map(T::read_le)
+            .collect())
     }
 
     fn expected_len(&self) -> Result<usize> {
@@ -190,7 +209,10 @@ pub fn encode(entries: &[TensorEntry], metadata: &BTreeMap<String, String>) -> R
     }
     let mut offset = 0u64;
     for e in &order {
-        ensure!(e.name != "__metadata__", "tensor name \"__metadata__\" is reserved");
+        ensure!(
+            e.name != "__metadata__",
+            "tensor name \"__metadata__\" is reserved"
+        );
         let len = e.expected_len()?;
         ensure!(
             e.data.len() == len,
@@ -211,7 +233,7 @@ pub fn encode(entries: &[TensorEntry], metadata: &BTreeMap<String, String>) -> R
         offset += len as u64;
     }
     let mut json = serde_json::to_vec(&header).context("serializing safetensors header")?;
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset as usize);
@@ -223,17 +245,23 @@ pub fn encode(entries: &[TensorEntry], metadata: &BTreeMap<String, String>) -> R
     Ok(out)
 }
 
+/// Tensors (sorted by name) and metadata of a decoded file.
+pub type Decoded = (Vec<TensorEntry>, BTreeMap<String, String>);
+
 /// Decodes a safetensors file (ours or any conforming writer's) of the
 /// supported dtypes. Tensors come back sorted by name. Truncated or garbled
 /// input is a clear error, never a panic.
-pub fn decode(bytes: &[u8]) -> Result<(Vec<TensorEntry>, BTreeMap<String, String>)> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     ensure!(
         bytes.len() >= 8,
         "safetensors: truncated, {} bytes is shorter than the 8-byte header length",
         bytes.len()
     );
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    ensure!(n <= MAX_HEADER, "safetensors: header length {n} is implausible");
+    ensure!(
+        n <= MAX_HEADER,
+        "safetensors: header length {n} is implausible"
+    );
     ensure!(
         8 + n <= bytes.len() as u64,
         "safetensors: truncated, header says {n} bytes but only {} follow",
@@ -314,14 +342,13 @@ impl Store {
 
     /// Reads and decodes a tensors blob; `Ok(None)` on a miss (or a corrupt
     /// blob, see [`Store::get_blob`]).
-    pub fn get_tensors(
-        &self,
-        d: &Digest,
-    ) -> Result<Option<(Vec<TensorEntry>, BTreeMap<String, String>)>> {
+    pub fn get_tensors(&self, d: &Digest) -> Result<Option<Decoded>> {
         match self.get_blob(d)? {
-            Some(bytes) => Ok(Some(
-                decode(&bytes).with_context(|| format!("blob {d} is not a safetensors file"))?,
-            )),
+            Some(bytes) => {
+                Ok(Some(decode(&bytes).with_context(|| {
+                    format!("blob {d} is not a safetensors file")
+                })?))
+            }
             None => Ok(None),
         }
     }

@@ -2,7 +2,12 @@
 //! `mpfnet_api::Stage`s. Nothing here knows about scheduling or caching.
 
 pub mod cli;
+pub mod data;
+pub mod eval;
 pub mod kinds;
+pub mod model;
+pub mod prep;
+pub mod train;
 
 pub use kinds::registry;
 

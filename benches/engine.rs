@@ -1,0 +1,607 @@
+//! Engine and cache benchmark: a plain `fn main()` (no criterion).
+//!
+//! Builds a generated pipeline with the *shape* of CASME II (256 samples, 3 per-sample stages, a
+//! (sample, phi) axis of 768 pairs, 26 LOSO folds x 3 per-fold stages that gather every sample,
+//! two global stages: 1,619 nodes) out of toy stages doing trivial arithmetic on 8-value tensors,
+//! and times, median of 5 each:
+//!
+//! - the first full run (fresh cache each repetition),
+//! - `plan` on the fully cached pipeline (open + prepare + plan),
+//! - a no-op rerun (open + run, everything cached; target < 0.3 s), with a breakdown,
+//! - a rerun after `--set stages.afe.lr=...` (one parameter of one per-fold stage),
+//! - reverting it (everything restored from the cache),
+//!
+//! then the cache's throughput: blake3, put_blob / get_blob on 64 MiB, and `file_digest` on 2,000
+//! unchanged small files.
+//!
+//! Run: `cargo bench --bench engine` (set `MPFNET_BENCH_REPS` to change the repetitions).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use mpfnet::engine::{Engine, Options};
+use mpfnet::plan::{self, Status};
+use mpfnet::session::{self, Workspace};
+use mpfnet_api::{Array, Artifact, AxisItem, Ctx, Input, InputDecl, Registry, Stage};
+use mpfnet_cache::{Digest, Store};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Shape
+
+const SAMPLES: usize = 256;
+const PHIS: usize = 3;
+const FOLDS: usize = 26;
+const PER_SAMPLE: [&str; 3] = ["prep", "flow", "features"];
+const PER_FOLD: [&str; 3] = ["gfe", "afe", "meta"];
+const AXIS_SOURCES: usize = 3; // dataset, folds, balance
+const GLOBALS: usize = 2; // eval, report
+const TOTAL_NODES: usize = AXIS_SOURCES + SAMPLES * PER_SAMPLE.len() + SAMPLES * PHIS + FOLDS * PER_FOLD.len() + GLOBALS;
+/// Nodes recomputed when a parameter of `afe` changes: afe[*], meta[*], eval, report.
+const AFE_DOWNSTREAM: usize = FOLDS * 2 + GLOBALS;
+const WIDTH: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Toy stages
+
+fn vec_of(art: &Artifact) -> Result<Vec<f32>> {
+    Ok(art.tensor("x")?.as_f32()?.to_vec())
+}
+
+fn out(x: Vec<f32>, meta: Value) -> Artifact {
+    let mut a = Artifact::with_meta(meta);
+    a.insert("x", Array::f32(vec![x.len()], x).unwrap());
+    a
+}
+
+/// Volatile: reads `path` (lines "id value") and declares one axis item per line.
+struct AxisSource;
+impl Stage for AxisSource {
+    fn kind(&self) -> &'static str { "axis" }
+    fn version(&self) -> &'static str { "1" }
+    fn code(&self) -> String { "bench-axis".into() }
+    fn about(&self) -> &'static str { "bench: axis from a text file" }
+    fn defaults(&self) -> Value { json!({"path": ""}) }
+    fn inputs(&self) -> &'static [InputDecl] {
+        const I: &[InputDecl] = &[InputDecl::optional("after", "ordering only (e.g. folds after the dataset)")];
+        I
+    }
+    fn volatile(&self) -> bool { true }
+    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+        let path = ctx.params["path"].as_str().unwrap();
+        let digest = ctx.services.file_digest(Path::new(path))?;
+        let text = std::fs::read_to_string(path)?;
+        let mut axis = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (id, v) = line.split_once(' ').unwrap();
+            let v: f64 = v.trim().parse()?;
+            axis.push(AxisItem { id: id.into(), key: format!("{v}"), attrs: json!({"value": v}) });
+        }
+        let mut a = out(vec![axis.len() as f32], json!({"file": digest}));
+        a.axis = Some(axis);
+        Ok(a)
+    }
+}
+
+/// Per item: x[i] = scale * (item value + i) + offset + prev.x[i].
+struct PerItem;
+impl Stage for PerItem {
+    fn kind(&self) -> &'static str { "item" }
+    fn version(&self) -> &'static str { "1" }
+    fn code(&self) -> String { "bench-item".into() }
+    fn about(&self) -> &'static str { "bench: per-item arithmetic" }
+    fn defaults(&self) -> Value { json!({"scale": 1.0, "offset": 0.0}) }
+    fn inputs(&self) -> &'static [InputDecl] {
+        const I: &[InputDecl] = &[InputDecl::optional("prev", "the same item's previous stage")];
+        I
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+        let v = ctx.item()?.attrs["value"].as_f64().unwrap_or(0.0) as f32;
+        let scale = ctx.params["scale"].as_f64().unwrap() as f32;
+        let offset = ctx.params["offset"].as_f64().unwrap() as f32;
+        let mut x: Vec<f32> = (0..WIDTH).map(|i| scale * (v + i as f32) + offset).collect();
+        if let Some(p) = ctx.inputs.get("prev") {
+            for (a, b) in x.iter_mut().zip(vec_of(&p.one()?.load()?)?) {
+                *a += b;
+            }
+        }
+        Ok(out(x, Value::Null))
+    }
+}
+
+/// Per fold: gathers all items (`stage[*]`); x = lr * sum of the training items (those not held
+/// out, i % FOLDS != fold) + prev.x.
+struct PerFold;
+impl Stage for PerFold {
+    fn kind(&self) -> &'static str { "fold" }
+    fn version(&self) -> &'static str { "1" }
+    fn code(&self) -> String { "bench-fold".into() }
+    fn about(&self) -> &'static str { "bench: per-fold gather" }
+    fn defaults(&self) -> Value { json!({"lr": 0.1, "epochs": 1}) }
+    fn inputs(&self) -> &'static [InputDecl] {
+        const I: &[InputDecl] = &[
+            InputDecl::required("items", "all per-sample outputs"),
+            InputDecl::optional("extra", "more gathered outputs"),
+            InputDecl::optional("prev", "the same fold's previous stage"),
+        ];
+        I
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+        let fold = ctx.item()?.attrs["value"].as_f64().unwrap() as usize;
+        let lr = ctx.params["lr"].as_f64().unwrap() as f32;
+        let mut x = vec![0f32; WIDTH];
+        let mut n = 0usize;
+        for name in ["items", "extra"] {
+            let Some(inp) = ctx.inputs.get(name) else { continue };
+            for (i, (_, h)) in inp.many()?.iter().enumerate() {
+                if i % FOLDS == fold {
+                    continue;
+                }
+                for (a, b) in x.iter_mut().zip(vec_of(&h.load()?)?) {
+                    *a += b;
+                }
+                n += 1;
+            }
+        }
+        for a in x.iter_mut() {
+            *a *= lr / n.max(1) as f32;
+        }
+        if let Some(p) = ctx.inputs.get("prev") {
+            for (a, b) in x.iter_mut().zip(vec_of(&p.one()?.load()?)?) {
+                *a += b;
+            }
+        }
+        Ok(out(x, json!({"train": n})))
+    }
+}
+
+/// Global: mean of whatever it is given.
+struct Summary;
+impl Stage for Summary {
+    fn kind(&self) -> &'static str { "summary" }
+    fn version(&self) -> &'static str { "1" }
+    fn code(&self) -> String { "bench-summary".into() }
+    fn about(&self) -> &'static str { "bench: mean" }
+    fn defaults(&self) -> Value { json!({}) }
+    fn inputs(&self) -> &'static [InputDecl] {
+        const I: &[InputDecl] = &[InputDecl::required("ins", "anything with a tensor x")];
+        I
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+        let handles: Vec<_> = match ctx.input("ins")? {
+            Input::One(h) => vec![h.clone()],
+            Input::Many(v) => v.iter().map(|(_, h)| h.clone()).collect(),
+        };
+        let mut x = vec![0f32; WIDTH];
+        for h in &handles {
+            for (a, b) in x.iter_mut().zip(vec_of(&h.load()?)?) {
+                *a += b / handles.len() as f32;
+            }
+        }
+        let mean = x.iter().sum::<f32>() / WIDTH as f32;
+        Ok(out(x, json!({"summary": format!("mean {mean:.4}"), "metrics": {"mean": mean}})))
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add(AxisSource).add(PerItem).add(PerFold).add(Summary);
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generated pipeline
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    ws: Workspace,
+    pipeline: PathBuf,
+}
+
+fn setup() -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let samples: String = (0..SAMPLES).map(|i| format!("sub{:02}_EP{i:03} {}\n", i % 26, i as f64 * 0.01)).collect();
+    let folds: String = (0..FOLDS).map(|f| format!("sub{f:02} {f}\n")).collect();
+    let pairs: String = (0..SAMPLES)
+        .flat_map(|i| (0..PHIS).map(move |p| format!("sub{:02}_EP{i:03}@phi{p} {}\n", i % 26, i as f64 * 0.01 + p as f64)))
+        .collect();
+    std::fs::write(root.join("samples.txt"), samples).unwrap();
+    std::fs::write(root.join("folds.txt"), folds).unwrap();
+    std::fs::write(root.join("pairs.txt"), pairs).unwrap();
+    let p = |n: &str| root.join(n).display().to_string();
+    let toml = format!(
+        r#"name = "casme2_shape"
+seed = 7
+report = ["report"]
+
+[stages.dataset]
+kind = "axis"
+path = "{samples}"
+
+[stages.folds]
+kind = "axis"
+path = "{folds}"
+inputs = {{ after = "dataset" }}
+
+[stages.balance]
+kind = "axis"
+path = "{pairs}"
+inputs = {{ after = "folds" }}
+
+[stages.prep]
+kind = "item"
+over = "dataset"
+
+[stages.flow]
+kind = "item"
+over = "dataset"
+scale = 0.5
+inputs = {{ prev = "prep" }}
+
+[stages.features]
+kind = "item"
+over = "dataset"
+offset = 1.0
+inputs = {{ prev = "flow" }}
+
+[stages.features_mag]
+kind = "item"
+over = "balance"
+scale = 2.0
+
+[stages.gfe]
+kind = "fold"
+over = "folds"
+inputs = {{ items = "features[*]" }}
+
+[stages.afe]
+kind = "fold"
+over = "folds"
+inputs = {{ items = "features[*]", extra = "features_mag[*]", prev = "gfe" }}
+
+[stages.meta]
+kind = "fold"
+over = "folds"
+lr = 0.05
+inputs = {{ items = "features[*]", prev = "afe" }}
+
+[stages.eval]
+kind = "summary"
+inputs = {{ ins = "meta[*]" }}
+
+[stages.report]
+kind = "summary"
+inputs = {{ ins = "eval" }}
+"#,
+        samples = p("samples.txt"),
+        folds = p("folds.txt"),
+        pairs = p("pairs.txt"),
+    );
+    let pipeline = root.join("casme2_shape.toml");
+    std::fs::write(&pipeline, toml).unwrap();
+    let ws = Workspace { cache_dir: root.join("cache"), runs_dir: root.join("runs") };
+    Bench { _dir: dir, ws, pipeline }
+}
+
+impl Bench {
+    fn open(&self, sets: &[String]) -> Result<Engine> {
+        session::open(&self.pipeline, sets, &registry(), &self.ws, Options { jobs: 2, ..Default::default() })
+    }
+    /// open + run (+ drop, as a process exit would): (seconds, nodes, computed, cached).
+    fn run(&self, sets: &[String]) -> Result<(f64, usize, usize, usize)> {
+        let t = Instant::now();
+        let mut e = self.open(sets)?;
+        let o = session::run(&mut e, &self.ws, &[])?;
+        drop(e);
+        let secs = t.elapsed().as_secs_f64();
+        if !o.summary.ok() {
+            bail!("run failed: {:?}", o.summary.failed);
+        }
+        Ok((secs, o.record.nodes.len(), o.summary.computed, o.summary.cached))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn fmt_s(s: f64) -> String {
+    if s >= 1.0 { format!("{s:8.3} s ") } else { format!("{:8.1} ms", s * 1e3) }
+}
+
+struct Row {
+    what: String,
+    times: Vec<f64>,
+    nodes: usize,
+    computed: usize,
+    note: String,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!("{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  {}", "case", "median", "min", "max", "nodes", "computed", "");
+    for r in rows {
+        let min = r.times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = r.times.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  {}",
+            r.what,
+            fmt_s(median(r.times.clone())),
+            fmt_s(min),
+            fmt_s(max),
+            r.nodes,
+            r.computed,
+            r.note
+        );
+    }
+}
+
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> Result<()> {
+    let reps: usize = std::env::var("MPFNET_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    println!("mpfnet engine benchmark: {TOTAL_NODES} nodes ({SAMPLES} samples x {} per-sample stages, {} (sample, phi) pairs, {FOLDS} folds x {} per-fold stages, {AXIS_SOURCES} axis sources, {GLOBALS} globals); median of {reps}", PER_SAMPLE.len(), SAMPLES * PHIS, PER_FOLD.len());
+    println!();
+    let mut rows = Vec::new();
+
+    // profiling aid: `MPFNET_BENCH_NOOP_ONLY=N` runs the pipeline once, then N no-op reruns, and
+    // exits (e.g. under `perf record`)
+    if let Some(n) = std::env::var("MPFNET_BENCH_NOOP_ONLY").ok().and_then(|s| s.parse::<usize>().ok()) {
+        let b = setup();
+        b.run(&[])?;
+        let t = Instant::now();
+        for _ in 0..n {
+            assert_eq!(b.run(&[])?.2, 0);
+        }
+        println!("{n} no-op reruns: {} each", fmt_s(t.elapsed().as_secs_f64() / n.max(1) as f64).trim());
+        return Ok(());
+    }
+
+    // 1. first full run, on a fresh cache each time
+    let mut firsts = Vec::new();
+    let mut bench = None;
+    for _ in 0..reps {
+        let b = setup();
+        let (s, nodes, computed, _) = b.run(&[])?;
+        assert_eq!(nodes, TOTAL_NODES, "node count");
+        assert_eq!(computed, TOTAL_NODES, "a first run computes every node");
+        firsts.push(s);
+        bench = Some(b);
+    }
+    let b = bench.unwrap();
+    rows.push(Row { what: "first full run (fresh cache)".into(), times: firsts, nodes: TOTAL_NODES, computed: TOTAL_NODES, note: String::new() });
+
+    // 2. plan on the fully cached pipeline: open + prepare + plan (with the previous run record,
+    // as `mpfnet plan` loads it)
+    let mut plans = Vec::new();
+    let mut plan_note = String::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let mut e = b.open(&[])?;
+        e.prepare()?;
+        let prev = mpfnet::runs::latest(&b.ws.runs_dir, &e.pipeline().name);
+        let p = plan::plan(&e, prev.as_ref())?;
+        drop(e);
+        plans.push(t.elapsed().as_secs_f64());
+        assert_eq!(p.entries.len(), TOTAL_NODES);
+        assert_eq!(p.to_run().count(), 0, "fully cached: nothing to run");
+        assert_eq!(p.count(&Status::Cached), TOTAL_NODES - AXIS_SOURCES);
+        assert_eq!(p.count(&Status::RanDuringPlanning), AXIS_SOURCES);
+        plan_note = format!("{} cached, {} axis sources checked", p.count(&Status::Cached), AXIS_SOURCES);
+    }
+    rows.push(Row { what: "plan, fully cached (open+prepare+plan)".into(), times: plans, nodes: TOTAL_NODES, computed: 0, note: plan_note });
+
+    // 3. no-op rerun
+    let mut noops = Vec::new();
+    for _ in 0..reps {
+        let (s, nodes, computed, cached) = b.run(&[])?;
+        assert_eq!(nodes, TOTAL_NODES);
+        assert_eq!(computed, 0, "a no-op rerun computes nothing");
+        assert_eq!(cached, TOTAL_NODES);
+        noops.push(s);
+    }
+    let noop_median = median(noops.clone());
+    rows.push(Row { what: "no-op rerun (open+run, all cached)".into(), times: noops, nodes: TOTAL_NODES, computed: 0, note: format!("target < 300 ms: {}", if noop_median < 0.3 { "OK" } else { "MISSED" }) });
+
+    // 4./5. change one parameter of one per-fold stage, then revert (a new value each repetition,
+    // else the second repetition would find the change cached)
+    let mut changes = Vec::new();
+    let mut reverts = Vec::new();
+    for r in 0..reps {
+        let set = vec![format!("stages.afe.lr={:.1}", 0.2 + 0.1 * r as f64)];
+        if r == 0 {
+            // what plan says about it
+            let mut e = b.open(&set)?;
+            e.prepare()?;
+            let p = plan::plan(&e, mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").as_ref())?;
+            assert_eq!(p.count(&Status::Run), FOLDS, "afe[*] runs");
+            assert_eq!(p.count(&Status::RunIfInputsChange), AFE_DOWNSTREAM - FOLDS, "meta[*], eval, report below it");
+        }
+        let (s, nodes, computed, _) = b.run(&set)?;
+        assert_eq!(nodes, TOTAL_NODES);
+        assert_eq!(computed, AFE_DOWNSTREAM, "afe[*] and what is downstream of it");
+        changes.push(s);
+        let (s, _, computed, _) = b.run(&[])?;
+        assert_eq!(computed, 0, "reverting restores everything from the cache");
+        reverts.push(s);
+    }
+    rows.push(Row { what: "rerun after --set stages.afe.lr=<new>".into(), times: changes, nodes: TOTAL_NODES, computed: AFE_DOWNSTREAM, note: format!("afe[{FOLDS}] + meta[{FOLDS}] + eval + report") });
+    rows.push(Row { what: "revert (restored from cache)".into(), times: reverts, nodes: TOTAL_NODES, computed: 0, note: String::new() });
+
+    // where the no-op time goes
+    let (mut t_open, mut t_prep, mut t_runall, mut t_session) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        let mut e = b.open(&[])?;
+        t_open.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        e.prepare()?;
+        t_prep.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let s = e.run_all()?;
+        t_runall.push(t.elapsed().as_secs_f64());
+        assert_eq!(s.computed, 0);
+        drop(e);
+        let mut e = b.open(&[])?;
+        let t = Instant::now();
+        session::run(&mut e, &b.ws, &[])?;
+        t_session.push(t.elapsed().as_secs_f64());
+    }
+    // the run record: loading the previous one (plan does) and writing one (every run does)
+    let (mut t_latest, mut t_write) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        let rec = mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").expect("a run record");
+        t_latest.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        mpfnet::runs::write(&b.ws.runs_dir, &rec, &Default::default())?;
+        t_write.push(t.elapsed().as_secs_f64());
+    }
+    let (mo, mp, mr, ms) = (median(t_open.clone()), median(t_prep.clone()), median(t_runall.clone()), median(t_session.clone()));
+    let mw = median(t_write.clone());
+    rows.push(Row { what: "  no-op: session::open".into(), times: t_open, nodes: TOTAL_NODES, computed: 0, note: "load TOML + Store::open + Engine::new".into() });
+    rows.push(Row { what: "  no-op: engine.prepare()".into(), times: t_prep, nodes: TOTAL_NODES, computed: 0, note: "expand + run 3 volatile axis sources".into() });
+    rows.push(Row { what: "  no-op: engine.run_all()".into(), times: t_runall, nodes: TOTAL_NODES, computed: 0, note: "key + action lookup per node".into() });
+    rows.push(Row { what: "  no-op: session::run (prepare+run_all+record)".into(), times: t_session, nodes: TOTAL_NODES, computed: 0, note: format!("so record() ~ {}, runs::write ~ {}", fmt_s(ms - mp - mr - mw).trim(), fmt_s(mw).trim()) });
+    rows.push(Row { what: "  runs::write (the run record)".into(), times: t_write, nodes: TOTAL_NODES, computed: 0, note: String::new() });
+    rows.push(Row { what: "  runs::latest (read previous record, plan)".into(), times: t_latest, nodes: TOTAL_NODES, computed: 0, note: String::new() });
+    let _ = mo;
+
+    print_rows(&rows);
+    let runs = std::fs::read_dir(b.ws.runs_dir.join("casme2_shape"))?.count();
+    let run_json = mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").map(|r| serde_json::to_string_pretty(&r).unwrap().len()).unwrap_or(0);
+    println!("(run records written: {runs}; run.json {:.1} KiB each)", run_json as f64 / 1024.0);
+    let (mut n_act, mut act_bytes, mut act_max, mut max_name) = (0usize, 0u64, 0u64, String::new());
+    for shard in std::fs::read_dir(b.ws.cache_dir.join("actions"))? {
+        for f in std::fs::read_dir(shard?.path())? {
+            let f = f?;
+            let len = f.metadata()?.len();
+            n_act += 1;
+            act_bytes += len;
+            if len > act_max {
+                act_max = len;
+                let text = std::fs::read_to_string(f.path())?;
+                let v: Value = serde_json::from_str(&text)?;
+                max_name = v["provenance"]["node"].as_str().unwrap_or("?").to_string();
+            }
+        }
+    }
+    println!(
+        "(action records: {n_act} files, {:.1} MiB in all, largest {:.1} KiB ({max_name}); each lookup parses and re-hashes one)",
+        act_bytes as f64 / (1 << 20) as f64,
+        act_max as f64 / 1024.0
+    );
+    println!();
+
+    cache_throughput(reps)?;
+    Ok(())
+}
+
+fn cache_throughput(reps: usize) -> Result<()> {
+    const SIZE: usize = 64 << 20;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("cache"))?;
+    let mut buf = vec![0u8; SIZE];
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for chunk in buf.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+
+    let time = |f: &mut dyn FnMut(usize)| -> f64 {
+        let mut v = Vec::new();
+        for r in 0..reps {
+            let t = Instant::now();
+            f(r);
+            v.push(t.elapsed().as_secs_f64());
+        }
+        median(v)
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let h1 = time(&mut |_| {
+        std::hint::black_box(blake3::hash(std::hint::black_box(&buf)));
+    });
+    rows.push(("blake3::hash, 1 thread".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, h1), fmt_s(h1).trim())));
+    let h2 = time(&mut |_| {
+        std::hint::black_box(Digest::of(std::hint::black_box(&buf)));
+    });
+    rows.push(("Digest::of (rayon above threshold)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, h2), fmt_s(h2).trim())));
+
+    // new blobs: change the first bytes so each repetition writes a new file (fsync + rename)
+    let mut digests = Vec::new();
+    let put_new = time(&mut |r| {
+        buf[..8].copy_from_slice(&(r as u64 + 1).to_le_bytes());
+        digests.push(store.put_blob(&buf).unwrap());
+    });
+    rows.push(("put_blob 64 MiB, new (hash+write+fsync)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, put_new), fmt_s(put_new).trim())));
+    let put_again = time(&mut |_| {
+        store.put_blob(&buf).unwrap();
+    });
+    rows.push(("put_blob 64 MiB, already stored".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, put_again), fmt_s(put_again).trim())));
+    let get = time(&mut |r| {
+        let bytes = store.get_blob(&digests[r]).unwrap().unwrap();
+        assert_eq!(bytes.len(), SIZE);
+    });
+    rows.push(("get_blob 64 MiB (read + re-hash, page cache)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, get), fmt_s(get).trim())));
+    drop(buf);
+
+    // file_digest on 2,000 unchanged small files
+    const FILES: usize = 2000;
+    let fdir = dir.path().join("files");
+    std::fs::create_dir_all(&fdir)?;
+    let paths: Vec<PathBuf> = (0..FILES)
+        .map(|i| {
+            let p = fdir.join(format!("img{i:05}.jpg"));
+            std::fs::write(&p, vec![(i % 251) as u8; 2048 + i % 512]).unwrap();
+            p
+        })
+        .collect();
+    // beyond the stat cache's racy window (2 s): the files are then "unchanged" and cacheable
+    std::thread::sleep(Duration::from_millis(2200));
+    let t = Instant::now();
+    for p in &paths {
+        store.file_digest(p)?;
+    }
+    let cold = t.elapsed().as_secs_f64();
+    rows.push((format!("file_digest x{FILES}, first time (hash)"), format!("{:8.1} us/file ({})", cold * 1e6 / FILES as f64, fmt_s(cold).trim())));
+    let warm = time(&mut |_| {
+        for p in &paths {
+            store.file_digest(p).unwrap();
+        }
+    });
+    rows.push((format!("file_digest x{FILES}, unchanged (same Store)"), format!("{:8.1} us/file ({})", warm * 1e6 / FILES as f64, fmt_s(warm).trim())));
+    let batch = time(&mut |_| {
+        store.file_digests(&paths).unwrap();
+    });
+    rows.push((format!("file_digests x{FILES} batch, unchanged"), format!("{:8.1} us/file ({})", batch * 1e6 / FILES as f64, fmt_s(batch).trim())));
+    let st = store.stat_cache_stats();
+    drop(store); // saves the stat cache
+    let reopen = time(&mut |_| {
+        let s = Store::open(&dir.path().join("cache")).unwrap();
+        for p in &paths {
+            s.file_digest(p).unwrap();
+        }
+        let st = s.stat_cache_stats();
+        assert_eq!(st.misses, 0, "unchanged files are answered from the saved stat cache");
+    });
+    rows.push((format!("open Store + file_digest x{FILES} (new process)"), format!("{:8.1} us/file ({})", reopen * 1e6 / FILES as f64, fmt_s(reopen).trim())));
+
+    println!("{:<46} {}", "cache", "throughput (median)");
+    for (a, b) in rows {
+        println!("{a:<46} {b}");
+    }
+    println!("(stat cache after the in-process passes: {} hits, {} misses, {} entries)", st.hits, st.misses, st.entries);
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! SAMM: `SAMM_Micro_FACS_Codes_v2.xlsx` (preamble rows, then a header) and grey-scale frames
+//! `SAMM/006/006_1_2/006_05562.jpg`.
+
+use crate::data::casme2::{check_frames, is_blank_frame};
+use crate::data::frames::{list_frames, FrameFinder};
+use crate::data::index::{map_entries, Entry, Origin};
+use crate::data::sheet::{locate, parse_frame};
+use crate::data::{ClassMap, DatasetIndex, DatasetKind, FaultPolicy, Task};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const NAME: &str = "samm";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Options {
+    /// Folder holding the sheet and the `SAMM` frame folder.
+    pub root: PathBuf,
+    /// Default: `SAMM_Micro_FACS_Codes_v2.xlsx`, else the first `SAMM_Micro_FACS_Codes*` sheet.
+    pub sheet: Option<PathBuf>,
+    /// Default: `root/SAMM` if it exists, else `root`.
+    pub frames: Option<PathBuf>,
+    /// Zero-padded width of frame numbers (5 in the release); other widths are found by
+    /// listing the sample folder when a frame is not where this says.
+    pub digits: usize,
+    pub task: Task,
+    pub class_map: Option<ClassMap>,
+    pub policy: FaultPolicy,
+}
+
+impl Options {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            sheet: None,
+            frames: None,
+            digits: 5,
+            task: Task::Sde,
+            class_map: None,
+            policy: FaultPolicy::Skip,
+        }
+    }
+
+    pub fn class_map(&self) -> ClassMap {
+        self.class_map
+            .clone()
+            .unwrap_or_else(|| ClassMap::default_for(DatasetKind::Samm, self.task))
+    }
+}
+
+/// `6`, `06`, `006`, `6.0` -> `006`.
+pub fn normalise_subject(s: &str) -> Option<String> {
+    parse_frame(s).map(|n| format!("{n:03}"))
+}
+
+fn find_sheet(root: &Path) -> Result<PathBuf> {
+    let default = root.join("SAMM_Micro_FACS_Codes_v2.xlsx");
+    if default.is_file() {
+        return Ok(default);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("reading SAMM root {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_lowercase();
+            n.starts_with("samm_micro_facs_codes")
+                && (n.ends_with(".xlsx") || n.ends_with(".xls") || n.ends_with(".csv"))
+        })
+        .collect();
+    found.sort();
+    match found.into_iter().next() {
+        Some(p) => Ok(p),
+        None => bail!(
+            "no SAMM sheet ({} or SAMM_Micro_FACS_Codes*.xlsx) in {}",
+            default.display(),
+            root.display()
+        ),
+    }
+}
+
+pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
+    if !opts.root.is_dir() {
+        bail!("SAMM root not found: {}", opts.root.display());
+    }
+    let sheet = match &opts.sheet {
+        Some(s) => s.clone(),
+        None => find_sheet(&opts.root)?,
+    };
+    let frames = opts.frames.clone().unwrap_or_else(|| {
+        let f = opts.root.join("SAMM");
+        if f.is_dir() {
+            f
+        } else {
+            opts.root.clone()
+        }
+    });
+    if !frames.is_dir() {
+        bail!("SAMM frame folder not found: {}", frames.display());
+    }
+    let t = locate(
+        &sheet,
+        &[
+            "Subject",
+            "Filename",
+            "Onset Frame",
+            "Apex Frame",
+            "Estimated Emotion",
+        ],
+    )?;
+    let mut finder = FrameFinder::new("", Some(opts.digits));
+    let mut out = Vec::new();
+    for (row, cells) in t.data_rows() {
+        let origin = Origin {
+            file: sheet.clone(),
+            sheet: t.table.sheet.clone(),
+            row: *row,
+        };
+        let mut faults = Vec::new();
+        let subj_raw = t.get(cells, "Subject");
+        let subject = normalise_subject(subj_raw).unwrap_or_else(|| {
+            faults.push(origin.fault("Subject", format!("not a subject number: {subj_raw:?}")));
+            subj_raw.to_string()
+        });
+        let filename = t.get(cells, "Filename").to_string();
+        if filename.is_empty() {
+            faults.push(origin.fault("Filename", "empty"));
+        }
+        let emotion = t.get(cells, "Estimated Emotion").to_string();
+        let onset_raw = t.get(cells, "Onset Frame");
+        let apex_raw = t.get(cells, "Apex Frame");
+        let offset_raw = t.get(cells, "Offset Frame");
+        let onset = parse_frame(onset_raw);
+        if onset.is_none() {
+            faults.push(origin.fault("Onset Frame", format!("not a frame number: {onset_raw:?}")));
+        }
+        let apex = parse_frame(apex_raw);
+        if apex.is_none() {
+            let what = if is_blank_frame(apex_raw) {
+                "apex missing"
+            } else {
+                "not a frame number"
+            };
+            faults.push(origin.fault("Apex Frame", format!("{what}: {apex_raw:?}")));
+        }
+        let offset = parse_frame(offset_raw);
+        if offset.is_none() && !is_blank_frame(offset_raw) {
+            faults.push(origin.fault(
+                "Offset Frame",
+                format!("not a frame number: {offset_raw:?}"),
+            ));
+        }
+        let frame_dir = frames.join(&subject).join(&filename);
+        let folder_known = !faults
+            .iter()
+            .any(|f| f.field == "Subject" || f.field == "Filename");
+        finder.prefix = format!("{subject}_");
+        let mut find = |d: &Path, n: u32| {
+            finder.find(d, n).or_else(|| {
+                // Another digit count or prefix: look the number up in the folder listing.
+                list_frames(d)
+                    .ok()?
+                    .into_iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, p)| p)
+            })
+        };
+        let ((onset_path, apex_path), more) = check_frames(
+            &origin,
+            &mut find,
+            &frame_dir,
+            onset,
+            apex,
+            offset,
+            ("Onset Frame", "Apex Frame", "Offset Frame"),
+            folder_known,
+        );
+        faults.extend(more);
+        out.push(Entry {
+            dataset: NAME.to_string(),
+            subject,
+            filename,
+            emotion,
+            emotion_field: "Estimated Emotion".into(),
+            onset_frame: onset.unwrap_or(0),
+            apex_frame: apex.unwrap_or(0),
+            offset_frame: offset,
+            onset_path,
+            apex_path,
+            frame_dir,
+            origin,
+            faults,
+        });
+    }
+    Ok(out)
+}
+
+pub fn load(opts: &Options) -> Result<DatasetIndex> {
+    let entries = scan(opts)?;
+    map_entries(NAME, &entries, &opts.class_map(), opts.policy)
+}

@@ -1,0 +1,372 @@
+//! `report.md` (tables in the shape of the paper's, with the paper's figures beside ours, labelled
+//! "paper, on its data") and the serde `Report` written as `report.json`.
+use crate::eval::metrics::{Metrics, Summary};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// each dataset with its own labels (Acc / F1)
+    Sde,
+    /// 3-class composite (UF1 / UAR)
+    Cde,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// dataset key: smic, casme2, samm, megc2019 (others are reported without paper figures)
+    pub dataset: String,
+    pub task: Task,
+    /// MPFNet-C, MPFNet-P, PLSM, PLTN, w/o PL
+    pub variant: String,
+    /// flow+diff, flow, diff
+    pub features: String,
+    pub class_names: Vec<String>,
+    /// the test subject of each fold, in fold order
+    pub fold_subjects: Vec<String>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub title: String,
+    /// what the data is (real dataset, synthetic stand-in, ...)
+    pub data_note: String,
+    pub runs: Vec<RunResult>,
+    /// (caption, path relative to report.md) of figures to link
+    #[serde(default)]
+    pub figures: Vec<(String, String)>,
+    pub notes: Vec<String>,
+}
+
+fn key(s: &str) -> String {
+    s.to_lowercase().replace(['-', ' ', '_'], "")
+}
+
+/// SPEC 7, SDE: (Acc, F1) of the paper for dataset and variant.
+pub fn paper_sde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
+    match (key(dataset).as_str(), key(variant).as_str()) {
+        ("smic", "mpfnetc") => Some((0.811, 0.811)),
+        ("casme2" | "casmeii", "mpfnetc") => Some((0.831, 0.833)),
+        ("samm", "mpfnetc") => Some((0.719, 0.718)),
+        ("smic", "mpfnetp") => Some((0.787, 0.787)),
+        ("casme2" | "casmeii", "mpfnetp") => Some((0.820, 0.819)),
+        ("samm", "mpfnetp") => Some((0.704, 0.695)),
+        _ => None,
+    }
+}
+
+/// SPEC 7, CDE (MPFNet-C): (UF1, UAR).
+pub fn paper_cde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
+    if key(variant) != "mpfnetc" {
+        return None;
+    }
+    match key(dataset).as_str() {
+        "smic" => Some((0.806, 0.809)),
+        "casme2" | "casmeii" => Some((0.911, 0.923)),
+        "samm" => Some((0.795, 0.839)),
+        "megc2019" | "megc2019cd" => Some((0.840, 0.846)),
+        _ => None,
+    }
+}
+
+/// SPEC 7, ablations on CASME II 3-class: Acc.
+pub fn paper_ablation(variant: &str) -> Option<f64> {
+    match key(variant).as_str() {
+        "w/opl" | "wopl" | "withoutpl" => Some(0.621),
+        "pltn" => Some(0.745),
+        "plsm" => Some(0.834),
+        "mpfnetp" => Some(0.897),
+        "mpfnetc" => Some(0.924),
+        _ => None,
+    }
+}
+
+/// SPEC 7, input features with MPFNet-C on CASME II 3-class: Acc.
+pub fn paper_features(features: &str) -> Option<f64> {
+    match key(features).as_str() {
+        "flow" => Some(0.865),
+        "diff" => Some(0.662),
+        "flow+diff" => Some(0.924),
+        _ => None,
+    }
+}
+
+fn f(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
+}
+
+const ABLATION_ORDER: [&str; 5] = ["w/o PL", "PLTN", "PLSM", "MPFNet-P", "MPFNet-C"];
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {}\n\n{}\n", r.title, r.data_note);
+    let _ = writeln!(s, "Headline metrics pool the predictions of all LOSO folds (MEGC2019 convention); per-fold means are given beside them. Figures marked \"paper, on its data\" are the paper's own results on the real datasets, not a reproduction target for other data.\n");
+    sde_table(&mut s, r);
+    cde_table(&mut s, r);
+    ablation_table(&mut s, r);
+    feature_table(&mut s, r);
+    for run in &r.runs {
+        run_detail(&mut s, run);
+    }
+    if !r.figures.is_empty() {
+        let _ = writeln!(s, "## Figures\n");
+        for (cap, path) in &r.figures {
+            let _ = writeln!(s, "![{cap}]({path})\n");
+        }
+    }
+    paper_reference(&mut s);
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}
+
+/// All of SPEC 7's figures, whatever was run.
+fn paper_reference(s: &mut String) {
+    let _ = writeln!(s, "## The paper's figures (paper, on its data)\n\n| task | dataset | MPFNet-P | MPFNet-C |\n| --- | --- | --- | --- |");
+    for (d, name) in [
+        ("smic", "SMIC-HS 3-class"),
+        ("casme2", "CASME II 5-class"),
+        ("samm", "SAMM 5-class"),
+    ] {
+        let p = paper_sde(d, "MPFNet-P").unwrap_or_default();
+        let c = paper_sde(d, "MPFNet-C").unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| SDE Acc / F1 | {name} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            p.0, p.1, c.0, c.1
+        );
+    }
+    for (d, name) in [
+        ("smic", "SMIC-HS"),
+        ("casme2", "CASME II"),
+        ("samm", "SAMM"),
+        ("megc2019", "MEGC2019-CD"),
+    ] {
+        let c = paper_cde(d, "MPFNet-C").unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| CDE UF1 / UAR | {name} | - | {:.3} / {:.3} |",
+            c.0, c.1
+        );
+    }
+    let abl: Vec<String> = ABLATION_ORDER
+        .iter()
+        .map(|v| format!("{v} {}", f(paper_ablation(v))))
+        .collect();
+    let feats: Vec<String> = ["flow", "diff", "flow+diff"]
+        .iter()
+        .map(|v| format!("{v} {}", f(paper_features(v))))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nAblations, Acc on CASME II 3-class: {}. Input features (MPFNet-C): {}.\n",
+        abl.join(", "),
+        feats.join(", ")
+    );
+}
+
+fn sde_table(s: &mut String, r: &Report) {
+    let runs: Vec<&RunResult> = r
+        .runs
+        .iter()
+        .filter(|x| x.task == Task::Sde && key(&x.features) == "flow+diff")
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## SDE (Acc / F1)\n\n| dataset | classes | method | Acc | F1 | Acc per-fold mean | Acc (paper, on its data) | F1 (paper, on its data) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for x in runs {
+        let p = paper_sde(&x.dataset, &x.variant);
+        let m = &x.summary.pooled;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {} | {} | {} | {} |",
+            x.dataset,
+            x.class_names.len(),
+            x.variant,
+            m.acc,
+            f(m.f1_macro),
+            f(x.summary.fold_means.acc),
+            f(p.map(|p| p.0)),
+            f(p.map(|p| p.1))
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn cde_table(s: &mut String, r: &Report) {
+    let runs: Vec<&RunResult> = r
+        .runs
+        .iter()
+        .filter(|x| x.task == Task::Cde && key(&x.features) == "flow+diff")
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## CDE (UF1 / UAR)\n\n| dataset | method | UF1 | UAR | UF1 per-fold mean | UAR per-fold mean | UF1 (paper, on its data) | UAR (paper, on its data) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for x in runs {
+        let p = paper_cde(&x.dataset, &x.variant);
+        let m = &x.summary.pooled;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            x.dataset,
+            x.variant,
+            f(m.uf1),
+            f(m.uar),
+            f(x.summary.fold_means.uf1),
+            f(x.summary.fold_means.uar),
+            f(p.map(|p| p.0)),
+            f(p.map(|p| p.1))
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn ablation_table(s: &mut String, r: &Report) {
+    let mut datasets: Vec<&str> = r
+        .runs
+        .iter()
+        .filter(|x| x.task == Task::Cde)
+        .map(|x| x.dataset.as_str())
+        .collect();
+    datasets.dedup();
+    for d in datasets {
+        let rows: Vec<&RunResult> = ABLATION_ORDER
+            .iter()
+            .filter_map(|v| {
+                r.runs.iter().find(|x| {
+                    x.task == Task::Cde
+                        && x.dataset == d
+                        && key(&x.variant) == key(v)
+                        && key(&x.features) == "flow+diff"
+                })
+            })
+            .collect();
+        if rows.len() < 2 {
+            continue;
+        }
+        let _ = writeln!(s, "## Ablation: prior learning ({d}, 3-class)\n\n| method | Acc | UF1 | UAR | Acc (paper, on its data: CASME II 3-class) |\n| --- | --- | --- | --- | --- |");
+        for x in rows {
+            let m = &x.summary.pooled;
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} | {} | {} | {} |",
+                x.variant,
+                m.acc,
+                f(m.uf1),
+                f(m.uar),
+                f(paper_ablation(&x.variant))
+            );
+        }
+        let _ = writeln!(s);
+    }
+}
+
+fn feature_table(s: &mut String, r: &Report) {
+    let rows: Vec<&RunResult> = r
+        .runs
+        .iter()
+        .filter(|x| x.task == Task::Cde && key(&x.variant) == "mpfnetc")
+        .collect();
+    if rows
+        .iter()
+        .map(|x| key(&x.features))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        < 2
+    {
+        return;
+    }
+    let _ = writeln!(s, "## Ablation: input features (MPFNet-C, 3-class)\n\n| dataset | input | Acc | UF1 | UAR | Acc (paper, on its data: CASME II 3-class) |\n| --- | --- | --- | --- | --- | --- |");
+    for x in rows {
+        let m = &x.summary.pooled;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {} | {} | {} |",
+            x.dataset,
+            x.features,
+            m.acc,
+            f(m.uf1),
+            f(m.uar),
+            f(paper_features(&x.features))
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn metrics_row(s: &mut String, what: &str, m: &Metrics) {
+    let _ = writeln!(
+        s,
+        "| {what} | {:.3} | {} | {} | {} | {} |",
+        m.acc,
+        f(m.f1_macro),
+        f(m.uf1),
+        f(m.uar),
+        f(m.class_acc_std)
+    );
+}
+
+fn run_detail(s: &mut String, x: &RunResult) {
+    let t = match x.task {
+        Task::Sde => "SDE",
+        Task::Cde => "CDE",
+    };
+    let _ = writeln!(s, "## {} {} {} ({})\n", x.dataset, t, x.variant, x.features);
+    let fm = &x.summary.fold_means;
+    let _ = writeln!(s, "| convention | Acc | F1 | UF1 | UAR | std of per-class Acc |\n| --- | --- | --- | --- | --- | --- |");
+    metrics_row(s, "pooled (headline)", &x.summary.pooled);
+    let _ = writeln!(
+        s,
+        "| per-fold mean ({} folds) | {} | {} | {} | {} | {} |\n",
+        fm.folds,
+        f(fm.acc),
+        f(fm.f1_macro),
+        f(fm.uf1),
+        f(fm.uar),
+        f(fm.class_acc_std)
+    );
+    let _ = writeln!(
+        s,
+        "| class | N | precision | recall (Acc_c) | F1 |\n| --- | --- | --- | --- | --- |"
+    );
+    for (name, c) in x.class_names.iter().zip(&x.summary.pooled.per_class) {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} |",
+            c.support,
+            f(c.precision),
+            f(c.recall),
+            f(c.f1)
+        );
+    }
+    let _ = writeln!(s, "\nConfusion matrix (rows true, columns predicted):\n");
+    let _ = writeln!(
+        s,
+        "| true \\ pred | {} |\n| --- |{}",
+        x.class_names.join(" | "),
+        " --- |".repeat(x.class_names.len())
+    );
+    for (name, row) in x.class_names.iter().zip(&x.summary.confusion.m) {
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(s);
+}
+
+/// Writes `report.md` and `report.json` into `dir`.
+pub fn write(r: &Report, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md = dir.join("report.md");
+    std::fs::write(&md, markdown(r)).with_context(|| format!("writing {}", md.display()))?;
+    let js = dir.join("report.json");
+    let text = serde_json::to_string_pretty(r).context("serialising report")?;
+    std::fs::write(&js, text).with_context(|| format!("writing {}", js.display()))
+}

@@ -1,0 +1,36 @@
+//! CA-I3D backbone of MPFNet (SPEC section 3) on candle 0.11.1, with custom CPU kernels.
+//!
+//! - `ops`: conv3d, max_pool3d, adaptive_avg_pool3d, BatchNorm(+ReLU), the fused parts of 3D
+//!   coordinate attention; candle custom ops with analytic backward on CPU, stock candle ops on
+//!   other devices (so a CUDA build runs the same model) and as the tests' reference.
+//! - `layers`: `BatchNorm3d`, `Unit3d`, `CoordAttention3d` (T/H/W extension documented there),
+//!   `Inception3d`; `InitScheme` (Kaiming normal by default: the paper's N(0,1) diverges).
+//! - `ca_i3d`: `CaI3dConfig` (presets `paper()`, `demo()`, `facts_bench()`), `CaI3d`,
+//!   `load_into` (cascade widening with zeros).
+//! - `init`: seeded `VarBuilder` (weights depend only on seed and variable name).
+//! - `sgd`: in-place SGD with momentum / weight decay, `StepLr`.
+//! - `checkpoint`: VarMap (+ momentum buffers) <-> deterministic safetensors bytes.
+//!
+//! Typical use:
+//! ```ignore
+//! let varmap = VarMap::new();
+//! let model = CaI3d::new(init::seeded_var_builder(&varmap, seed, &device), &cfg)?;
+//! let mut opt = sgd::Sgd::new(model.trainable_vars()?, sgd_cfg)?;
+//! let loss = /* from model.forward(&x, true)? */;
+//! opt.step(&loss.backward()?)?;
+//! let bytes = checkpoint::save_checkpoint(&varmap, Some(&opt))?;
+//! ```
+//!
+//! Allocator: the training step allocates and frees many buffers of tens to hundreds of MiB;
+//! with glibc malloc each is a fresh mmap (page faults + kernel zeroing dominate). The final
+//! binary should use mimalloc as global allocator (`#[global_allocator] static A:
+//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), ideally with `MIMALLOC_PURGE_DELAY=-1`.
+pub mod ca_i3d;
+pub mod checkpoint;
+pub mod init;
+pub mod layers;
+pub mod ops;
+pub mod sgd;
+
+pub use ca_i3d::{load_into, CaI3d, CaI3dConfig};
+pub use layers::InitScheme;

@@ -1,0 +1,277 @@
+//! BatchNorm over `[B, C, T, H, W]` (per channel), optionally fused with ReLU, as a candle
+//! `CustomOp3` (x, gamma, beta) with an analytic backward. Training mode normalises with the
+//! batch statistics (biased variance) and updates the running statistics PyTorch's way
+//! (`r = (1 - m) r + m s`, unbiased variance); eval mode uses the running statistics.
+
+use super::{cpu_slice, dims5, use_custom, with_cpu_data, SendPtr};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    /// Batch statistics, running statistics updated.
+    Train,
+    /// Running statistics.
+    Eval,
+}
+
+/// Per-channel statistics used by the forward pass (kept for the backward).
+#[derive(Clone, Debug, Default)]
+struct Stats {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    /// Unbiased batch variance (training only, for the running statistics).
+    var_unbiased: Vec<f32>,
+}
+
+struct BnOp {
+    eps: f32,
+    relu: bool,
+    /// Eval mode: the running statistics; train mode: None (computed from the batch).
+    given: Option<(Vec<f32>, Vec<f32>)>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+fn channel_stats(x: &[f32], b: usize, c: usize, vol: usize, eps: f32) -> Stats {
+    let n = (b * vol) as f64;
+    let per: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let mut s = 0f64;
+            for bi in 0..b {
+                s += x[(bi * c + ci) * vol..][..vol]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            let mean = s / n;
+            let mut ss = 0f64;
+            for bi in 0..b {
+                ss += x[(bi * c + ci) * vol..][..vol]
+                    .iter()
+                    .map(|&v| {
+                        let d = v as f64 - mean;
+                        d * d
+                    })
+                    .sum::<f64>();
+            }
+            let var = ss / n;
+            let unb = if n > 1.0 { ss / (n - 1.0) } else { var };
+            (
+                mean as f32,
+                (1.0 / (var + eps as f64).sqrt()) as f32,
+                unb as f32,
+            )
+        })
+        .collect();
+    Stats {
+        mean: per.iter().map(|p| p.0).collect(),
+        invstd: per.iter().map(|p| p.1).collect(),
+        var_unbiased: per.iter().map(|p| p.2).collect(),
+    }
+}
+
+impl CustomOp3 for BnOp {
+    fn name(&self) -> &'static str {
+        "mpf-batch-norm3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [b, c, t, h, w] = dims5(l1.shape(), "batch_norm3d")?;
+        let vol = t * h * w;
+        let x = cpu_slice(s1, l1)?;
+        let (gamma, beta) = (cpu_slice(s2, l2)?, cpu_slice(s3, l3)?);
+        if gamma.len() != c || beta.len() != c {
+            bail!(
+                "batch_norm3d: {c} channels but gamma/beta of {}",
+                gamma.len()
+            );
+        }
+        let st = match &self.given {
+            Some((mean, var)) => Stats {
+                mean: mean.clone(),
+                invstd: var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
+                var_unbiased: vec![],
+            },
+            None => channel_stats(x, b, c, vol, self.eps),
+        };
+        let mut y = vec![0f32; x.len()];
+        let relu = self.relu;
+        y.par_chunks_mut(vol).enumerate().for_each(|(pl, yp)| {
+            let ci = pl % c;
+            let scale = gamma[ci] * st.invstd[ci];
+            let shift = beta[ci] - st.mean[ci] * scale;
+            let xp = &x[pl * vol..][..vol];
+            if relu {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = (v * scale + shift).max(0.0);
+                }
+            } else {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = v * scale + shift;
+                }
+            }
+        });
+        *self.stats.lock().unwrap() = st;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [b, c, t, h, w] = dims5(x.shape(), "batch_norm3d")?;
+        let vol = t * h * w;
+        let n = (b * vol) as f32;
+        let st = self.stats.lock().unwrap().clone();
+        let train = self.given.is_none();
+        let relu = self.relu;
+        let gam = gamma.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; x.elem_count()];
+        let dxp = SendPtr(dx.as_mut_ptr());
+        let sums: Vec<(f32, f32)> = with_cpu_data(x, |xs| {
+            with_cpu_data(res, |ys| {
+                with_cpu_data(grad, |gs| {
+                    Ok((0..c)
+                        .into_par_iter()
+                        .map(|ci| {
+                            let (mean, inv) = (st.mean[ci], st.invstd[ci]);
+                            // Sums in f32 over chunks of 256, added up in f64.
+                            let (mut sdz, mut sdzc) = (0f64, 0f64);
+                            for bi in 0..b {
+                                let off = (bi * c + ci) * vol;
+                                let (xr, yr, gr) = (
+                                    &xs[off..off + vol],
+                                    &ys[off..off + vol],
+                                    &gs[off..off + vol],
+                                );
+                                for ((xc, yc), gc) in
+                                    xr.chunks(256).zip(yr.chunks(256)).zip(gr.chunks(256))
+                                {
+                                    let (mut a, mut bsum) = (0f32, 0f32);
+                                    for ((&x, &y), &g) in xc.iter().zip(yc).zip(gc) {
+                                        let d = if relu && y <= 0.0 { 0.0 } else { g };
+                                        a += d;
+                                        bsum += d * (x - mean);
+                                    }
+                                    sdz += a as f64;
+                                    sdzc += bsum as f64;
+                                }
+                            }
+                            let sdzx = (sdzc * inv as f64) as f32;
+                            let sdz = sdz as f32;
+                            let k = gam[ci] * inv;
+                            let (c1, c2) = if train {
+                                (sdz / n, sdzx / n * inv)
+                            } else {
+                                (0.0, 0.0)
+                            };
+                            for bi in 0..b {
+                                let off = (bi * c + ci) * vol;
+                                // SAFETY: channel ci's planes are written by this task only.
+                                let d = unsafe { dxp.slice(off, vol) };
+                                let (xr, yr, gr) = (
+                                    &xs[off..off + vol],
+                                    &ys[off..off + vol],
+                                    &gs[off..off + vol],
+                                );
+                                for (((o, &x), &y), &g) in d.iter_mut().zip(xr).zip(yr).zip(gr) {
+                                    let dz = if relu && y <= 0.0 { 0.0 } else { g };
+                                    *o = k * (dz - c1 - (x - mean) * c2);
+                                }
+                            }
+                            (sdzx, sdz)
+                        })
+                        .collect())
+                })
+            })
+        })?;
+        let dev = x.device();
+        let dgamma = Tensor::from_vec(sums.iter().map(|s| s.0).collect(), c, dev)?;
+        let dbeta = Tensor::from_vec(sums.iter().map(|s| s.1).collect(), c, dev)?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(dgamma),
+            Some(dbeta),
+        ))
+    }
+}
+
+/// BatchNorm (+ optional ReLU) over channels of `x [B, C, T, H, W]`.
+/// In [`BnMode::Train`] the running statistics are updated in place.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm3d(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+    eps: f64,
+    momentum: f64,
+    mode: BnMode,
+    relu: bool,
+) -> Result<Tensor> {
+    if !use_custom(x) {
+        return super::reference::batch_norm3d(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            eps,
+            momentum,
+            mode,
+            relu,
+        );
+    }
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let given = match mode {
+        BnMode::Train => None,
+        BnMode::Eval => Some((
+            running_mean.as_tensor().to_vec1::<f32>()?,
+            running_var.as_tensor().to_vec1::<f32>()?,
+        )),
+    };
+    let op = BnOp {
+        eps: eps as f32,
+        relu,
+        given,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    if mode == BnMode::Train {
+        let st = stats.lock().unwrap().clone();
+        let m = momentum as f32;
+        let rm = running_mean.as_tensor().to_vec1::<f32>()?;
+        let rv = running_var.as_tensor().to_vec1::<f32>()?;
+        let nm: Vec<f32> = rm
+            .iter()
+            .zip(&st.mean)
+            .map(|(r, s)| (1.0 - m) * r + m * s)
+            .collect();
+        let nv: Vec<f32> = rv
+            .iter()
+            .zip(&st.var_unbiased)
+            .map(|(r, s)| (1.0 - m) * r + m * s)
+            .collect();
+        let dev = x.device();
+        running_mean.set(&Tensor::from_vec(nm, rm.len(), dev)?)?;
+        running_var.set(&Tensor::from_vec(nv, rv.len(), dev)?)?;
+    }
+    Ok(y)
+}

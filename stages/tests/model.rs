@@ -1,0 +1,490 @@
+//! CA-I3D: coordinate attention vs a naive implementation, overfitting, seeded determinism,
+//! checkpoints, cascade widening, SGD.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use mpfnet_stages::model::checkpoint::{
+    load_checkpoint, read_checkpoint, save_checkpoint, weights_digest,
+};
+use mpfnet_stages::model::init::seeded_var_builder;
+use mpfnet_stages::model::layers::{BnCfg, CoordAttention3d};
+use mpfnet_stages::model::sgd::{Sgd, SgdConfig, StepLr};
+use mpfnet_stages::model::{load_into, CaI3d, CaI3dConfig, InitScheme};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn tiny_cfg() -> CaI3dConfig {
+    CaI3dConfig {
+        stem_channels: 8,
+        mixed: [[4, 4, 8, 2, 4, 4], [8, 4, 8, 2, 4, 4]],
+        pool: [1, 2, 2],
+        embed_dim: 16,
+        ..CaI3dConfig::demo()
+    }
+}
+
+/// Plain-loop CA3d with training-mode BatchNorm, straight from the definition.
+fn naive_ca(ca: &CoordAttention3d, x: &Tensor) -> Vec<f32> {
+    let (b, c, t, h, w) = x.dims5().unwrap();
+    let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let at = |bi: usize, ci: usize, ti: usize, hi: usize, wi: usize| {
+        xv[(((bi * c + ci) * t + ti) * h + hi) * w + wi] as f64
+    };
+    let l = t + h + w;
+    // z[b][c][pos]
+    let mut z = vec![0f64; b * c * l];
+    for bi in 0..b {
+        for ci in 0..c {
+            for ti in 0..t {
+                for hi in 0..h {
+                    for wi in 0..w {
+                        let v = at(bi, ci, ti, hi, wi);
+                        z[(bi * c + ci) * l + ti] += v / (h * w) as f64;
+                        z[(bi * c + ci) * l + t + hi] += v / (t * w) as f64;
+                        z[(bi * c + ci) * l + t + h + wi] += v / (t * h) as f64;
+                    }
+                }
+            }
+        }
+    }
+    let get = |t: &Tensor| -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
+    };
+    let mip = ca.mip;
+    let (w1, b1) = (get(&ca.conv1_w), get(&ca.conv1_b));
+    let mut y = vec![0f64; b * mip * l];
+    for bi in 0..b {
+        for m in 0..mip {
+            for p in 0..l {
+                let mut s = b1[m];
+                for ci in 0..c {
+                    s += w1[m * c + ci] * z[(bi * c + ci) * l + p];
+                }
+                y[(bi * mip + m) * l + p] = s;
+            }
+        }
+    }
+    let (g, be) = (get(&ca.bn.weight), get(&ca.bn.bias));
+    for m in 0..mip {
+        let n = (b * l) as f64;
+        let mean: f64 = (0..b)
+            .flat_map(|bi| (0..l).map(move |p| (bi, p)))
+            .map(|(bi, p)| y[(bi * mip + m) * l + p])
+            .sum::<f64>()
+            / n;
+        let var: f64 = (0..b)
+            .flat_map(|bi| (0..l).map(move |p| (bi, p)))
+            .map(|(bi, p)| (y[(bi * mip + m) * l + p] - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        for bi in 0..b {
+            for p in 0..l {
+                let v = &mut y[(bi * mip + m) * l + p];
+                let u = (*v - mean) / (var + ca.bn.eps).sqrt() * g[m] + be[m];
+                *v = u * (u + 3.0).clamp(0.0, 6.0) / 6.0;
+            }
+        }
+    }
+    // attention maps a[axis][b][c][i]
+    let ranges = [(0, t), (t, h), (t + h, w)];
+    let mut a: Vec<Vec<f64>> = Vec::new();
+    for (axis, &(off, len)) in ranges.iter().enumerate() {
+        let (cw, cb) = (get(&ca.conv_axis[axis].0), get(&ca.conv_axis[axis].1));
+        let mut m_ = vec![0f64; b * c * len];
+        for bi in 0..b {
+            for ci in 0..c {
+                for i in 0..len {
+                    let mut s = cb[ci];
+                    for m in 0..mip {
+                        s += cw[ci * mip + m] * y[(bi * mip + m) * l + off + i];
+                    }
+                    m_[(bi * c + ci) * len + i] = 1.0 / (1.0 + (-s).exp());
+                }
+            }
+        }
+        a.push(m_);
+    }
+    let mut out = Vec::with_capacity(xv.len());
+    for bi in 0..b {
+        for ci in 0..c {
+            for ti in 0..t {
+                for hi in 0..h {
+                    for wi in 0..w {
+                        let k = bi * c + ci;
+                        out.push(
+                            (at(bi, ci, ti, hi, wi)
+                                * a[0][k * t + ti]
+                                * a[1][k * h + hi]
+                                * a[2][k * w + wi]) as f32,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn coord_attention3d_matches_naive() {
+    let vm = VarMap::new();
+    let vb = seeded_var_builder(&vm, 5, &Device::Cpu);
+    let cfg = BnCfg {
+        eps: 1e-3,
+        momentum: 0.01,
+        init: InitScheme::KaimingNormal,
+    };
+    let ca = CoordAttention3d::new(40, cfg, vb.pp("ca")).unwrap();
+    assert_eq!(ca.mip, 8);
+    let x = rand_t(&[2, 40, 3, 5, 6], 8);
+    let y = ca
+        .forward(&x, true)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let n = naive_ca(&ca, &x);
+    let maxref = n.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = y
+        .iter()
+        .zip(&n)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / maxref;
+    assert!(err < 1e-5, "CA3d vs naive: relative error {err:e}");
+    // The attention is not trivial (gates differ from a constant).
+    let ratio: Vec<f32> = y
+        .iter()
+        .zip(x.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|(a, b)| a / b)
+        .collect();
+    let spread = ratio.iter().cloned().fold(f32::MIN, f32::max)
+        - ratio.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 1e-2);
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let cfg = CaI3dConfig::demo();
+    let digest = |seed| {
+        let vm = VarMap::new();
+        let _m = CaI3d::new(seeded_var_builder(&vm, seed, &Device::Cpu), &cfg).unwrap();
+        weights_digest(&vm).unwrap()
+    };
+    let (a, b, c) = (digest(7), digest(7), digest(8));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn shapes_and_param_counts() {
+    let vm = VarMap::new();
+    let cfg = tiny_cfg();
+    let m = CaI3d::new(seeded_var_builder(&vm, 1, &Device::Cpu), &cfg).unwrap();
+    let x = rand_t(&[2, 5, 4, 16, 16], 3);
+    let fm = m.feature_map(&x, false).unwrap();
+    assert_eq!(fm.dims(), &[2, cfg.feature_channels(), 4, 4, 4]);
+    assert_eq!(m.forward(&x, false).unwrap().dims(), &[2, 16]);
+    // trainable = everything in the VarMap except the BN running statistics
+    let all: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    let running: usize = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var"))
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    assert_eq!(m.param_count(), all - running);
+    assert_eq!(m.trainable_vars().unwrap().len(), m.params().len());
+}
+
+#[test]
+fn small_network_overfits() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = seeded_var_builder(&vm, 11, &dev);
+    let cfg = tiny_cfg();
+    let m = CaI3d::new(vb.clone(), &cfg).unwrap();
+    let cls_w = vb
+        .pp("cls")
+        .get_with_hints((3, 16), "weight", candle_nn::init::DEFAULT_KAIMING_UNIFORM)
+        .unwrap();
+    let mut vars = m.trainable_vars().unwrap();
+    vars.push(Var::from_tensor(&cls_w).unwrap());
+    let mut opt = Sgd::new(
+        vars,
+        SgdConfig {
+            lr: 0.02,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+    )
+    .unwrap();
+    let x = rand_t(&[6, 5, 4, 16, 16], 21);
+    let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
+    let mut first = 0f32;
+    let mut last = f32::MAX;
+    for step in 0..80 {
+        let logits = m
+            .forward(&x, true)
+            .unwrap()
+            .matmul(&cls_w.t().unwrap())
+            .unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        last = loss.to_scalar::<f32>().unwrap();
+        if step == 0 {
+            first = last;
+        }
+        if last < 0.02 {
+            break;
+        }
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    eprintln!("overfit: loss {first} -> {last}");
+    assert!(first > 0.5, "initial loss {first} suspiciously low");
+    assert!(last < 0.05, "did not overfit: loss {first} -> {last}");
+    // The running statistics moved away from their initial values.
+    let rv = vm.data().lock().unwrap()["stem.bn.running_var"]
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(rv.iter().any(|v| (v - 1.0).abs() > 1e-3));
+}
+
+#[test]
+fn checkpoint_roundtrip_with_momentum() {
+    let dev = Device::Cpu;
+    let cfg = tiny_cfg();
+    let x = rand_t(&[2, 5, 3, 8, 8], 2);
+    let make = |seed| {
+        let vm = VarMap::new();
+        let m = CaI3d::new(seeded_var_builder(&vm, seed, &dev), &cfg).unwrap();
+        let opt = Sgd::new(
+            m.trainable_vars().unwrap(),
+            SgdConfig {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                nesterov: false,
+            },
+        )
+        .unwrap();
+        (vm, m, opt)
+    };
+    let (vm, m, mut opt) = make(1);
+    let g = m
+        .forward(&x, true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    opt.step(&g).unwrap();
+    let bytes = save_checkpoint(&vm, Some(&opt)).unwrap();
+    assert_eq!(
+        bytes,
+        save_checkpoint(&vm, Some(&opt)).unwrap(),
+        "bytes not deterministic"
+    );
+    let names = read_checkpoint(&bytes, &dev).unwrap();
+    assert!(names.contains_key("stem.bn.running_mean"));
+    assert!(names.keys().any(|k| k.starts_with("__sgd.momentum.")));
+
+    let (vm2, m2, mut opt2) = make(2);
+    assert_ne!(weights_digest(&vm).unwrap(), weights_digest(&vm2).unwrap());
+    load_checkpoint(&bytes, &vm2, Some(&mut opt2)).unwrap();
+    assert_eq!(save_checkpoint(&vm2, Some(&opt2)).unwrap(), bytes);
+    // One more identical step on both gives identical states (momentum restored).
+    for (mm, o) in [(&m, &mut opt), (&m2, &mut opt2)] {
+        let g = mm
+            .forward(&x, true)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        o.step(&g).unwrap();
+    }
+    assert_eq!(
+        save_checkpoint(&vm, Some(&opt)).unwrap(),
+        save_checkpoint(&vm2, Some(&opt2)).unwrap()
+    );
+}
+
+#[test]
+fn load_into_widens_with_zeros_and_cascade_starts_as_source() {
+    let dev = Device::Cpu;
+    let cfg = tiny_cfg();
+    let vm = VarMap::new();
+    let src = CaI3d::new(seeded_var_builder(&vm, 3, &dev), &cfg).unwrap();
+    // Give the running statistics non-trivial values.
+    src.forward(&rand_t(&[3, 5, 3, 8, 8], 4), true).unwrap();
+    let tensors = read_checkpoint(&save_checkpoint(&vm, None).unwrap(), &dev).unwrap();
+
+    let ccfg = CaI3dConfig {
+        extra_in_channels: 4,
+        ..cfg.clone()
+    };
+    let vm2 = VarMap::new();
+    let cas = CaI3d::new(seeded_var_builder(&vm2, 99, &dev), &ccfg).unwrap();
+    load_into(&vm2, &tensors).unwrap();
+    let w = cas.stem.weight.clone();
+    assert_eq!(w.dims(), &[8, 9, 3, 3, 3]);
+    let extra = w
+        .narrow(1, 5, 4)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(extra, 0.0);
+    let lead = w.narrow(1, 0, 5).unwrap();
+    let diff = (lead - &src.stem.weight)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+
+    let x = rand_t(&[2, 5, 3, 8, 8], 5);
+    let f = rand_t(&[2, 4, 3, 8, 8], 6);
+    let xc = Tensor::cat(&[&x, &f], 1).unwrap();
+    let a = src.forward(&x, false).unwrap();
+    let b = cas.forward(&xc, false).unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(D::Minus1)
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "cascade differs from source at start: {d}");
+    // A shape the rule does not cover is an error naming the tensor.
+    let mut bad = tensors.clone();
+    bad.insert(
+        "embed.bias".into(),
+        Tensor::zeros(3, DType::F32, &dev).unwrap(),
+    );
+    let err = load_into(&vm2, &bad).unwrap_err().to_string();
+    assert!(err.contains("embed.bias"), "{err}");
+}
+
+#[test]
+fn sgd_matches_formula_and_step_lr() {
+    let dev = Device::Cpu;
+    let p = Var::new(&[1.0f32, -2.0], &dev).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.01,
+        nesterov: false,
+    };
+    let mut opt = Sgd::new(vec![p.clone()], cfg).unwrap();
+    // loss = sum(p^2) -> g = 2p
+    let (mut pe, mut buf) = ([1.0f64, -2.0], [0.0f64; 2]);
+    for step in 0..3 {
+        let g = p
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        opt.step(&g).unwrap();
+        for i in 0..2 {
+            let d = 2.0 * pe[i] + 0.01 * pe[i];
+            buf[i] = if step == 0 { d } else { 0.9 * buf[i] + d };
+            pe[i] -= 0.1 * buf[i];
+        }
+    }
+    let got = p.as_tensor().to_vec1::<f32>().unwrap();
+    for i in 0..2 {
+        assert!((got[i] as f64 - pe[i]).abs() < 1e-6, "{got:?} vs {pe:?}");
+    }
+    let s = StepLr {
+        base: 1e-3,
+        gamma: 0.1,
+        step_size: 10,
+    };
+    assert!((s.lr(0) - 1e-3).abs() < 1e-15 && (s.lr(9) - 1e-3).abs() < 1e-15);
+    assert!((s.lr(10) - 1e-4).abs() < 1e-15 && (s.lr(25) - 1e-5).abs() < 1e-15);
+    opt.set_lr(0.5);
+    assert_eq!(opt.learning_rate(), 0.5);
+}
+
+#[test]
+fn reference_path_model_matches_custom() {
+    // The whole network through the stock-op path (what a CUDA build runs) equals the CPU kernels.
+    let dev = Device::Cpu;
+    let cfg = tiny_cfg();
+    let x = rand_t(&[2, 5, 3, 8, 8], 9);
+    let run = |reference: bool| {
+        let vm = VarMap::new();
+        let m = CaI3d::new(seeded_var_builder(&vm, 4, &dev), &cfg).unwrap();
+        let f = || {
+            let y = m.forward(&x, true).unwrap();
+            let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gw = g.get(&m.mixed_0.b1b.weight).unwrap().clone();
+            (y, gw)
+        };
+        if reference {
+            mpfnet_stages::model::ops::with_reference(f)
+        } else {
+            f()
+        }
+    };
+    let (y1, g1) = run(false);
+    let (y2, g2) = run(true);
+    let rel = |a: &Tensor, b: &Tensor| {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(rel(&y1, &y2) < 1e-4, "embedding {}", rel(&y1, &y2));
+    assert!(rel(&g1, &g2) < 1e-3, "grad {}", rel(&g1, &g2));
+    let _ = VarBuilder::zeros(DType::F32, &dev);
+}

@@ -1,0 +1,381 @@
+//! Custom CPU ops against the stock-op reference computed in f64 (outputs and gradients),
+//! plus finite-difference checks.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use mpfnet_stages::model::ops::{self, reference, BnMode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// (input or shape, a, b, c) test case.
+type Case<A> = (A, [usize; 3], [usize; 3], [usize; 3]);
+type ConvCase = ([usize; 5], [usize; 5], [usize; 3], [usize; 3]);
+
+fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// max |a - b| / max |b| (b is the f64 reference).
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    let d = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let m = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-12)
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let e = rel_err(a, b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// Runs `f` on (x, w) as f32 through the custom op and as f64 through the reference; compares
+/// the outputs and the gradients of `sum(y * r)`.
+fn check2(
+    what: &str,
+    xs: &[usize],
+    ws: &[usize],
+    custom: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    refr: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) {
+    let x = Var::from_tensor(&rand_t(xs, 1)).unwrap();
+    let w = Var::from_tensor(&rand_t(ws, 2)).unwrap();
+    let y = custom(x.as_tensor(), w.as_tensor()).unwrap();
+    let r = rand_t(y.dims(), 3);
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+    let w64 = Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap();
+    let y64 = refr(x64.as_tensor(), w64.as_tensor()).unwrap();
+    let g64 = (&y64 * r.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_close(&format!("{what} forward"), &y, &y64, 1e-5);
+    assert_close(
+        &format!("{what} grad x"),
+        g.get(&x).unwrap(),
+        g64.get(&x64).unwrap(),
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} grad w"),
+        g.get(&w).unwrap(),
+        g64.get(&w64).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn conv3d_matches_reference() {
+    // (input, weight, stride, padding)
+    let cases: &[ConvCase] = &[
+        ([2, 3, 4, 9, 11], [5, 3, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ([2, 4, 5, 8, 8], [6, 4, 1, 1, 1], [1, 1, 1], [0, 0, 0]),
+        ([1, 3, 6, 10, 9], [4, 3, 3, 3, 3], [2, 2, 2], [1, 1, 1]),
+        ([2, 2, 5, 7, 7], [3, 2, 1, 3, 3], [1, 2, 2], [0, 1, 1]),
+        ([1, 3, 4, 6, 7], [2, 3, 2, 3, 1], [2, 1, 1], [0, 0, 0]),
+        ([3, 5, 3, 40, 37], [7, 5, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ([1, 2, 3, 5, 5], [3, 2, 3, 5, 5], [1, 3, 3], [2, 2, 2]),
+    ];
+    for (i, (xs, ws, s, p)) in cases.iter().enumerate() {
+        let (s, p) = (*s, *p);
+        check2(
+            &format!("conv3d case {i}"),
+            xs,
+            ws,
+            |x, w| ops::conv3d(x, w, s, p),
+            |x, w| reference::conv3d(x, w, s, p),
+        );
+    }
+}
+
+#[test]
+fn conv3d_reference_path_is_used_when_forced() {
+    let x = rand_t(&[1, 2, 3, 6, 6], 4);
+    let w = rand_t(&[3, 2, 3, 3, 3], 5);
+    let a = ops::conv3d(&x, &w, [1, 1, 1], [1, 1, 1]).unwrap();
+    let b = ops::with_reference(|| ops::conv3d(&x, &w, [1, 1, 1], [1, 1, 1])).unwrap();
+    assert_close("forced reference", &a, &b, 1e-5);
+}
+
+/// Central finite differences of `L = sum(f(x, w) * r)` (accumulated in f64) at a few
+/// coordinates of w and x against the custom-op gradients.
+fn finite_diff_check(what: &str, x: Tensor, w: Tensor, f: impl Fn(&Tensor, &Tensor) -> Tensor) {
+    let xv = Var::from_tensor(&x).unwrap();
+    let wv = Var::from_tensor(&w).unwrap();
+    let y = f(xv.as_tensor(), wv.as_tensor());
+    let r = rand_t(y.dims(), 99);
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let loss = |x: &Tensor, w: &Tensor| -> f64 {
+        (f(x, w).to_dtype(DType::F64).unwrap() * r.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let eps = 1e-2f32;
+    for (which, t, grad) in [
+        ("x", &x, g.get(&xv).unwrap().clone()),
+        ("w", &w, g.get(&wv).unwrap().clone()),
+    ] {
+        let flat = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gflat = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gmax = gflat.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for k in (0..flat.len()).step_by((flat.len() / 7).max(1)) {
+            let mut plus = flat.clone();
+            plus[k] += eps;
+            let mut minus = flat.clone();
+            minus[k] -= eps;
+            let tp = Tensor::from_vec(plus, t.shape(), t.device()).unwrap();
+            let tm = Tensor::from_vec(minus, t.shape(), t.device()).unwrap();
+            let (lp, lm) = if which == "x" {
+                (loss(&tp, &w), loss(&tm, &w))
+            } else {
+                (loss(&x, &tp), loss(&x, &tm))
+            };
+            let fd = (lp - lm) / (2.0 * eps as f64);
+            let err = (fd - gflat[k] as f64).abs() / gmax;
+            assert!(
+                err < 2e-3,
+                "{what} d/d{which}[{k}]: fd {fd} vs analytic {} (rel {err:e})",
+                gflat[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn conv3d_finite_differences() {
+    finite_diff_check(
+        "conv3d",
+        rand_t(&[1, 2, 3, 6, 5], 11),
+        rand_t(&[3, 2, 3, 3, 3], 12),
+        |x, w| ops::conv3d(x, w, [1, 2, 2], [1, 1, 1]).unwrap(),
+    );
+}
+
+#[test]
+fn bn_finite_differences() {
+    let rm = Var::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    let rv = Var::ones(4, DType::F32, &Device::Cpu).unwrap();
+    let beta = rand_t(&[4], 13);
+    finite_diff_check(
+        "bn (train)",
+        rand_t(&[3, 4, 2, 3, 3], 14),
+        (rand_t(&[4], 15) + 1.5).unwrap(),
+        |x, g| ops::batch_norm3d(x, g, &beta, &rm, &rv, 1e-3, 0.1, BnMode::Train, false).unwrap(),
+    );
+}
+
+#[test]
+fn max_pool3d_matches_reference() {
+    let cases: &[Case<[usize; 5]>] = &[
+        ([2, 3, 4, 9, 9], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+        ([2, 3, 4, 8, 8], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+        ([2, 2, 5, 7, 6], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ([1, 2, 6, 8, 8], [2, 2, 2], [2, 2, 2], [0, 0, 0]),
+        ([1, 3, 7, 9, 10], [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+    ];
+    for (i, (xs, k, s, p)) in cases.iter().enumerate() {
+        let (k, s, p) = (*k, *s, *p);
+        // The weight argument is unused: pass a dummy to reuse the harness.
+        check2_unary(
+            &format!("max_pool3d case {i}"),
+            xs,
+            |x| ops::max_pool3d(x, k, s, p),
+            |x| reference::max_pool3d(x, k, s, p),
+        );
+    }
+}
+
+fn check2_unary(
+    what: &str,
+    xs: &[usize],
+    custom: impl Fn(&Tensor) -> Result<Tensor>,
+    refr: impl Fn(&Tensor) -> Result<Tensor>,
+) {
+    let x = Var::from_tensor(&rand_t(xs, 21)).unwrap();
+    let y = custom(x.as_tensor()).unwrap();
+    let r = rand_t(y.dims(), 22);
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+    let y64 = refr(x64.as_tensor()).unwrap();
+    let g64 = (&y64 * r.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_close(&format!("{what} forward"), &y, &y64, 1e-5);
+    assert_close(
+        &format!("{what} grad"),
+        g.get(&x).unwrap(),
+        g64.get(&x64).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn max_pool3d_known_values() {
+    // 1x1x1x1x4 row [1, 5, 2, 7]: kernel 3 stride 2 pad 1 -> windows {1,5}, {5,2,7} -> [5, 7].
+    let x = Tensor::new(&[1f32, 5., 2., 7.], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 1, 1, 4))
+        .unwrap();
+    let y = ops::max_pool3d(&x, [1, 1, 3], [1, 1, 2], [0, 0, 1]).unwrap();
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![5., 7.]
+    );
+}
+
+#[test]
+fn adaptive_avg_pool3d_matches_reference() {
+    for (i, (xs, o)) in [
+        ([2usize, 3, 5, 7, 9], [2usize, 3, 4]),
+        ([1, 2, 10, 32, 32], [1, 4, 4]),
+        ([2, 2, 3, 5, 5], [3, 5, 5]),
+        ([1, 4, 6, 8, 8], [1, 1, 1]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let o = *o;
+        check2_unary(
+            &format!("adaptive pool case {i}"),
+            xs,
+            |x| ops::adaptive_avg_pool3d(x, o),
+            |x| reference::adaptive_avg_pool3d(x, o),
+        );
+    }
+    // Known value: mean of 0..8 over a 2x2x2 volume is 3.5.
+    let x = Tensor::arange(0f32, 8., &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 2, 2, 2))
+        .unwrap();
+    let y = ops::adaptive_avg_pool3d(&x, [1, 1, 1]).unwrap();
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![3.5]
+    );
+}
+
+#[test]
+fn batch_norm3d_matches_reference() {
+    let c = 5;
+    for (mode, relu) in [
+        (BnMode::Train, true),
+        (BnMode::Train, false),
+        (BnMode::Eval, true),
+        (BnMode::Eval, false),
+    ] {
+        let x = Var::from_tensor(&rand_t(&[3, c, 2, 4, 5], 31)).unwrap();
+        let gamma = Var::from_tensor(&(rand_t(&[c], 32) + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rand_t(&[c], 33)).unwrap();
+        let rm0 = rand_t(&[c], 34);
+        let rv0 = (rand_t(&[c], 35) + 1.5).unwrap();
+        let (rm, rv) = (
+            Var::from_tensor(&rm0).unwrap(),
+            Var::from_tensor(&rv0).unwrap(),
+        );
+        let y = ops::batch_norm3d(&x, &gamma, &beta, &rm, &rv, 1e-3, 0.1, mode, relu).unwrap();
+        let r = rand_t(y.dims(), 36);
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+
+        let f64v = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
+        let (x6, g6, b6) = (f64v(&x), f64v(&gamma), f64v(&beta));
+        let (rm6, rv6) = (f64v(&rm0), f64v(&rv0));
+        let y6 = reference::batch_norm3d(&x6, &g6, &b6, &rm6, &rv6, 1e-3, 0.1, mode, relu).unwrap();
+        let gr = (&y6 * r.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let tag = format!("bn {mode:?} relu={relu}");
+        assert_close(&format!("{tag} forward"), &y, &y6, 1e-5);
+        assert_close(
+            &format!("{tag} dx"),
+            g.get(&x).unwrap(),
+            gr.get(&x6).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} dgamma"),
+            g.get(&gamma).unwrap(),
+            gr.get(&g6).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} dbeta"),
+            g.get(&beta).unwrap(),
+            gr.get(&b6).unwrap(),
+            1e-5,
+        );
+        assert_close(&format!("{tag} running mean"), &rm, &rm6, 1e-5);
+        assert_close(&format!("{tag} running var"), &rv, &rv6, 1e-5);
+        if mode == BnMode::Train {
+            assert!(rel_err(&rm, &rm0) > 1e-3, "running mean was not updated");
+        }
+    }
+}
+
+#[test]
+fn coord_attention_fused_ops_match_reference() {
+    let xs = [2usize, 3, 4, 5, 6];
+    check2_unary("ca_pool", &xs, ops::ca_pool, |x| {
+        ops::with_reference(|| ops::ca_pool(x))
+    });
+    check2(
+        "ca_apply",
+        &xs,
+        &[2, 3, 4 + 5 + 6],
+        ops::ca_apply,
+        |x, a| ops::with_reference(|| ops::ca_apply(x, a)),
+    );
+}
+
+#[test]
+fn max_pool3d_ties_route_to_first_max() {
+    // All-zero input (as after a ReLU): every window ties. Each output's gradient must go to its
+    // window's first element in (t, h, w) order, and the total gradient is conserved.
+    let (t, h, w) = (3usize, 4usize, 5usize);
+    let x = Var::zeros((1, 1, t, h, w), DType::F32, &Device::Cpu).unwrap();
+    let y = ops::max_pool3d(&x, [3, 3, 3], [1, 1, 1], [1, 1, 1]).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut expect = vec![0f32; t * h * w];
+    for a in 0..t {
+        for b in 0..h {
+            for c in 0..w {
+                let (ta, hb, wc) = (
+                    a.saturating_sub(1),
+                    b.saturating_sub(1),
+                    c.saturating_sub(1),
+                );
+                expect[(ta * h + hb) * w + wc] += 1.0;
+            }
+        }
+    }
+    assert_eq!(gx, expect);
+    assert_eq!(gx.iter().sum::<f32>(), (t * h * w) as f32);
+}

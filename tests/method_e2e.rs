@@ -1,0 +1,87 @@
+//! The whole method end to end on a tiny synthetic dataset, through the real stage registry:
+//! dataset -> folds -> features -> balance -> magnified features -> GFE -> AFE -> meta P and C ->
+//! evaluation -> report. Then: a rerun computes nothing, and changing gamma re-plans only the
+//! meta-learning and evaluation nodes of MPFNet-P.
+
+use mpfnet::plan::{self, Status};
+use mpfnet::session::{self, Workspace};
+use mpfnet::Options;
+
+const TINY: &str = r#"
+extends = "PIPELINES/demo.toml"
+[stages.dataset]
+root = "DATA"
+synth = { subjects = 4, seed = 5, samples_min = 10, samples_max = 12, size = 64 }
+[stages.folds]
+n_val = 0
+[stages.features]
+size = 16
+frames = 3
+[stages.features_mag]
+size = 16
+frames = 3
+[stages.balance]
+base_phi = 1
+cap = 2
+[stages.gfe]
+model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
+train = { epochs = 1, batch = 8 }
+[stages.afe]
+model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
+train = { epochs = 1, batch = 8 }
+[stages.meta_p]
+train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
+[stages.meta_c]
+train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
+"#;
+
+#[test]
+fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let text = TINY.replace("PIPELINES", &pipelines.display().to_string()).replace("DATA", &dir.path().join("synth").display().to_string());
+    let p = dir.path().join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    let ws = Workspace { cache_dir: dir.path().join("cache"), runs_dir: dir.path().join("runs") };
+    let reg = mpfnet_stages::registry();
+    let open = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        session::open(&p, &sets, &reg, &ws, Options::default()).unwrap()
+    };
+
+    let mut e = open(&[]);
+    let out = session::run(&mut e, &ws, &[]).unwrap();
+    assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
+    assert!(out.report_text.contains("MPFNet-P") && out.report_text.contains("MPFNet-C"), "{}", out.report_text);
+    for f in ["report.md", "report.json"] {
+        assert!(out.run_dir.join(f).exists(), "{f} written");
+    }
+    let pngs = std::fs::read_dir(&out.run_dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "png")).count();
+    assert!(pngs >= 4, "confusion, embedding, Grad-CAM PNGs: found {pngs}");
+    let metrics = &out.record.metrics["report"];
+    for v in ["eval_p", "eval_c"] {
+        let acc = metrics[v]["acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{v} acc {acc}");
+        assert!(metrics[v]["n"].as_u64().unwrap() > 0);
+    }
+    let folds = e.instances("folds").len();
+    assert_eq!(folds, 1);
+    assert_eq!(e.instances("gfe").len(), 4, "one GFE per LOSO fold (4 subjects)");
+
+    // the same command again: everything from the cache, same numbers
+    let mut e2 = open(&[]);
+    let again = session::run(&mut e2, &ws, &[]).unwrap();
+    assert_eq!(again.summary.computed, 0, "rerun must compute nothing");
+    assert_eq!(again.report_text, out.report_text);
+
+    // changing gamma: only meta_p, eval_p and report need to run
+    let mut e3 = open(&["stages.meta_p.gamma=0.3"]);
+    e3.prepare().unwrap();
+    let prev = mpfnet::runs::latest(&ws.runs_dir, "tiny");
+    let plan = plan::plan(&e3, prev.as_ref()).unwrap();
+    let running: std::collections::BTreeSet<String> = plan.to_run().map(|e| e.stage.clone()).collect();
+    assert_eq!(running, ["eval_p", "meta_p", "report"].iter().map(|s| s.to_string()).collect(), "{}", plan::render(&plan, false));
+    let why = plan.entries.iter().find(|x| x.stage == "meta_p").unwrap();
+    assert!(why.reason.contains("gamma"), "{}", why.reason);
+    assert_eq!(plan.entries.iter().filter(|x| x.status == Status::Cached && x.stage == "gfe").count(), 4);
+}
