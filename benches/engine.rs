@@ -37,7 +37,8 @@ const PER_SAMPLE: [&str; 3] = ["prep", "flow", "features"];
 const PER_FOLD: [&str; 3] = ["gfe", "afe", "meta"];
 const AXIS_SOURCES: usize = 3; // dataset, folds, balance
 const GLOBALS: usize = 2; // eval, report
-const TOTAL_NODES: usize = AXIS_SOURCES + SAMPLES * PER_SAMPLE.len() + SAMPLES * PHIS + FOLDS * PER_FOLD.len() + GLOBALS;
+const TOTAL_NODES: usize =
+    AXIS_SOURCES + SAMPLES * PER_SAMPLE.len() + SAMPLES * PHIS + FOLDS * PER_FOLD.len() + GLOBALS;
 /// Nodes recomputed when a parameter of `afe` changes: afe[*], meta[*], eval, report.
 const AFE_DOWNSTREAM: usize = FOLDS * 2 + GLOBALS;
 const WIDTH: usize = 8;
@@ -58,16 +59,31 @@ fn out(x: Vec<f32>, meta: Value) -> Artifact {
 /// Volatile: reads `path` (lines "id value") and declares one axis item per line.
 struct AxisSource;
 impl Stage for AxisSource {
-    fn kind(&self) -> &'static str { "axis" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "bench-axis".into() }
-    fn about(&self) -> &'static str { "bench: axis from a text file" }
-    fn defaults(&self) -> Value { json!({"path": ""}) }
+    fn kind(&self) -> &'static str {
+        "axis"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "bench-axis".into()
+    }
+    fn about(&self) -> &'static str {
+        "bench: axis from a text file"
+    }
+    fn defaults(&self) -> Value {
+        json!({"path": ""})
+    }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::optional("after", "ordering only (e.g. folds after the dataset)")];
+        const I: &[InputDecl] = &[InputDecl::optional(
+            "after",
+            "ordering only (e.g. folds after the dataset)",
+        )];
         I
     }
-    fn volatile(&self) -> bool { true }
+    fn volatile(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let path = ctx.params["path"].as_str().unwrap();
         let digest = ctx.services.file_digest(Path::new(path))?;
@@ -76,7 +92,11 @@ impl Stage for AxisSource {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (id, v) = line.split_once(' ').unwrap();
             let v: f64 = v.trim().parse()?;
-            axis.push(AxisItem { id: id.into(), key: format!("{v}"), attrs: json!({"value": v}) });
+            axis.push(AxisItem {
+                id: id.into(),
+                key: format!("{v}"),
+                attrs: json!({"value": v}),
+            });
         }
         let mut a = out(vec![axis.len() as f32], json!({"file": digest}));
         a.axis = Some(axis);
@@ -87,20 +107,35 @@ impl Stage for AxisSource {
 /// Per item: x[i] = scale * (item value + i) + offset + prev.x[i].
 struct PerItem;
 impl Stage for PerItem {
-    fn kind(&self) -> &'static str { "item" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "bench-item".into() }
-    fn about(&self) -> &'static str { "bench: per-item arithmetic" }
-    fn defaults(&self) -> Value { json!({"scale": 1.0, "offset": 0.0}) }
+    fn kind(&self) -> &'static str {
+        "item"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "bench-item".into()
+    }
+    fn about(&self) -> &'static str {
+        "bench: per-item arithmetic"
+    }
+    fn defaults(&self) -> Value {
+        json!({"scale": 1.0, "offset": 0.0})
+    }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::optional("prev", "the same item's previous stage")];
+        const I: &[InputDecl] = &[InputDecl::optional(
+            "prev",
+            "the same item's previous stage",
+        )];
         I
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let v = ctx.item()?.attrs["value"].as_f64().unwrap_or(0.0) as f32;
         let scale = ctx.params["scale"].as_f64().unwrap() as f32;
         let offset = ctx.params["offset"].as_f64().unwrap() as f32;
-        let mut x: Vec<f32> = (0..WIDTH).map(|i| scale * (v + i as f32) + offset).collect();
+        let mut x: Vec<f32> = (0..WIDTH)
+            .map(|i| scale * (v + i as f32) + offset)
+            .collect();
         if let Some(p) = ctx.inputs.get("prev") {
             for (a, b) in x.iter_mut().zip(vec_of(&p.one()?.load()?)?) {
                 *a += b;
@@ -114,11 +149,21 @@ impl Stage for PerItem {
 /// out, i % FOLDS != fold) + prev.x.
 struct PerFold;
 impl Stage for PerFold {
-    fn kind(&self) -> &'static str { "fold" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "bench-fold".into() }
-    fn about(&self) -> &'static str { "bench: per-fold gather" }
-    fn defaults(&self) -> Value { json!({"lr": 0.1, "epochs": 1}) }
+    fn kind(&self) -> &'static str {
+        "fold"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "bench-fold".into()
+    }
+    fn about(&self) -> &'static str {
+        "bench: per-fold gather"
+    }
+    fn defaults(&self) -> Value {
+        json!({"lr": 0.1, "epochs": 1})
+    }
     fn inputs(&self) -> &'static [InputDecl] {
         const I: &[InputDecl] = &[
             InputDecl::required("items", "all per-sample outputs"),
@@ -133,7 +178,9 @@ impl Stage for PerFold {
         let mut x = vec![0f32; WIDTH];
         let mut n = 0usize;
         for name in ["items", "extra"] {
-            let Some(inp) = ctx.inputs.get(name) else { continue };
+            let Some(inp) = ctx.inputs.get(name) else {
+                continue;
+            };
             for (i, (_, h)) in inp.many()?.iter().enumerate() {
                 if i % FOLDS == fold {
                     continue;
@@ -159,11 +206,21 @@ impl Stage for PerFold {
 /// Global: mean of whatever it is given.
 struct Summary;
 impl Stage for Summary {
-    fn kind(&self) -> &'static str { "summary" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "bench-summary".into() }
-    fn about(&self) -> &'static str { "bench: mean" }
-    fn defaults(&self) -> Value { json!({}) }
+    fn kind(&self) -> &'static str {
+        "summary"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "bench-summary".into()
+    }
+    fn about(&self) -> &'static str {
+        "bench: mean"
+    }
+    fn defaults(&self) -> Value {
+        json!({})
+    }
     fn inputs(&self) -> &'static [InputDecl] {
         const I: &[InputDecl] = &[InputDecl::required("ins", "anything with a tensor x")];
         I
@@ -180,7 +237,10 @@ impl Stage for Summary {
             }
         }
         let mean = x.iter().sum::<f32>() / WIDTH as f32;
-        Ok(out(x, json!({"summary": format!("mean {mean:.4}"), "metrics": {"mean": mean}})))
+        Ok(out(
+            x,
+            json!({"summary": format!("mean {mean:.4}"), "metrics": {"mean": mean}}),
+        ))
     }
 }
 
@@ -202,10 +262,20 @@ struct Bench {
 fn setup() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let samples: String = (0..SAMPLES).map(|i| format!("sub{:02}_EP{i:03} {}\n", i % 26, i as f64 * 0.01)).collect();
+    let samples: String = (0..SAMPLES)
+        .map(|i| format!("sub{:02}_EP{i:03} {}\n", i % 26, i as f64 * 0.01))
+        .collect();
     let folds: String = (0..FOLDS).map(|f| format!("sub{f:02} {f}\n")).collect();
     let pairs: String = (0..SAMPLES)
-        .flat_map(|i| (0..PHIS).map(move |p| format!("sub{:02}_EP{i:03}@phi{p} {}\n", i % 26, i as f64 * 0.01 + p as f64)))
+        .flat_map(|i| {
+            (0..PHIS).map(move |p| {
+                format!(
+                    "sub{:02}_EP{i:03}@phi{p} {}\n",
+                    i % 26,
+                    i as f64 * 0.01 + p as f64
+                )
+            })
+        })
         .collect();
     std::fs::write(root.join("samples.txt"), samples).unwrap();
     std::fs::write(root.join("folds.txt"), folds).unwrap();
@@ -281,13 +351,29 @@ inputs = {{ ins = "eval" }}
     );
     let pipeline = root.join("casme2_shape.toml");
     std::fs::write(&pipeline, toml).unwrap();
-    let ws = Workspace { cache_dir: root.join("cache"), runs_dir: root.join("runs") };
-    Bench { _dir: dir, ws, pipeline }
+    let ws = Workspace {
+        cache_dir: root.join("cache"),
+        runs_dir: root.join("runs"),
+    };
+    Bench {
+        _dir: dir,
+        ws,
+        pipeline,
+    }
 }
 
 impl Bench {
     fn open(&self, sets: &[String]) -> Result<Engine> {
-        session::open(&self.pipeline, sets, &registry(), &self.ws, Options { jobs: 2, ..Default::default() })
+        session::open(
+            &self.pipeline,
+            sets,
+            &registry(),
+            &self.ws,
+            Options {
+                jobs: 2,
+                ..Default::default()
+            },
+        )
     }
     /// open + run (+ drop, as a process exit would): (seconds, nodes, computed, cached).
     fn run(&self, sets: &[String]) -> Result<(f64, usize, usize, usize)> {
@@ -299,7 +385,12 @@ impl Bench {
         if !o.summary.ok() {
             bail!("run failed: {:?}", o.summary.failed);
         }
-        Ok((secs, o.record.nodes.len(), o.summary.computed, o.summary.cached))
+        Ok((
+            secs,
+            o.record.nodes.len(),
+            o.summary.computed,
+            o.summary.cached,
+        ))
     }
 }
 
@@ -309,11 +400,19 @@ impl Bench {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn fmt_s(s: f64) -> String {
-    if s >= 1.0 { format!("{s:8.3} s ") } else { format!("{:8.1} ms", s * 1e3) }
+    if s >= 1.0 {
+        format!("{s:8.3} s ")
+    } else {
+        format!("{:8.1} ms", s * 1e3)
+    }
 }
 
 struct Row {
@@ -325,7 +424,10 @@ struct Row {
 }
 
 fn print_rows(rows: &[Row]) {
-    println!("{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  {}", "case", "median", "min", "max", "nodes", "computed", "");
+    println!(
+        "{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  {}",
+        "case", "median", "min", "max", "nodes", "computed", ""
+    );
     for r in rows {
         let min = r.times.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = r.times.iter().cloned().fold(0.0, f64::max);
@@ -349,21 +451,30 @@ fn gbps(bytes: usize, secs: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> Result<()> {
-    let reps: usize = std::env::var("MPFNET_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reps: usize = std::env::var("MPFNET_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     println!("mpfnet engine benchmark: {TOTAL_NODES} nodes ({SAMPLES} samples x {} per-sample stages, {} (sample, phi) pairs, {FOLDS} folds x {} per-fold stages, {AXIS_SOURCES} axis sources, {GLOBALS} globals); median of {reps}", PER_SAMPLE.len(), SAMPLES * PHIS, PER_FOLD.len());
     println!();
     let mut rows = Vec::new();
 
     // profiling aid: `MPFNET_BENCH_NOOP_ONLY=N` runs the pipeline once, then N no-op reruns, and
     // exits (e.g. under `perf record`)
-    if let Some(n) = std::env::var("MPFNET_BENCH_NOOP_ONLY").ok().and_then(|s| s.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("MPFNET_BENCH_NOOP_ONLY")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    {
         let b = setup();
         b.run(&[])?;
         let t = Instant::now();
         for _ in 0..n {
             assert_eq!(b.run(&[])?.2, 0);
         }
-        println!("{n} no-op reruns: {} each", fmt_s(t.elapsed().as_secs_f64() / n.max(1) as f64).trim());
+        println!(
+            "{n} no-op reruns: {} each",
+            fmt_s(t.elapsed().as_secs_f64() / n.max(1) as f64).trim()
+        );
         return Ok(());
     }
 
@@ -379,7 +490,13 @@ fn main() -> Result<()> {
         bench = Some(b);
     }
     let b = bench.unwrap();
-    rows.push(Row { what: "first full run (fresh cache)".into(), times: firsts, nodes: TOTAL_NODES, computed: TOTAL_NODES, note: String::new() });
+    rows.push(Row {
+        what: "first full run (fresh cache)".into(),
+        times: firsts,
+        nodes: TOTAL_NODES,
+        computed: TOTAL_NODES,
+        note: String::new(),
+    });
 
     // 2. plan on the fully cached pipeline: open + prepare + plan (with the previous run record,
     // as `mpfnet plan` loads it)
@@ -397,9 +514,19 @@ fn main() -> Result<()> {
         assert_eq!(p.to_run().count(), 0, "fully cached: nothing to run");
         assert_eq!(p.count(&Status::Cached), TOTAL_NODES - AXIS_SOURCES);
         assert_eq!(p.count(&Status::RanDuringPlanning), AXIS_SOURCES);
-        plan_note = format!("{} cached, {} axis sources checked", p.count(&Status::Cached), AXIS_SOURCES);
+        plan_note = format!(
+            "{} cached, {} axis sources checked",
+            p.count(&Status::Cached),
+            AXIS_SOURCES
+        );
     }
-    rows.push(Row { what: "plan, fully cached (open+prepare+plan)".into(), times: plans, nodes: TOTAL_NODES, computed: 0, note: plan_note });
+    rows.push(Row {
+        what: "plan, fully cached (open+prepare+plan)".into(),
+        times: plans,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: plan_note,
+    });
 
     // 3. no-op rerun
     let mut noops = Vec::new();
@@ -411,7 +538,16 @@ fn main() -> Result<()> {
         noops.push(s);
     }
     let noop_median = median(noops.clone());
-    rows.push(Row { what: "no-op rerun (open+run, all cached)".into(), times: noops, nodes: TOTAL_NODES, computed: 0, note: format!("target < 300 ms: {}", if noop_median < 0.3 { "OK" } else { "MISSED" }) });
+    rows.push(Row {
+        what: "no-op rerun (open+run, all cached)".into(),
+        times: noops,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: format!(
+            "target < 300 ms: {}",
+            if noop_median < 0.3 { "OK" } else { "MISSED" }
+        ),
+    });
 
     // 4./5. change one parameter of one per-fold stage, then revert (a new value each repetition,
     // else the second repetition would find the change cached)
@@ -423,23 +559,46 @@ fn main() -> Result<()> {
             // what plan says about it
             let mut e = b.open(&set)?;
             e.prepare()?;
-            let p = plan::plan(&e, mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").as_ref())?;
+            let p = plan::plan(
+                &e,
+                mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").as_ref(),
+            )?;
             assert_eq!(p.count(&Status::Run), FOLDS, "afe[*] runs");
-            assert_eq!(p.count(&Status::RunIfInputsChange), AFE_DOWNSTREAM - FOLDS, "meta[*], eval, report below it");
+            assert_eq!(
+                p.count(&Status::RunIfInputsChange),
+                AFE_DOWNSTREAM - FOLDS,
+                "meta[*], eval, report below it"
+            );
         }
         let (s, nodes, computed, _) = b.run(&set)?;
         assert_eq!(nodes, TOTAL_NODES);
-        assert_eq!(computed, AFE_DOWNSTREAM, "afe[*] and what is downstream of it");
+        assert_eq!(
+            computed, AFE_DOWNSTREAM,
+            "afe[*] and what is downstream of it"
+        );
         changes.push(s);
         let (s, _, computed, _) = b.run(&[])?;
         assert_eq!(computed, 0, "reverting restores everything from the cache");
         reverts.push(s);
     }
-    rows.push(Row { what: "rerun after --set stages.afe.lr=<new>".into(), times: changes, nodes: TOTAL_NODES, computed: AFE_DOWNSTREAM, note: format!("afe[{FOLDS}] + meta[{FOLDS}] + eval + report") });
-    rows.push(Row { what: "revert (restored from cache)".into(), times: reverts, nodes: TOTAL_NODES, computed: 0, note: String::new() });
+    rows.push(Row {
+        what: "rerun after --set stages.afe.lr=<new>".into(),
+        times: changes,
+        nodes: TOTAL_NODES,
+        computed: AFE_DOWNSTREAM,
+        note: format!("afe[{FOLDS}] + meta[{FOLDS}] + eval + report"),
+    });
+    rows.push(Row {
+        what: "revert (restored from cache)".into(),
+        times: reverts,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: String::new(),
+    });
 
     // where the no-op time goes
-    let (mut t_open, mut t_prep, mut t_runall, mut t_session) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut t_open, mut t_prep, mut t_runall, mut t_session) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let t = Instant::now();
         let mut e = b.open(&[])?;
@@ -467,20 +626,70 @@ fn main() -> Result<()> {
         mpfnet::runs::write(&b.ws.runs_dir, &rec, &Default::default())?;
         t_write.push(t.elapsed().as_secs_f64());
     }
-    let (mo, mp, mr, ms) = (median(t_open.clone()), median(t_prep.clone()), median(t_runall.clone()), median(t_session.clone()));
+    let (mo, mp, mr, ms) = (
+        median(t_open.clone()),
+        median(t_prep.clone()),
+        median(t_runall.clone()),
+        median(t_session.clone()),
+    );
     let mw = median(t_write.clone());
-    rows.push(Row { what: "  no-op: session::open".into(), times: t_open, nodes: TOTAL_NODES, computed: 0, note: "load TOML + Store::open + Engine::new".into() });
-    rows.push(Row { what: "  no-op: engine.prepare()".into(), times: t_prep, nodes: TOTAL_NODES, computed: 0, note: "expand + run 3 volatile axis sources".into() });
-    rows.push(Row { what: "  no-op: engine.run_all()".into(), times: t_runall, nodes: TOTAL_NODES, computed: 0, note: "key + action lookup per node".into() });
-    rows.push(Row { what: "  no-op: session::run (prepare+run_all+record)".into(), times: t_session, nodes: TOTAL_NODES, computed: 0, note: format!("so record() ~ {}, runs::write ~ {}", fmt_s(ms - mp - mr - mw).trim(), fmt_s(mw).trim()) });
-    rows.push(Row { what: "  runs::write (the run record)".into(), times: t_write, nodes: TOTAL_NODES, computed: 0, note: String::new() });
-    rows.push(Row { what: "  runs::latest (read previous record, plan)".into(), times: t_latest, nodes: TOTAL_NODES, computed: 0, note: String::new() });
+    rows.push(Row {
+        what: "  no-op: session::open".into(),
+        times: t_open,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: "load TOML + Store::open + Engine::new".into(),
+    });
+    rows.push(Row {
+        what: "  no-op: engine.prepare()".into(),
+        times: t_prep,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: "expand + run 3 volatile axis sources".into(),
+    });
+    rows.push(Row {
+        what: "  no-op: engine.run_all()".into(),
+        times: t_runall,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: "key + action lookup per node".into(),
+    });
+    rows.push(Row {
+        what: "  no-op: session::run (prepare+run_all+record)".into(),
+        times: t_session,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: format!(
+            "so record() ~ {}, runs::write ~ {}",
+            fmt_s(ms - mp - mr - mw).trim(),
+            fmt_s(mw).trim()
+        ),
+    });
+    rows.push(Row {
+        what: "  runs::write (the run record)".into(),
+        times: t_write,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: String::new(),
+    });
+    rows.push(Row {
+        what: "  runs::latest (read previous record, plan)".into(),
+        times: t_latest,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note: String::new(),
+    });
     let _ = mo;
 
     print_rows(&rows);
     let runs = std::fs::read_dir(b.ws.runs_dir.join("casme2_shape"))?.count();
-    let run_json = mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").map(|r| serde_json::to_string_pretty(&r).unwrap().len()).unwrap_or(0);
-    println!("(run records written: {runs}; run.json {:.1} KiB each)", run_json as f64 / 1024.0);
+    let run_json = mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape")
+        .map(|r| serde_json::to_string_pretty(&r).unwrap().len())
+        .unwrap_or(0);
+    println!(
+        "(run records written: {runs}; run.json {:.1} KiB each)",
+        run_json as f64 / 1024.0
+    );
     let (mut n_act, mut act_bytes, mut act_max, mut max_name) = (0usize, 0u64, 0u64, String::new());
     for shard in std::fs::read_dir(b.ws.cache_dir.join("actions"))? {
         for f in std::fs::read_dir(shard?.path())? {
@@ -533,11 +742,17 @@ fn cache_throughput(reps: usize) -> Result<()> {
     let h1 = time(&mut |_| {
         std::hint::black_box(blake3::hash(std::hint::black_box(&buf)));
     });
-    rows.push(("blake3::hash, 1 thread".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, h1), fmt_s(h1).trim())));
+    rows.push((
+        "blake3::hash, 1 thread".into(),
+        format!("{:6.2} GB/s  ({})", gbps(SIZE, h1), fmt_s(h1).trim()),
+    ));
     let h2 = time(&mut |_| {
         std::hint::black_box(Digest::of(std::hint::black_box(&buf)));
     });
-    rows.push(("Digest::of (rayon above threshold)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, h2), fmt_s(h2).trim())));
+    rows.push((
+        "Digest::of (rayon above threshold)".into(),
+        format!("{:6.2} GB/s  ({})", gbps(SIZE, h2), fmt_s(h2).trim()),
+    ));
 
     // new blobs: change the first bytes so each repetition writes a new file (fsync + rename)
     let mut digests = Vec::new();
@@ -545,16 +760,33 @@ fn cache_throughput(reps: usize) -> Result<()> {
         buf[..8].copy_from_slice(&(r as u64 + 1).to_le_bytes());
         digests.push(store.put_blob(&buf).unwrap());
     });
-    rows.push(("put_blob 64 MiB, new (hash+write+fsync)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, put_new), fmt_s(put_new).trim())));
+    rows.push((
+        "put_blob 64 MiB, new (hash+write+fsync)".into(),
+        format!(
+            "{:6.2} GB/s  ({})",
+            gbps(SIZE, put_new),
+            fmt_s(put_new).trim()
+        ),
+    ));
     let put_again = time(&mut |_| {
         store.put_blob(&buf).unwrap();
     });
-    rows.push(("put_blob 64 MiB, already stored".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, put_again), fmt_s(put_again).trim())));
+    rows.push((
+        "put_blob 64 MiB, already stored".into(),
+        format!(
+            "{:6.2} GB/s  ({})",
+            gbps(SIZE, put_again),
+            fmt_s(put_again).trim()
+        ),
+    ));
     let get = time(&mut |r| {
         let bytes = store.get_blob(&digests[r]).unwrap().unwrap();
         assert_eq!(bytes.len(), SIZE);
     });
-    rows.push(("get_blob 64 MiB (read + re-hash, page cache)".into(), format!("{:6.2} GB/s  ({})", gbps(SIZE, get), fmt_s(get).trim())));
+    rows.push((
+        "get_blob 64 MiB (read + re-hash, page cache)".into(),
+        format!("{:6.2} GB/s  ({})", gbps(SIZE, get), fmt_s(get).trim()),
+    ));
     drop(buf);
 
     // file_digest on 2,000 unchanged small files
@@ -575,17 +807,38 @@ fn cache_throughput(reps: usize) -> Result<()> {
         store.file_digest(p)?;
     }
     let cold = t.elapsed().as_secs_f64();
-    rows.push((format!("file_digest x{FILES}, first time (hash)"), format!("{:8.1} us/file ({})", cold * 1e6 / FILES as f64, fmt_s(cold).trim())));
+    rows.push((
+        format!("file_digest x{FILES}, first time (hash)"),
+        format!(
+            "{:8.1} us/file ({})",
+            cold * 1e6 / FILES as f64,
+            fmt_s(cold).trim()
+        ),
+    ));
     let warm = time(&mut |_| {
         for p in &paths {
             store.file_digest(p).unwrap();
         }
     });
-    rows.push((format!("file_digest x{FILES}, unchanged (same Store)"), format!("{:8.1} us/file ({})", warm * 1e6 / FILES as f64, fmt_s(warm).trim())));
+    rows.push((
+        format!("file_digest x{FILES}, unchanged (same Store)"),
+        format!(
+            "{:8.1} us/file ({})",
+            warm * 1e6 / FILES as f64,
+            fmt_s(warm).trim()
+        ),
+    ));
     let batch = time(&mut |_| {
         store.file_digests(&paths).unwrap();
     });
-    rows.push((format!("file_digests x{FILES} batch, unchanged"), format!("{:8.1} us/file ({})", batch * 1e6 / FILES as f64, fmt_s(batch).trim())));
+    rows.push((
+        format!("file_digests x{FILES} batch, unchanged"),
+        format!(
+            "{:8.1} us/file ({})",
+            batch * 1e6 / FILES as f64,
+            fmt_s(batch).trim()
+        ),
+    ));
     let st = store.stat_cache_stats();
     drop(store); // saves the stat cache
     let reopen = time(&mut |_| {
@@ -594,14 +847,27 @@ fn cache_throughput(reps: usize) -> Result<()> {
             s.file_digest(p).unwrap();
         }
         let st = s.stat_cache_stats();
-        assert_eq!(st.misses, 0, "unchanged files are answered from the saved stat cache");
+        assert_eq!(
+            st.misses, 0,
+            "unchanged files are answered from the saved stat cache"
+        );
     });
-    rows.push((format!("open Store + file_digest x{FILES} (new process)"), format!("{:8.1} us/file ({})", reopen * 1e6 / FILES as f64, fmt_s(reopen).trim())));
+    rows.push((
+        format!("open Store + file_digest x{FILES} (new process)"),
+        format!(
+            "{:8.1} us/file ({})",
+            reopen * 1e6 / FILES as f64,
+            fmt_s(reopen).trim()
+        ),
+    ));
 
     println!("{:<46} {}", "cache", "throughput (median)");
     for (a, b) in rows {
         println!("{a:<46} {b}");
     }
-    println!("(stat cache after the in-process passes: {} hits, {} misses, {} entries)", st.hits, st.misses, st.entries);
+    println!(
+        "(stat cache after the in-process passes: {} hits, {} misses, {} entries)",
+        st.hits, st.misses, st.entries
+    );
     Ok(())
 }

@@ -21,11 +21,22 @@ pub fn encode(art: &Artifact, extra_meta: &BTreeMap<String, String>) -> Result<V
             bail!("tensor name `{name}` uses the reserved prefix `{FILE_PREFIX}`");
         }
         let (dtype, data) = match a {
-            Array::F32 { data, .. } => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            Array::I64 { data, .. } => (Dtype::I64, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Array::F32 { data, .. } => (
+                Dtype::F32,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            Array::I64 { data, .. } => (
+                Dtype::I64,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
             Array::U8 { data, .. } => (Dtype::U8, data.clone()),
         };
-        entries.push(TensorEntry { name: name.clone(), dtype, shape: a.shape().to_vec(), data });
+        entries.push(TensorEntry {
+            name: name.clone(),
+            dtype,
+            shape: a.shape().to_vec(),
+            data,
+        });
     }
     for (name, bytes) in &art.files {
         entries.push(TensorEntry {
@@ -53,10 +64,25 @@ pub fn decode(bytes: &[u8]) -> Result<Artifact> {
             continue;
         }
         let arr = match e.dtype {
-            Dtype::F32 => Array::f32(e.shape, e.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())?,
-            Dtype::I64 => Array::i64(e.shape, e.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())?,
+            Dtype::F32 => Array::f32(
+                e.shape,
+                e.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )?,
+            Dtype::I64 => Array::i64(
+                e.shape,
+                e.data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )?,
             Dtype::U8 => Array::u8(e.shape, e.data)?,
-            other => bail!("tensor `{}` has dtype {other:?}, which artifacts do not use", e.name),
+            other => bail!(
+                "tensor `{}` has dtype {other:?}, which artifacts do not use",
+                e.name
+            ),
         };
         art.tensors.insert(e.name, arr);
     }

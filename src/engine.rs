@@ -35,7 +35,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { jobs: 2, device: "cpu".into(), keep_going: false, progress: false }
+        Options {
+            jobs: 2,
+            device: "cpu".into(),
+            keep_going: false,
+            progress: false,
+        }
     }
 }
 
@@ -72,9 +77,18 @@ impl Node {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum NodeState {
     Pending,
-    Done { key: String, digest: String, cached: bool, duration_s: f64 },
-    Failed { error: String },
-    Skipped { reason: String },
+    Done {
+        key: String,
+        digest: String,
+        cached: bool,
+        duration_s: f64,
+    },
+    Failed {
+        error: String,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 pub(crate) struct Shared {
@@ -123,7 +137,12 @@ fn hash_u64(parts: &[&[u8]]) -> u64 {
 }
 
 impl Engine {
-    pub fn new(pipeline: Pipeline, registry: Registry, store: Arc<Store>, opts: Options) -> Result<Self> {
+    pub fn new(
+        pipeline: Pipeline,
+        registry: Registry,
+        store: Arc<Store>,
+        opts: Options,
+    ) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .max_blocking_threads(opts.jobs.max(1) + 2)
@@ -170,7 +189,10 @@ impl Engine {
         self.by_name.get(name).copied()
     }
     pub fn instances(&self, stage: &str) -> &[usize] {
-        self.instances.get(stage).map(|v| v.as_slice()).unwrap_or(&[])
+        self.instances
+            .get(stage)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Expands the whole graph, materialising axis sources as needed.
@@ -197,8 +219,15 @@ impl Engine {
                 }
             }
             if needed.is_empty() && !progressed {
-                bail!("could not expand stages {:?}: their axis sources did not complete",
-                    self.sh.pipeline.stages.keys().filter(|k| !self.expanded.contains(*k)).collect::<Vec<_>>());
+                bail!(
+                    "could not expand stages {:?}: their axis sources did not complete",
+                    self.sh
+                        .pipeline
+                        .stages
+                        .keys()
+                        .filter(|k| !self.expanded.contains(*k))
+                        .collect::<Vec<_>>()
+                );
             }
             if !needed.is_empty() {
                 needed.sort();
@@ -212,7 +241,11 @@ impl Engine {
                     total.cancelled |= s.cancelled;
                     return Err(anyhow!(
                         "discovery failed: {}",
-                        s.failed.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
+                        s.failed
+                            .iter()
+                            .map(|(n, e)| format!("{n}: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     ));
                 }
             }
@@ -227,7 +260,10 @@ impl Engine {
                 continue;
             }
             let decl = self.sh.pipeline.stages[&sname].clone();
-            let deps_ready = decl.inputs.values().all(|r| r.stages.iter().all(|x| self.expanded.contains(x)))
+            let deps_ready = decl
+                .inputs
+                .values()
+                .all(|r| r.stages.iter().all(|x| self.expanded.contains(x)))
                 && decl.over.as_ref().is_none_or(|o| self.expanded.contains(o));
             if !deps_ready {
                 continue;
@@ -241,9 +277,11 @@ impl Engine {
                         _ => continue,
                     };
                     let art = self.sh.load(src, &digest)?;
-                    let axis = art.axis.ok_or_else(|| anyhow!(
+                    let axis = art.axis.ok_or_else(|| {
+                        anyhow!(
                         "stage `{}` fans out over `{o}`, but `{o}` (kind `{}`) declares no axis",
-                        sname, self.sh.pipeline.stages[o].kind))?;
+                        sname, self.sh.pipeline.stages[o].kind)
+                    })?;
                     let mut seen = BTreeSet::new();
                     for it in &axis {
                         if !seen.insert(it.id.clone()) {
@@ -264,23 +302,57 @@ impl Engine {
                     let src = &self.instances[r.stage()];
                     let src_decl = &self.sh.pipeline.stages[r.stage()];
                     let bind = if r.list {
-                        Bind::Many(r.stages.iter().map(|st| (st.clone(), self.instances[st][0])).collect())
+                        Bind::Many(
+                            r.stages
+                                .iter()
+                                .map(|st| (st.clone(), self.instances[st][0]))
+                                .collect(),
+                        )
                     } else if r.gather {
                         let nodes = self.sh.nodes.read().unwrap();
-                        Bind::Many(src.iter().map(|&i| (nodes[i].item.as_ref().map(|t| t.id.clone()).unwrap_or_default(), i)).collect())
+                        Bind::Many(
+                            src.iter()
+                                .map(|&i| {
+                                    (
+                                        nodes[i]
+                                            .item
+                                            .as_ref()
+                                            .map(|t| t.id.clone())
+                                            .unwrap_or_default(),
+                                        i,
+                                    )
+                                })
+                                .collect(),
+                        )
                     } else if src_decl.over.is_some() {
                         // same axis (checked at load): the matching instance
                         let it = item.as_ref().unwrap();
                         let key = format!("{}[{}]", r.stage(), it.id);
-                        Bind::One(*self.by_name.get(&key).ok_or_else(|| anyhow!("{name}: no node {key}"))?)
+                        Bind::One(
+                            *self
+                                .by_name
+                                .get(&key)
+                                .ok_or_else(|| anyhow!("{name}: no node {key}"))?,
+                        )
                     } else {
                         Bind::One(src[0])
                     };
                     inputs.push((iname.clone(), bind));
                 }
                 let item_id = item.as_ref().map(|i| i.id.as_str()).unwrap_or("");
-                let seed = hash_u64(&[b"node-seed", &self.sh.pipeline.seed.to_le_bytes(), sname.as_bytes(), item_id.as_bytes()]);
-                let node = Node { name: name.clone(), stage: sname.clone(), item, inputs, seed };
+                let seed = hash_u64(&[
+                    b"node-seed",
+                    &self.sh.pipeline.seed.to_le_bytes(),
+                    sname.as_bytes(),
+                    item_id.as_bytes(),
+                ]);
+                let node = Node {
+                    name: name.clone(),
+                    stage: sname.clone(),
+                    item,
+                    inputs,
+                    seed,
+                };
                 let id = {
                     let mut nodes = self.sh.nodes.write().unwrap();
                     nodes.push(node);
@@ -328,8 +400,12 @@ impl Engine {
 
     /// Marks a node done from a cache lookup without running it (used by `plan`).
     pub fn mark_cached(&self, id: usize, key: &Digest, digest: &Digest) {
-        self.sh.states.lock().unwrap()[id] =
-            NodeState::Done { key: key.to_string(), digest: digest.to_string(), cached: true, duration_s: 0.0 };
+        self.sh.states.lock().unwrap()[id] = NodeState::Done {
+            key: key.to_string(),
+            digest: digest.to_string(),
+            cached: true,
+            duration_s: 0.0,
+        };
     }
 
     pub fn stage_of(&self, id: usize) -> Arc<dyn Stage> {
@@ -350,7 +426,10 @@ impl Engine {
 impl Shared {
     fn stage(&self, node: &Node) -> Arc<dyn Stage> {
         let kind = &self.pipeline.stages[&node.stage].kind;
-        self.registry.get(kind).expect("kind validated at load").clone()
+        self.registry
+            .get(kind)
+            .expect("kind validated at load")
+            .clone()
     }
 
     /// blake3 over everything the node's output may depend on.
@@ -361,7 +440,10 @@ impl Shared {
         for (iname, b) in &node.inputs {
             let v = match b {
                 Bind::One(i) => json!(digests[i]),
-                Bind::Many(v) => json!(v.iter().map(|(id, i)| json!([id, digests[i]])).collect::<Vec<_>>()),
+                Bind::Many(v) => json!(v
+                    .iter()
+                    .map(|(id, i)| json!([id, digests[i]]))
+                    .collect::<Vec<_>>()),
             };
             inputs.insert(iname.clone(), v);
         }
@@ -383,11 +465,17 @@ impl Shared {
     pub fn load(self: &Arc<Self>, id: usize, digest: &str) -> Result<Artifact> {
         let d: Digest = digest.parse()?;
         if let Some(bytes) = self.store.get_blob(&d)? {
-            return artifact_codec::decode(&bytes).with_context(|| format!("decoding blob {digest}"));
+            return artifact_codec::decode(&bytes)
+                .with_context(|| format!("decoding blob {digest}"));
         }
         let name = self.nodes.read().unwrap()[id].name.clone();
-        tracing::warn!("blob {} of `{name}` is missing or corrupt: recomputing it", d.short());
-        self.progress.println(&format!("warning: cached output of `{name}` missing or corrupt, recomputing"));
+        tracing::warn!(
+            "blob {} of `{name}` is missing or corrupt: recomputing it",
+            d.short()
+        );
+        self.progress.println(&format!(
+            "warning: cached output of `{name}` missing or corrupt, recomputing"
+        ));
         let (_key, art, new_digest, _) = self.compute(id, true)?;
         if new_digest.to_string() != digest {
             tracing::warn!("`{name}` recomputed to a different digest ({} vs {}): the stage is not deterministic", new_digest.short(), &digest[..12]);
@@ -431,7 +519,9 @@ impl Shared {
         // a volatile node always runs; if it reproduced its previous output it counts as cached
         let before = if stage.volatile() {
             let digests = self.input_digests(&node)?;
-            self.store.get_action(&self.key(&node, &digests).0)?.map(|r| r.output)
+            self.store
+                .get_action(&self.key(&node, &digests).0)?
+                .map(|r| r.output)
         } else {
             None
         };
@@ -440,7 +530,11 @@ impl Shared {
     }
 
     /// Runs the stage and stores its output (no cache lookup).
-    fn compute(self: &Arc<Self>, id: usize, recompute: bool) -> Result<(Digest, Artifact, Digest, f64)> {
+    fn compute(
+        self: &Arc<Self>,
+        id: usize,
+        recompute: bool,
+    ) -> Result<(Digest, Artifact, Digest, f64)> {
         let node = self.nodes.read().unwrap()[id].clone();
         let decl = self.pipeline.stages[&node.stage].clone();
         let stage = self.stage(&node);
@@ -450,11 +544,20 @@ impl Shared {
         for (iname, b) in &node.inputs {
             let input = match b {
                 Bind::One(i) => Input::One(self.handle(*i, digests[i].clone())),
-                Bind::Many(v) => Input::Many(v.iter().map(|(item, i)| (item.clone(), self.handle(*i, digests[i].clone()))).collect()),
+                Bind::Many(v) => Input::Many(
+                    v.iter()
+                        .map(|(item, i)| (item.clone(), self.handle(*i, digests[i].clone())))
+                        .collect(),
+                ),
             };
             inputs.insert(iname.clone(), input);
         }
-        let services = NodeServices { sh: self.clone(), node: id, name: node.name.clone(), key };
+        let services = NodeServices {
+            sh: self.clone(),
+            node: id,
+            name: node.name.clone(),
+            key,
+        };
         let ctx = Ctx {
             node: &node.name,
             params: &decl.params,
@@ -469,8 +572,14 @@ impl Shared {
         let art = match std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&ctx))) {
             Ok(r) => r?,
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                bail!("stage panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                bail!(
+                    "stage panicked: {}",
+                    msg.unwrap_or_else(|| "(no message)".into())
+                )
             }
         };
         let secs = started.elapsed().as_secs_f64();
@@ -494,7 +603,13 @@ impl Shared {
             "bytes": bytes.len(),
             "recomputed": recompute,
         });
-        self.store.put_action(&key, &ActionRecord { output: digest, provenance })?;
+        self.store.put_action(
+            &key,
+            &ActionRecord {
+                output: digest,
+                provenance,
+            },
+        )?;
         self.store.clear_checkpoints(&key)?;
         Ok((key, art, digest, secs))
     }
@@ -518,10 +633,18 @@ impl Services for NodeServices {
         Ok(self.sh.store.file_digest(path)?.to_string())
     }
     fn file_digests(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
-        Ok(self.sh.store.file_digests(paths)?.into_iter().map(|d| d.to_string()).collect())
+        Ok(self
+            .sh
+            .store
+            .file_digests(paths)?
+            .into_iter()
+            .map(|d| d.to_string())
+            .collect())
     }
     fn progress(&self, done: u64, total: u64, msg: &str) {
-        self.sh.progress.node(self.node, &self.name, done, total, msg);
+        self.sh
+            .progress
+            .node(self.node, &self.name, done, total, msg);
     }
     fn save_checkpoint(&self, step: u64, bytes: &[u8]) -> Result<()> {
         self.sh.store.put_checkpoint(&self.key, step, bytes)
@@ -551,7 +674,11 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
     let mut waiting: HashMap<usize, usize> = HashMap::new();
     let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
     for &n in &set {
-        let deps: BTreeSet<usize> = nodes[n].deps().into_iter().filter(|d| set.contains(d)).collect();
+        let deps: BTreeSet<usize> = nodes[n]
+            .deps()
+            .into_iter()
+            .filter(|d| set.contains(d))
+            .collect();
         waiting.insert(n, deps.len());
         for d in deps {
             dependents.entry(d).or_default().push(n);
@@ -569,7 +696,11 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
     loop {
         while let Some(n) = ready.pop_front() {
             let is_heavy = sh.stage(&nodes[n]).heavy();
-            let sem = if is_heavy { heavy.clone() } else { light.clone() };
+            let sem = if is_heavy {
+                heavy.clone()
+            } else {
+                light.clone()
+            };
             let (sh2, stop2) = (sh.clone(), stop.clone());
             running += 1;
             js.spawn(async move {
@@ -608,7 +739,9 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
         let name = &nodes[n].name;
         match outcome {
             None => {
-                sh.states.lock().unwrap()[n] = NodeState::Skipped { reason: "run stopped".into() };
+                sh.states.lock().unwrap()[n] = NodeState::Skipped {
+                    reason: "run stopped".into(),
+                };
                 summary.skipped += 1;
             }
             Some(Ok((key, digest, cached, secs))) => {
@@ -618,8 +751,12 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
                     summary.computed += 1;
                     tracing::info!("computed {name} in {secs:.2}s");
                 }
-                sh.states.lock().unwrap()[n] =
-                    NodeState::Done { key: key.to_string(), digest: digest.to_string(), cached, duration_s: secs };
+                sh.states.lock().unwrap()[n] = NodeState::Done {
+                    key: key.to_string(),
+                    digest: digest.to_string(),
+                    cached,
+                    duration_s: secs,
+                };
                 sh.progress.done(name, cached);
                 for &d in dependents.get(&n).map(|v| v.as_slice()).unwrap_or(&[]) {
                     let w = waiting.get_mut(&d).unwrap();
@@ -643,7 +780,9 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
                 let mut states = sh.states.lock().unwrap();
                 while let Some(d) = stack.pop() {
                     if matches!(states[d], NodeState::Pending) {
-                        states[d] = NodeState::Skipped { reason: format!("upstream `{name}` failed") };
+                        states[d] = NodeState::Skipped {
+                            reason: format!("upstream `{name}` failed"),
+                        };
                         summary.skipped += 1;
                         stack.extend(dependents.get(&d).cloned().unwrap_or_default());
                     }
@@ -658,8 +797,12 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
     // nodes never reached because the run stopped
     let mut states = sh.states.lock().unwrap();
     for &n in &set {
-        if matches!(states[n], NodeState::Pending) && (stop.load(Ordering::Relaxed) || summary.cancelled) {
-            states[n] = NodeState::Skipped { reason: "run stopped before it".into() };
+        if matches!(states[n], NodeState::Pending)
+            && (stop.load(Ordering::Relaxed) || summary.cancelled)
+        {
+            states[n] = NodeState::Skipped {
+                reason: "run stopped before it".into(),
+            };
             summary.skipped += 1;
         }
     }

@@ -25,9 +25,17 @@ pub fn resolve(store: &Store, runs_root: &Path, what: &str) -> Result<Target> {
     if looks_hex {
         let d = store.resolve_prefix(what)?;
         if let Some(rec) = store.get_action(&d)? {
-            return Ok(Target { key: Some(d), blob: rec.output, record: Some(rec) });
+            return Ok(Target {
+                key: Some(d),
+                blob: rec.output,
+                record: Some(rec),
+            });
         }
-        return Ok(Target { key: None, record: None, blob: d });
+        return Ok(Target {
+            key: None,
+            record: None,
+            blob: d,
+        });
     }
     let mut found = Vec::new();
     for (pipeline, _) in runs::list(runs_root) {
@@ -71,7 +79,9 @@ fn stats(a: &Array) -> String {
 
 /// Human-readable description of an artifact and its provenance.
 pub fn show(store: &Store, t: &Target) -> Result<String> {
-    let bytes = store.get_blob(&t.blob)?.with_context(|| format!("blob {} missing or corrupt", t.blob.short()))?;
+    let bytes = store
+        .get_blob(&t.blob)?
+        .with_context(|| format!("blob {} missing or corrupt", t.blob.short()))?;
     let art = artifact_codec::decode(&bytes)?;
     let mut out = String::new();
     if let Some(k) = &t.key {
@@ -86,13 +96,22 @@ pub fn show(store: &Store, t: &Target) -> Result<String> {
     }
     out.push_str("tensors\n");
     for (name, a) in &art.tensors {
-        out.push_str(&format!("  {name:<24} {:<4} {:?}  {}\n", a.dtype(), a.shape(), stats(a)));
+        out.push_str(&format!(
+            "  {name:<24} {:<4} {:?}  {}\n",
+            a.dtype(),
+            a.shape(),
+            stats(a)
+        ));
     }
     for (name, b) in &art.files {
         out.push_str(&format!("  file {name} ({} bytes)\n", b.len()));
     }
     if let Some(axis) = &art.axis {
-        out.push_str(&format!("axis      {} items (first: {})\n", axis.len(), axis.first().map(|i| i.id.as_str()).unwrap_or("-")));
+        out.push_str(&format!(
+            "axis      {} items (first: {})\n",
+            axis.len(),
+            axis.first().map(|i| i.id.as_str()).unwrap_or("-")
+        ));
     }
     if !art.meta.is_null() {
         let text = serde_json::to_string_pretty(&art.meta)?;
@@ -109,20 +128,33 @@ pub fn show(store: &Store, t: &Target) -> Result<String> {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Writes the artifact as safetensors with its provenance in the header metadata
 /// (`mpfnet.provenance`), its files, and the stage's PNG renderings. Returns the paths.
 pub fn export(store: &Store, registry: &Registry, t: &Target, dir: &Path) -> Result<Vec<PathBuf>> {
-    let bytes = store.get_blob(&t.blob)?.with_context(|| format!("blob {} missing or corrupt", t.blob.short()))?;
+    let bytes = store
+        .get_blob(&t.blob)?
+        .with_context(|| format!("blob {} missing or corrupt", t.blob.short()))?;
     let (entries, mut meta) = tensors::decode(&bytes)?;
     let base = match &t.record {
         Some(r) => sanitize(r.provenance["node"].as_str().unwrap_or("artifact")),
         None => t.blob.short(),
     };
     if let Some(r) = &t.record {
-        meta.insert("mpfnet.provenance".into(), serde_json::to_string(&r.provenance)?);
+        meta.insert(
+            "mpfnet.provenance".into(),
+            serde_json::to_string(&r.provenance)?,
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
@@ -135,7 +167,10 @@ pub fn export(store: &Store, registry: &Registry, t: &Target, dir: &Path) -> Res
         std::fs::write(&p, b)?;
         written.push(p);
     }
-    let kind = t.record.as_ref().and_then(|r| r.provenance["kind"].as_str().map(String::from));
+    let kind = t
+        .record
+        .as_ref()
+        .and_then(|r| r.provenance["kind"].as_str().map(String::from));
     if let Some(stage) = kind.as_deref().and_then(|k| registry.get(k)) {
         for (name, png) in stage.render_png(&art)? {
             let p = dir.join(format!("{base}.{}", sanitize(&name)));
@@ -153,13 +188,22 @@ pub fn list(store: &Store, stage: Option<&str>) -> Result<Vec<(Digest, Value)>> 
         .into_iter()
         .filter_map(|k| store.get_action(&k).ok().flatten().map(|r| (k, r)))
         .filter(|(_, r)| {
-            stage.is_none_or(|s| r.provenance["stage"].as_str() == Some(s) || r.provenance["kind"].as_str() == Some(s))
+            stage.is_none_or(|s| {
+                r.provenance["stage"].as_str() == Some(s)
+                    || r.provenance["kind"].as_str() == Some(s)
+            })
         })
         .map(|(k, r)| (k, r.provenance))
         .collect();
     rows.sort_by(|a, b| {
-        let ka = (a.1["created"].as_str().unwrap_or(""), a.1["node"].as_str().unwrap_or(""));
-        let kb = (b.1["created"].as_str().unwrap_or(""), b.1["node"].as_str().unwrap_or(""));
+        let ka = (
+            a.1["created"].as_str().unwrap_or(""),
+            a.1["node"].as_str().unwrap_or(""),
+        );
+        let kb = (
+            b.1["created"].as_str().unwrap_or(""),
+            b.1["node"].as_str().unwrap_or(""),
+        );
         ka.cmp(&kb)
     });
     Ok(rows)
@@ -167,7 +211,12 @@ pub fn list(store: &Store, stage: Option<&str>) -> Result<Vec<(Digest, Value)>> 
 
 /// Keys to keep for `gc --keep PIPELINE`: those in the pipeline's latest run record.
 pub fn keys_of_latest(runs_root: &Path, pipeline: &str) -> Result<BTreeMap<Digest, String>> {
-    let rec = runs::latest(runs_root, pipeline).with_context(|| format!("no recorded run of pipeline `{pipeline}` under {}", runs_root.display()))?;
+    let rec = runs::latest(runs_root, pipeline).with_context(|| {
+        format!(
+            "no recorded run of pipeline `{pipeline}` under {}",
+            runs_root.display()
+        )
+    })?;
     let mut out = BTreeMap::new();
     for n in rec.nodes {
         if let Some(k) = n.key {

@@ -10,7 +10,11 @@ use mpfnet::session::{self, Workspace};
 use mpfnet::{inspect, plan, runs, ConfigError};
 
 #[derive(Parser)]
-#[command(name = "mpfnet", version, about = "MPFNet micro-expression recognition as a cached, resumable pipeline")]
+#[command(
+    name = "mpfnet",
+    version,
+    about = "MPFNet micro-expression recognition as a cached, resumable pipeline"
+)]
 struct Cli {
     /// Cache folder (default: $MPFNET_CACHE or .mpfnet/cache)
     #[arg(long, global = true)]
@@ -109,12 +113,17 @@ enum CacheCmd {
 enum RunsCmd {
     Ls,
     /// Compare the parameters and metrics of two runs (folders, PIPELINE for its latest)
-    Diff { a: String, b: String },
+    Diff {
+        a: String,
+        b: String,
+    },
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -136,10 +145,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let registry = mpfnet_stages::registry();
     let ws = Workspace::from_env(cli.cache.clone());
     match cli.cmd {
-        Cmd::Run { p, jobs, device, keep_going, quiet } => {
+        Cmd::Run {
+            p,
+            jobs,
+            device,
+            keep_going,
+            quiet,
+        } => {
             mpfnet_stages::check_device(&device)?;
             let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let opts = Options { jobs, device, keep_going, progress };
+            let opts = Options {
+                jobs,
+                device,
+                keep_going,
+                progress,
+            };
             let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, opts)?;
             let args: Vec<String> = std::env::args().collect();
             let out = session::run(&mut engine, &ws, &args)?;
@@ -162,10 +182,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 eprintln!("interrupted: run the same command again to resume from the cache");
                 return Ok(ExitCode::from(130));
             }
-            Ok(if s.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if s.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Plan { p, json, all } => {
-            let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            let mut engine =
+                session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
             engine.prepare()?;
             let prev = runs::latest(&ws.runs_dir, &engine.pipeline().name);
             let plan = plan::plan(&engine, prev.as_ref())?;
@@ -177,7 +202,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cache { cmd } => {
-            let store = mpfnet_cache::Store::open(&ws.cache_dir).with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
+            let store = mpfnet_cache::Store::open(&ws.cache_dir)
+                .with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
             match cmd {
                 CacheCmd::Ls { stage } => {
                     for (k, p) in inspect::list(&store, stage.as_deref())? {
@@ -221,7 +247,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     for p in &keep {
                         keys.extend(inspect::keys_of_latest(&ws.runs_dir, p)?.into_keys());
                     }
-                    let opts = mpfnet_cache::GcOptions { grace: std::time::Duration::from_secs(grace_secs), ..Default::default() };
+                    let opts = mpfnet_cache::GcOptions {
+                        grace: std::time::Duration::from_secs(grace_secs),
+                        ..Default::default()
+                    };
                     let r = store.gc(&keys, &opts)?;
                     println!(
                         "removed {} actions, {} blobs, {} checkpoint sets, {} temp files; kept {} actions, {} blobs; spared {} young files; freed {} bytes",
@@ -236,7 +265,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 RunsCmd::Ls => {
                     for (pipeline, dir) in runs::list(&ws.runs_dir) {
                         if let Some(r) = runs::load(&dir) {
-                            let computed = r.nodes.iter().filter(|n| n.status == "computed").count();
+                            let computed =
+                                r.nodes.iter().filter(|n| n.status == "computed").count();
                             println!(
                                 "{:<16} {:<24} {:<4} {:>6.1}s {:>5} nodes {:>5} computed  {}",
                                 pipeline,
@@ -251,8 +281,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 RunsCmd::Diff { a, b } => {
-                    let ra = runs::load(&runs::resolve(&ws.runs_dir, &a)?).context("unreadable run record")?;
-                    let rb = runs::load(&runs::resolve(&ws.runs_dir, &b)?).context("unreadable run record")?;
+                    let ra = runs::load(&runs::resolve(&ws.runs_dir, &a)?)
+                        .context("unreadable run record")?;
+                    let rb = runs::load(&runs::resolve(&ws.runs_dir, &b)?)
+                        .context("unreadable run record")?;
                     let lines = runs::diff(&ra, &rb);
                     if lines.is_empty() {
                         println!("no differences in parameters or metrics");
@@ -275,14 +307,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Folds { p } => {
-            let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            let mut engine =
+                session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
             engine.prepare()?;
             let mut printed = false;
             for (name, decl) in engine.pipeline().stages.clone() {
                 if decl.kind == "folds" {
                     let id = engine.instances(&name)[0];
                     let art = engine.load(id)?;
-                    print!("{}", art.meta.get("table").and_then(|t| t.as_str()).unwrap_or(""));
+                    print!(
+                        "{}",
+                        art.meta.get("table").and_then(|t| t.as_str()).unwrap_or("")
+                    );
                     printed = true;
                 }
             }

@@ -58,7 +58,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(loc: Loc, key: impl Into<String>, message: impl Into<String>) -> anyhow::Error {
-    ConfigError { loc, key: key.into(), message: message.into() }.into()
+    ConfigError {
+        loc,
+        key: key.into(),
+        message: message.into(),
+    }
+    .into()
 }
 
 /// A reference to other stages' outputs.
@@ -109,31 +114,64 @@ struct Doc {
 
 fn parse_doc(path: &Path) -> anyhow::Result<Doc> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(Loc { file: file.clone(), line: 0 }, "", format!("cannot read pipeline: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            Loc {
+                file: file.clone(),
+                line: 0,
+            },
+            "",
+            format!("cannot read pipeline: {e}"),
+        )
+    })?;
     parse_text(&file, &text)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_text(file: &str, text: &str) -> anyhow::Result<Doc> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-        err(Loc { file: file.into(), line }, "", format!("malformed TOML: {}", e.message()))
+        err(
+            Loc {
+                file: file.into(),
+                line,
+            },
+            "",
+            format!("malformed TOML: {}", e.message()),
+        )
     })?;
     let mut lines = HashMap::new();
     if let Ok(spanned) = toml::de::DeTable::parse(text) {
         collect_lines(text, "", spanned.get_ref(), &mut lines);
     }
-    Ok(Doc { file: file.into(), value: toml_to_json(toml::Value::Table(table)), lines })
+    Ok(Doc {
+        file: file.into(),
+        value: toml_to_json(toml::Value::Table(table)),
+        lines,
+    })
 }
 
-fn collect_lines(text: &str, prefix: &str, t: &toml::de::DeTable, out: &mut HashMap<String, usize>) {
+fn collect_lines(
+    text: &str,
+    prefix: &str,
+    t: &toml::de::DeTable,
+    out: &mut HashMap<String, usize>,
+) {
     for (k, v) in t.iter() {
-        let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
-        out.entry(path.clone()).or_insert_with(|| line_of(text, k.span().start));
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        out.entry(path.clone())
+            .or_insert_with(|| line_of(text, k.span().start));
         if let toml::de::DeValue::Table(inner) = v.get_ref() {
             collect_lines(text, &path, inner, out);
         }
@@ -144,11 +182,15 @@ pub fn toml_to_json(v: toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::String(s),
         toml::Value::Integer(i) => Value::from(i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -168,17 +210,32 @@ impl Merged {
             }
             match k.rfind('.') {
                 Some(i) => k.truncate(i),
-                None => return self.origin.get("").cloned().unwrap_or(Loc { file: "?".into(), line: 0 }),
+                None => {
+                    return self.origin.get("").cloned().unwrap_or(Loc {
+                        file: "?".into(),
+                        line: 0,
+                    })
+                }
             }
         }
     }
 }
 
-fn merge_into(dst: &mut Value, src: Value, prefix: &str, loc_of: &dyn Fn(&str) -> Loc, origin: &mut HashMap<String, Loc>) {
+fn merge_into(
+    dst: &mut Value,
+    src: Value,
+    prefix: &str,
+    loc_of: &dyn Fn(&str) -> Loc,
+    origin: &mut HashMap<String, Loc>,
+) {
     match (dst, src) {
         (Value::Object(d), Value::Object(s)) => {
             for (k, v) in s {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 origin.insert(path.clone(), loc_of(&path));
                 match d.get_mut(&k) {
                     Some(existing) if existing.is_object() && v.is_object() => {
@@ -195,7 +252,12 @@ fn merge_into(dst: &mut Value, src: Value, prefix: &str, loc_of: &dyn Fn(&str) -
     }
 }
 
-fn record_origins(v: &Value, prefix: &str, loc_of: &dyn Fn(&str) -> Loc, origin: &mut HashMap<String, Loc>) {
+fn record_origins(
+    v: &Value,
+    prefix: &str,
+    loc_of: &dyn Fn(&str) -> Loc,
+    origin: &mut HashMap<String, Loc>,
+) {
     if let Value::Object(m) = v {
         for (k, v) in m {
             let path = format!("{prefix}.{k}");
@@ -207,36 +269,69 @@ fn record_origins(v: &Value, prefix: &str, loc_of: &dyn Fn(&str) -> Loc, origin:
 
 fn load_merged(path: &Path, depth: usize) -> anyhow::Result<Merged> {
     let doc = parse_doc(path)?;
-    let file_loc = |key: &str| Loc { file: doc.file.clone(), line: doc.lines.get(key).copied().unwrap_or(0) };
+    let file_loc = |key: &str| Loc {
+        file: doc.file.clone(),
+        line: doc.lines.get(key).copied().unwrap_or(0),
+    };
     if depth > 16 {
-        return Err(err(file_loc("extends"), "extends", "`extends` chain deeper than 16 (a loop?)"));
+        return Err(err(
+            file_loc("extends"),
+            "extends",
+            "`extends` chain deeper than 16 (a loop?)",
+        ));
     }
     let mut merged = match doc.value.get("extends") {
-        None => Merged { value: Value::Object(Map::new()), origin: HashMap::new() },
+        None => Merged {
+            value: Value::Object(Map::new()),
+            origin: HashMap::new(),
+        },
         Some(Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
             if !base_path.exists() {
-                return Err(err(file_loc("extends"), "extends", format!("no such file {}", base_path.display())));
+                return Err(err(
+                    file_loc("extends"),
+                    "extends",
+                    format!("no such file {}", base_path.display()),
+                ));
             }
             load_merged(&base_path, depth + 1)?
         }
-        Some(_) => return Err(err(file_loc("extends"), "extends", "must be a string (a path)")),
+        Some(_) => {
+            return Err(err(
+                file_loc("extends"),
+                "extends",
+                "must be a string (a path)",
+            ))
+        }
     };
     let mut value = doc.value.clone();
     value.as_object_mut().unwrap().remove("extends");
     // `name` is per file: a child does not inherit its base's name
     merged.value.as_object_mut().unwrap().remove("name");
-    merged.origin.insert(String::new(), Loc { file: doc.file.clone(), line: 0 });
+    merged.origin.insert(
+        String::new(),
+        Loc {
+            file: doc.file.clone(),
+            line: 0,
+        },
+    );
     merge_into(&mut merged.value, value, "", &file_loc, &mut merged.origin);
     Ok(merged)
 }
 
 /// Applies `--set a.b.c=value` (value parsed as TOML, else taken as a string).
 fn apply_set(m: &mut Merged, assignment: &str) -> anyhow::Result<()> {
-    let loc = Loc { file: format!("--set {assignment}"), line: 0 };
-    let (key, raw) = assignment
-        .split_once('=')
-        .ok_or_else(|| err(loc.clone(), "", "expected KEY=VALUE, e.g. stages.meta.gamma=0.7"))?;
+    let loc = Loc {
+        file: format!("--set {assignment}"),
+        line: 0,
+    };
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+        err(
+            loc.clone(),
+            "",
+            "expected KEY=VALUE, e.g. stages.meta.gamma=0.7",
+        )
+    })?;
     let key = key.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => toml_to_json(t.remove("v").unwrap()),
@@ -246,7 +341,8 @@ fn apply_set(m: &mut Merged, assignment: &str) -> anyhow::Result<()> {
     if parts.iter().any(|p| p.is_empty()) {
         return Err(err(loc, key, "empty key segment"));
     }
-    set_path(&mut m.value, &parts, value).map_err(|at| err(loc.clone(), key, format!("`{at}` is not a table")))?;
+    set_path(&mut m.value, &parts, value)
+        .map_err(|at| err(loc.clone(), key, format!("`{at}` is not a table")))?;
     m.origin.insert(key.to_string(), loc);
     Ok(())
 }
@@ -257,8 +353,16 @@ fn set_path(v: &mut Value, parts: &[&str], value: Value) -> Result<(), String> {
         obj.insert(parts[0].to_string(), value);
         return Ok(());
     }
-    let child = obj.entry(parts[0].to_string()).or_insert_with(|| Value::Object(Map::new()));
-    set_path(child, &parts[1..], value).map_err(|at| if at.is_empty() { parts[0].to_string() } else { format!("{}.{at}", parts[0]) })
+    let child = obj
+        .entry(parts[0].to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    set_path(child, &parts[1..], value).map_err(|at| {
+        if at.is_empty() {
+            parts[0].to_string()
+        } else {
+            format!("{}.{at}", parts[0])
+        }
+    })
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -274,14 +378,26 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// Merges user parameters over a stage's defaults, rejecting unknown keys and mistyped values.
-fn merge_params(defaults: &Value, user: &Map<String, Value>, prefix: &str, m: &Merged, kind: &str) -> anyhow::Result<Value> {
+fn merge_params(
+    defaults: &Value,
+    user: &Map<String, Value>,
+    prefix: &str,
+    m: &Merged,
+    kind: &str,
+) -> anyhow::Result<Value> {
     let mut out = defaults.clone();
-    let dmap = out.as_object_mut().expect("stage defaults must be a JSON object");
+    let dmap = out
+        .as_object_mut()
+        .expect("stage defaults must be a JSON object");
     for (k, v) in user {
         let path = format!("{prefix}.{k}");
         let Some(d) = dmap.get(k) else {
             let known: Vec<&String> = dmap.keys().collect();
-            return Err(err(m.loc(&path), &path, format!("unknown parameter `{k}` for stage kind `{kind}`; known: {known:?}")));
+            return Err(err(
+                m.loc(&path),
+                &path,
+                format!("unknown parameter `{k}` for stage kind `{kind}`; known: {known:?}"),
+            ));
         };
         let merged = match (d, v) {
             (Value::Null, v) => v.clone(),
@@ -293,14 +409,18 @@ fn merge_params(defaults: &Value, user: &Map<String, Value>, prefix: &str, m: &M
                     v.clone()
                 }
             }
-            (Value::Bool(_), Value::Bool(_)) | (Value::String(_), Value::String(_)) | (Value::Array(_), Value::Array(_)) => {
-                v.clone()
-            }
+            (Value::Bool(_), Value::Bool(_))
+            | (Value::String(_), Value::String(_))
+            | (Value::Array(_), Value::Array(_)) => v.clone(),
             _ => {
                 return Err(err(
                     m.loc(&path),
                     &path,
-                    format!("expected {} (default {d}), found {} {v}", json_type(d), json_type(v)),
+                    format!(
+                        "expected {} (default {d}), found {} {v}",
+                        json_type(d),
+                        json_type(v)
+                    ),
                 ))
             }
         };
@@ -311,8 +431,16 @@ fn merge_params(defaults: &Value, user: &Map<String, Value>, prefix: &str, m: &M
 
 fn parse_input_ref(s: &str) -> InputRef {
     match s.strip_suffix("[*]") {
-        Some(stage) => InputRef { stages: vec![stage.to_string()], gather: true, list: false },
-        None => InputRef { stages: vec![s.to_string()], gather: false, list: false },
+        Some(stage) => InputRef {
+            stages: vec![stage.to_string()],
+            gather: true,
+            list: false,
+        },
+        None => InputRef {
+            stages: vec![s.to_string()],
+            gather: false,
+            list: false,
+        },
     }
 }
 
@@ -326,13 +454,20 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     const TOP_KEYS: [&str; 5] = ["name", "seed", "report", "stages", "description"];
     for k in top.keys() {
         if !TOP_KEYS.contains(&k.as_str()) {
-            return Err(err(m.loc(k), k, format!("unknown top-level key; expected one of {TOP_KEYS:?}")));
+            return Err(err(
+                m.loc(k),
+                k,
+                format!("unknown top-level key; expected one of {TOP_KEYS:?}"),
+            ));
         }
     }
     let name = match top.get("name") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(err(m.loc("name"), "name", "must be a string")),
-        None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into()),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into()),
     };
     let seed = match top.get("seed") {
         None => 0,
@@ -341,11 +476,25 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     };
     let report = match top.get("report") {
         None => Vec::new(),
-        Some(Value::Array(a)) if a.iter().all(|v| v.is_string()) => a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
-        Some(_) => return Err(err(m.loc("report"), "report", "must be an array of stage names")),
+        Some(Value::Array(a)) if a.iter().all(|v| v.is_string()) => {
+            a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        }
+        Some(_) => {
+            return Err(err(
+                m.loc("report"),
+                "report",
+                "must be an array of stage names",
+            ))
+        }
     };
     let stage_tables = match top.get("stages") {
-        None => return Err(err(m.loc(""), "stages", "a pipeline needs a [stages.NAME] table")),
+        None => {
+            return Err(err(
+                m.loc(""),
+                "stages",
+                "a pipeline needs a [stages.NAME] table",
+            ))
+        }
         Some(Value::Object(s)) => s.clone(),
         Some(_) => return Err(err(m.loc("stages"), "stages", "must be a table of stages")),
     };
@@ -358,16 +507,32 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
         };
         let kind = match t.get("kind") {
             Some(Value::String(k)) => k.clone(),
-            _ => return Err(err(m.loc(&base), format!("{base}.kind"), "missing `kind` (a string naming a stage kind)")),
+            _ => {
+                return Err(err(
+                    m.loc(&base),
+                    format!("{base}.kind"),
+                    "missing `kind` (a string naming a stage kind)",
+                ))
+            }
         };
         let Some(stage) = registry.get(&kind) else {
             let known: Vec<_> = registry.kinds().collect();
-            return Err(err(m.loc(&format!("{base}.kind")), format!("{base}.kind"), format!("unknown stage kind `{kind}`; known kinds: {known:?}")));
+            return Err(err(
+                m.loc(&format!("{base}.kind")),
+                format!("{base}.kind"),
+                format!("unknown stage kind `{kind}`; known kinds: {known:?}"),
+            ));
         };
         let over = match t.get("over") {
             None => None,
             Some(Value::String(o)) => Some(o.clone()),
-            Some(_) => return Err(err(m.loc(&format!("{base}.over")), format!("{base}.over"), "must be a stage name")),
+            Some(_) => {
+                return Err(err(
+                    m.loc(&format!("{base}.over")),
+                    format!("{base}.over"),
+                    "must be a stage name",
+                ))
+            }
         };
         let mut inputs = BTreeMap::new();
         match t.get("inputs") {
@@ -388,16 +553,35 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
                     };
                     if !stage.inputs().iter().any(|d| d.name == iname) {
                         let known: Vec<_> = stage.inputs().iter().map(|d| d.name).collect();
-                        return Err(err(m.loc(&key), &key, format!("stage kind `{kind}` has no input `{iname}`; its inputs: {known:?}")));
+                        return Err(err(
+                            m.loc(&key),
+                            &key,
+                            format!(
+                                "stage kind `{kind}` has no input `{iname}`; its inputs: {known:?}"
+                            ),
+                        ));
                     }
                     inputs.insert(iname.clone(), r);
                 }
             }
-            Some(_) => return Err(err(m.loc(&format!("{base}.inputs")), format!("{base}.inputs"), "must be a table")),
+            Some(_) => {
+                return Err(err(
+                    m.loc(&format!("{base}.inputs")),
+                    format!("{base}.inputs"),
+                    "must be a table",
+                ))
+            }
         }
         for d in stage.inputs() {
             if d.required && !inputs.contains_key(d.name) {
-                return Err(err(m.loc(&base), format!("{base}.inputs.{}", d.name), format!("missing required input `{}` of stage kind `{kind}` ({})", d.name, d.doc)));
+                return Err(err(
+                    m.loc(&base),
+                    format!("{base}.inputs.{}", d.name),
+                    format!(
+                        "missing required input `{}` of stage kind `{kind}` ({})",
+                        d.name, d.doc
+                    ),
+                ));
             }
         }
         let mut user = t.clone();
@@ -406,9 +590,23 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
         }
         let params = merge_params(&stage.defaults(), &user, &base, &m, &kind)?;
         if let Err(e) = stage.validate(&params) {
-            return Err(err(m.loc(&base), &base, format!("invalid parameters for `{kind}`: {e:#}")));
+            return Err(err(
+                m.loc(&base),
+                &base,
+                format!("invalid parameters for `{kind}`: {e:#}"),
+            ));
         }
-        stages.insert(sname.clone(), StageDecl { name: sname.clone(), kind, over, inputs, params, loc: m.loc(&base) });
+        stages.insert(
+            sname.clone(),
+            StageDecl {
+                name: sname.clone(),
+                kind,
+                over,
+                inputs,
+                params,
+                loc: m.loc(&base),
+            },
+        );
     }
 
     // references
@@ -418,7 +616,13 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
             match stages.get(o) {
                 None => return Err(err(m.loc(&key), &key, format!("no stage named `{o}`"))),
                 Some(src) if src.over.is_some() => {
-                    return Err(err(m.loc(&key), &key, format!("`{o}` is itself fanned out; an axis must come from a global stage")))
+                    return Err(err(
+                        m.loc(&key),
+                        &key,
+                        format!(
+                            "`{o}` is itself fanned out; an axis must come from a global stage"
+                        ),
+                    ))
                 }
                 _ => {}
             }
@@ -430,7 +634,11 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
                     return Err(err(m.loc(&key), &key, format!("no stage named `{st}`")));
                 };
                 if r.list && src.over.is_some() {
-                    return Err(err(m.loc(&key), &key, format!("`{st}` fans out; a list input takes global stages only")));
+                    return Err(err(
+                        m.loc(&key),
+                        &key,
+                        format!("`{st}` fans out; a list input takes global stages only"),
+                    ));
                 }
                 if !r.gather && src.over.is_some() && src.over != s.over {
                     return Err(err(m.loc(&key), &key, format!(
@@ -443,19 +651,38 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     }
     for r in &report {
         if !stages.contains_key(r) {
-            return Err(err(m.loc("report"), "report", format!("no stage named `{r}`")));
+            return Err(err(
+                m.loc("report"),
+                "report",
+                format!("no stage named `{r}`"),
+            ));
         }
     }
     check_cycles(&stages, &m)?;
-    Ok(Pipeline { name, path: path.to_path_buf(), seed, report, stages, resolved: m.value })
+    Ok(Pipeline {
+        name,
+        path: path.to_path_buf(),
+        seed,
+        report,
+        stages,
+        resolved: m.value,
+    })
 }
 
 fn check_cycles(stages: &BTreeMap<String, StageDecl>, m: &Merged) -> anyhow::Result<()> {
     use petgraph::graph::DiGraph;
     let mut g = DiGraph::<&str, ()>::new();
-    let idx: BTreeMap<&str, _> = stages.keys().map(|k| (k.as_str(), g.add_node(k.as_str()))).collect();
+    let idx: BTreeMap<&str, _> = stages
+        .keys()
+        .map(|k| (k.as_str(), g.add_node(k.as_str())))
+        .collect();
     for s in stages.values() {
-        for dep in s.inputs.values().flat_map(|r| r.stages.iter().map(|x| x.as_str())).chain(s.over.as_deref()) {
+        for dep in s
+            .inputs
+            .values()
+            .flat_map(|r| r.stages.iter().map(|x| x.as_str()))
+            .chain(s.over.as_deref())
+        {
             g.add_edge(idx[dep], idx[s.name.as_str()], ());
         }
     }
@@ -468,7 +695,11 @@ fn check_cycles(stages: &BTreeMap<String, StageDecl>, m: &Merged) -> anyhow::Res
             .map(|c| c.into_iter().map(|n| g[n]).collect())
             .unwrap_or_default();
         let key = format!("stages.{name}.inputs");
-        return Err(err(m.loc(&key), key, format!("dependency cycle through stages {members:?}")));
+        return Err(err(
+            m.loc(&key),
+            key,
+            format!("dependency cycle through stages {members:?}"),
+        ));
     }
     Ok(())
 }
@@ -482,7 +713,12 @@ pub fn topo_order(p: &Pipeline) -> Vec<String> {
             return;
         }
         let s = &p.stages[n];
-        for dep in s.inputs.values().flat_map(|r| r.stages.iter().map(|x| x.as_str())).chain(s.over.as_deref()) {
+        for dep in s
+            .inputs
+            .values()
+            .flat_map(|r| r.stages.iter().map(|x| x.as_str()))
+            .chain(s.over.as_deref())
+        {
             visit(dep, p, seen, order);
         }
         order.push(n.to_string());

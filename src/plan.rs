@@ -45,14 +45,17 @@ impl Plan {
         self.entries.iter().filter(|e| &e.status == s).count()
     }
     pub fn to_run(&self) -> impl Iterator<Item = &PlanEntry> {
-        self.entries.iter().filter(|e| matches!(e.status, Status::Run | Status::RunIfInputsChange))
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.status, Status::Run | Status::RunIfInputsChange))
     }
 }
 
 /// Computes the plan. `engine` must be prepared (graph expanded).
 pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
-    let prev: BTreeMap<&str, &NodeRecord> =
-        previous.map(|r| r.nodes.iter().map(|n| (n.name.as_str(), n)).collect()).unwrap_or_default();
+    let prev: BTreeMap<&str, &NodeRecord> = previous
+        .map(|r| r.nodes.iter().map(|n| (n.name.as_str(), n)).collect())
+        .unwrap_or_default();
     let nodes = engine.nodes();
     let store = engine.store();
     let mut entries = Vec::with_capacity(nodes.len());
@@ -64,9 +67,15 @@ pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
         let (status, reason) = match state {
             NodeState::Done { cached, .. } => (
                 Status::RanDuringPlanning,
-                if cached { "axis source, cached".to_string() } else { "axis source, computed while expanding".to_string() },
+                if cached {
+                    "axis source, cached".to_string()
+                } else {
+                    "axis source, computed while expanding".to_string()
+                },
             ),
-            NodeState::Failed { error } => (Status::Run, format!("failed while expanding: {error}")),
+            NodeState::Failed { error } => {
+                (Status::Run, format!("failed while expanding: {error}"))
+            }
             NodeState::Skipped { reason } => (Status::Run, reason),
             NodeState::Pending => match engine.key_if_known(id) {
                 None => {
@@ -78,24 +87,50 @@ pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
                         .collect::<std::collections::BTreeSet<_>>()
                         .into_iter()
                         .collect();
-                    (Status::RunIfInputsChange, format!("inputs from {} will be recomputed", changing.join(", ")))
+                    (
+                        Status::RunIfInputsChange,
+                        format!("inputs from {} will be recomputed", changing.join(", ")),
+                    )
                 }
                 Some((key, recipe)) => {
-                    let hit = if stage.volatile() { None } else { store.get_action(&key)? };
+                    let hit = if stage.volatile() {
+                        None
+                    } else {
+                        store.get_action(&key)?
+                    };
                     match hit.filter(|rec| store.has_blob(&rec.output)) {
                         Some(rec) => {
                             engine.mark_cached(id, &key, &rec.output);
                             (Status::Cached, String::new())
                         }
-                        None if stage.volatile() => (Status::Run, "volatile: reads files outside the cache, always checked".into()),
-                        None => (Status::Run, why(prev.get(node.name.as_str()).copied(), &key.to_string(), &recipe, &decl.params)),
+                        None if stage.volatile() => (
+                            Status::Run,
+                            "volatile: reads files outside the cache, always checked".into(),
+                        ),
+                        None => (
+                            Status::Run,
+                            why(
+                                prev.get(node.name.as_str()).copied(),
+                                &key.to_string(),
+                                &recipe,
+                                &decl.params,
+                            ),
+                        ),
                     }
                 }
             },
         };
-        entries.push(PlanEntry { node: node.name.clone(), stage: node.stage.clone(), status, reason });
+        entries.push(PlanEntry {
+            node: node.name.clone(),
+            stage: node.stage.clone(),
+            status,
+            reason,
+        });
     }
-    Ok(Plan { pipeline: engine.pipeline().name.clone(), entries })
+    Ok(Plan {
+        pipeline: engine.pipeline().name.clone(),
+        entries,
+    })
 }
 
 fn why(prev: Option<&NodeRecord>, key: &str, recipe: &Value, params: &Value) -> String {
@@ -109,7 +144,11 @@ fn why(prev: Option<&NodeRecord>, key: &str, recipe: &Value, params: &Value) -> 
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     runs::flatten(&p.params, "", &mut a);
     runs::flatten(params, "", &mut b);
-    for k in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
+    for k in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         if a.get(k) != b.get(k) {
             reasons.push(format!(
                 "param {k}: {} -> {}",
@@ -119,11 +158,18 @@ fn why(prev: Option<&NodeRecord>, key: &str, recipe: &Value, params: &Value) -> 
         }
     }
     if recipe["version"].as_str() != Some(p.version.as_str()) {
-        reasons.push(format!("stage version {} -> {}", p.version, recipe["version"].as_str().unwrap_or("?")));
+        reasons.push(format!(
+            "stage version {} -> {}",
+            p.version,
+            recipe["version"].as_str().unwrap_or("?")
+        ));
     } else if recipe["code"].as_str() != Some(p.code.as_str()) {
         reasons.push("stage source code changed".into());
     }
-    if let (Value::Object(old), Value::Object(new)) = (&p.inputs, &recipe["inputs"]) {
+    if let (Value::Object(old), Value::Object(new)) = (
+        &p.inputs,
+        &crate::session::compact_inputs(&recipe["inputs"]),
+    ) {
         for (k, v) in new {
             if old.get(k) != Some(v) {
                 reasons.push(format!("input {k} changed"));

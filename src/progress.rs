@@ -15,17 +15,24 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(enabled: bool) -> Self {
-        let multi = enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
-        Progress { multi, main: Mutex::new(None), nodes: Mutex::new(HashMap::new()) }
+        let multi =
+            enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
+        Progress {
+            multi,
+            main: Mutex::new(None),
+            nodes: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn begin(&self, total: u64) {
         let Some(m) = &self.multi else { return };
         let bar = m.add(ProgressBar::new(total));
         bar.set_style(
-            ProgressStyle::with_template("{spinner} nodes {bar:30} {pos}/{len} [{elapsed_precise} eta {eta}] {msg}")
-                .unwrap()
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} nodes {bar:30} {pos}/{len} [{elapsed_precise} eta {eta}] {msg}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(250));
         *self.main.lock().unwrap() = Some(bar);

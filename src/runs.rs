@@ -49,7 +49,11 @@ pub fn pipeline_dir(runs_root: &Path, pipeline: &str) -> PathBuf {
 }
 
 /// Writes the record (atomically) and points `latest` at it. Returns the run's folder.
-pub fn write(runs_root: &Path, rec: &RunRecord, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf> {
+pub fn write(
+    runs_root: &Path,
+    rec: &RunRecord,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<PathBuf> {
     let stamp = rec.started.replace([':', '-'], "");
     let base = pipeline_dir(runs_root, &rec.pipeline);
     let mut dir = base.join(&stamp);
@@ -66,8 +70,14 @@ pub fn write(runs_root: &Path, rec: &RunRecord, files: &BTreeMap<String, Vec<u8>
         }
         atomic_write(&p, bytes)?;
     }
-    atomic_write(&dir.join("run.json"), serde_json::to_string_pretty(rec)?.as_bytes())?;
-    atomic_write(&base.join("latest"), dir.file_name().unwrap().to_string_lossy().as_bytes())?;
+    atomic_write(
+        &dir.join("run.json"),
+        serde_json::to_string(rec)?.as_bytes(),
+    )?;
+    atomic_write(
+        &base.join("latest"),
+        dir.file_name().unwrap().to_string_lossy().as_bytes(),
+    )?;
     Ok(dir)
 }
 
@@ -92,9 +102,13 @@ pub fn load(dir: &Path) -> Option<RunRecord> {
 /// All run folders, oldest first: (pipeline, folder).
 pub fn list(runs_root: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    let Ok(pipes) = std::fs::read_dir(runs_root) else { return out };
+    let Ok(pipes) = std::fs::read_dir(runs_root) else {
+        return out;
+    };
     for p in pipes.flatten() {
-        let Ok(runs) = std::fs::read_dir(p.path()) else { continue };
+        let Ok(runs) = std::fs::read_dir(p.path()) else {
+            continue;
+        };
         for r in runs.flatten() {
             if r.path().join("run.json").exists() {
                 out.push((p.file_name().to_string_lossy().into_owned(), r.path()));
@@ -118,7 +132,10 @@ pub fn resolve(runs_root: &Path, arg: &str) -> Result<PathBuf> {
     if let Ok(name) = std::fs::read_to_string(under.join("latest")) {
         return Ok(under.join(name.trim()));
     }
-    anyhow::bail!("no run `{arg}` (looked for {0}/run.json and {0}/latest)", under.display())
+    anyhow::bail!(
+        "no run `{arg}` (looked for {0}/run.json and {0}/latest)",
+        under.display()
+    )
 }
 
 /// Flattens a JSON document into dotted keys (for diffs).
@@ -126,7 +143,11 @@ pub fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(v, &p, out);
             }
         }
@@ -139,7 +160,10 @@ pub fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
 /// Lines describing what differs between two runs' parameters and metrics.
 pub fn diff(a: &RunRecord, b: &RunRecord) -> Vec<String> {
     let mut lines = Vec::new();
-    for (title, va, vb) in [("parameter", &a.resolved, &b.resolved), ("metric", &a.metrics, &b.metrics)] {
+    for (title, va, vb) in [
+        ("parameter", &a.resolved, &b.resolved),
+        ("metric", &a.metrics, &b.metrics),
+    ] {
         let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
         flatten(va, "", &mut fa);
         flatten(vb, "", &mut fb);

@@ -26,15 +26,27 @@ impl Workspace {
         let cache_dir = cache
             .or_else(|| std::env::var_os("MPFNET_CACHE").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(".mpfnet/cache"));
-        let runs_dir = std::env::var_os("MPFNET_RUNS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("runs"));
-        Workspace { cache_dir, runs_dir }
+        let runs_dir = std::env::var_os("MPFNET_RUNS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("runs"));
+        Workspace {
+            cache_dir,
+            runs_dir,
+        }
     }
 }
 
 /// Loads and validates the pipeline first: a bad pipeline never opens (let alone touches) the cache.
-pub fn open(path: &Path, sets: &[String], registry: &Registry, ws: &Workspace, opts: Options) -> Result<Engine> {
+pub fn open(
+    path: &Path,
+    sets: &[String],
+    registry: &Registry,
+    ws: &Workspace,
+    opts: Options,
+) -> Result<Engine> {
     let pipeline = crate::pipeline::load(path, sets, registry)?;
-    let store = Store::open(&ws.cache_dir).with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
+    let store = Store::open(&ws.cache_dir)
+        .with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
     Engine::new(pipeline, registry.clone(), Arc::new(store), opts)
 }
 
@@ -86,12 +98,31 @@ pub fn run(engine: &mut Engine, ws: &Workspace, args: &[String]) -> Result<RunOu
             }
         }
     }
-    let rec = record(engine, started_at, t0, args, summary.ok(), Value::Object(metrics));
+    let rec = record(
+        engine,
+        started_at,
+        t0,
+        args,
+        summary.ok(),
+        Value::Object(metrics),
+    );
     let run_dir = runs::write(&ws.runs_dir, &rec, &files)?;
-    Ok(RunOutcome { summary, record: rec, run_dir, report_text })
+    Ok(RunOutcome {
+        summary,
+        record: rec,
+        run_dir,
+        report_text,
+    })
 }
 
-fn record(engine: &Engine, started_at: std::time::SystemTime, t0: Instant, args: &[String], ok: bool, metrics: Value) -> RunRecord {
+fn record(
+    engine: &Engine,
+    started_at: std::time::SystemTime,
+    t0: Instant,
+    args: &[String],
+    ok: bool,
+    metrics: Value,
+) -> RunRecord {
     let nodes = engine.nodes();
     let mut out = Vec::with_capacity(nodes.len());
     for (id, n) in nodes.iter().enumerate() {
@@ -100,9 +131,18 @@ fn record(engine: &Engine, started_at: std::time::SystemTime, t0: Instant, args:
         let state = engine.state(id);
         let recipe = engine.key_if_known(id).map(|(_, r)| r);
         let (status, key, digest, dur, error) = match state {
-            NodeState::Done { key, digest, cached, duration_s } => {
-                (if cached { "cached" } else { "computed" }, Some(key), Some(digest), duration_s, None)
-            }
+            NodeState::Done {
+                key,
+                digest,
+                cached,
+                duration_s,
+            } => (
+                if cached { "cached" } else { "computed" },
+                Some(key),
+                Some(digest),
+                duration_s,
+                None,
+            ),
             NodeState::Failed { error } => ("failed", None, None, 0.0, Some(error)),
             NodeState::Skipped { reason } => ("skipped", None, None, 0.0, Some(reason)),
             NodeState::Pending => ("pending", None, None, 0.0, None),
@@ -118,7 +158,9 @@ fn record(engine: &Engine, started_at: std::time::SystemTime, t0: Instant, args:
             version: stage.version().into(),
             code: stage.code(),
             params: decl.params.clone(),
-            inputs: recipe.map(|r| r["inputs"].clone()).unwrap_or(json!({})),
+            inputs: recipe
+                .map(|r| compact_inputs(&r["inputs"]))
+                .unwrap_or(json!({})),
             error,
         });
     }
@@ -134,5 +176,26 @@ fn record(engine: &Engine, started_at: std::time::SystemTime, t0: Instant, args:
         resolved: engine.pipeline().resolved.clone(),
         metrics,
         nodes: out,
+    }
+}
+
+/// Gathered inputs list hundreds of digests: the record keeps one digest per input name,
+/// enough for `plan` to say which input changed, and keeps run records small.
+pub fn compact_inputs(inputs: &Value) -> Value {
+    match inputs {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| match v {
+                    Value::String(_) => (k.clone(), v.clone()),
+                    other => (
+                        k.clone(),
+                        json!(blake3::hash(other.to_string().as_bytes())
+                            .to_hex()
+                            .to_string()),
+                    ),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }

@@ -10,8 +10,14 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         if p.is_dir() {
             walk(&p, root, out);
         } else if p.extension().is_some_and(|x| x == "rs") {
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-            let digest = blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let digest = blake3::hash(&std::fs::read(&p).unwrap())
+                .to_hex()
+                .to_string();
             out.push((rel, digest));
         }
     }

@@ -31,7 +31,10 @@ value = 5.0
 fn fan_env() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let items = env.write("items.txt", "a 1\nb 2\nc 3\n");
-    let p = env.write("fan.toml", &FAN.replace("items.txt", &items.display().to_string()));
+    let p = env.write(
+        "fan.toml",
+        &FAN.replace("items.txt", &items.display().to_string()),
+    );
     (env, p)
 }
 
@@ -51,7 +54,10 @@ fn noop_rerun_computes_nothing_and_revert_restores() {
     let first = env.run(&p, &[]).unwrap();
     assert_eq!(first.summary.computed, 6, "src + 3 sq + total + other");
     let again = env.run(&p, &[]).unwrap();
-    assert_eq!(again.summary.computed, 0, "no-op rerun must compute nothing");
+    assert_eq!(
+        again.summary.computed, 0,
+        "no-op rerun must compute nothing"
+    );
     // change one parameter: only sq[*] and total depend on it
     let changed = env.run(&p, &["stages.sq.value=2.0"]).unwrap();
     assert_eq!(changed.summary.computed, 4);
@@ -71,7 +77,15 @@ fn early_cutoff_on_one_changed_item() {
     let out = env.run(&p, &[]).unwrap();
     // src re-read (changed), sq[b] and total recomputed; sq[a], sq[c], other cached
     assert_eq!(out.summary.computed, 3);
-    let by_name = |n: &str| out.record.nodes.iter().find(|r| r.name == n).unwrap().status.clone();
+    let by_name = |n: &str| {
+        out.record
+            .nodes
+            .iter()
+            .find(|r| r.name == n)
+            .unwrap()
+            .status
+            .clone()
+    };
     assert_eq!(by_name("sq[a]"), "cached");
     assert_eq!(by_name("sq[b]"), "computed");
     assert_eq!(by_name("other"), "cached");
@@ -87,7 +101,11 @@ fn plan_says_what_runs_and_why() {
     let plan = plan::plan(&e, prev.as_ref()).unwrap();
     let st = |n: &str| plan.entries.iter().find(|x| x.node == n).unwrap().clone();
     assert_eq!(st("sq[a]").status, Status::Run);
-    assert!(st("sq[a]").reason.contains("param value: 1.0 -> 4.0"), "{}", st("sq[a]").reason);
+    assert!(
+        st("sq[a]").reason.contains("param value: 1.0 -> 4.0"),
+        "{}",
+        st("sq[a]").reason
+    );
     assert_eq!(st("total").status, Status::RunIfInputsChange);
     assert_eq!(st("other").status, Status::Cached);
     assert_eq!(st("src").status, Status::RanDuringPlanning);
@@ -110,7 +128,10 @@ fn corrupt_blob_is_detected_and_recomputed() {
     let out = env.run(&p, &sets).unwrap();
     assert!(out.summary.ok());
     assert_eq!(env.value(&p, &sets, "total"), 10.0);
-    assert!(store.verify().unwrap().is_clean(), "recomputed blob restored");
+    assert!(
+        store.verify().unwrap().is_clean(),
+        "recomputed blob restored"
+    );
 }
 
 #[test]
@@ -131,12 +152,29 @@ value = 2.0
 sleep_ms = 50
 "#,
     );
-    let mut e = mpfnet::session::open(&p, &[], &common::registry(), &env.ws, mpfnet::Options { keep_going: true, ..Default::default() }).unwrap();
+    let mut e = mpfnet::session::open(
+        &p,
+        &[],
+        &common::registry(),
+        &env.ws,
+        mpfnet::Options {
+            keep_going: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let out = mpfnet::session::run(&mut e, &env.ws, &[]).unwrap();
     assert_eq!(out.summary.failed.len(), 1);
     assert_eq!(out.summary.failed[0].0, "bad");
     assert!(out.summary.failed[0].1.contains("asked to fail"));
-    let st = |n: &str| out.record.nodes.iter().find(|r| r.name == n).unwrap().clone();
+    let st = |n: &str| {
+        out.record
+            .nodes
+            .iter()
+            .find(|r| r.name == n)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(st("after").status, "skipped");
     assert!(st("after").error.unwrap().contains("upstream `bad` failed"));
     assert_eq!(st("fine").status, "computed");
@@ -145,7 +183,9 @@ sleep_ms = 50
 fn config_error(env: &Env, text: &str) -> ConfigError {
     let p = env.write("bad.toml", text);
     let e = env.engine(&p, &[]).err().expect("must fail");
-    e.downcast_ref::<ConfigError>().cloned().unwrap_or_else(|| panic!("not a config error: {e:#}"))
+    e.downcast_ref::<ConfigError>()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a config error: {e:#}"))
 }
 
 #[test]
@@ -172,39 +212,60 @@ fn configuration_errors_name_file_line_and_key_and_leave_cache_untouched() {
     assert!(e.message.contains("cycle"), "{e}");
     assert!(e.loc.line == 3 || e.loc.line == 6, "{e}");
 
-    let e = config_error(&env, "[stages.a]\nkind = \"num\"\ninputs = { ins = \"ghost\" }\n");
+    let e = config_error(
+        &env,
+        "[stages.a]\nkind = \"num\"\ninputs = { ins = \"ghost\" }\n",
+    );
     assert_eq!(e.loc.line, 3);
     assert!(e.message.contains("no stage named `ghost`"), "{e}");
 
     let e = config_error(&env, "bogus = 1\n[stages.a]\nkind = \"num\"\n");
     assert_eq!((e.loc.line, e.key.as_str()), (1, "bogus"), "{e}");
 
-    assert!(!env.ws.cache_dir.exists(), "a bad pipeline must not create or touch the cache");
+    assert!(
+        !env.ws.cache_dir.exists(),
+        "a bad pipeline must not create or touch the cache"
+    );
 }
 
 #[test]
 fn extends_and_set_overrides() {
     let env = Env::new();
     env.write("base.toml", "seed = 1\n[stages.a]\nkind = \"num\"\nvalue = 1.0\n[stages.b]\nkind = \"num\"\nvalue = 10.0\ninputs = { ins = \"a\" }\n");
-    let child = env.write("child.toml", "extends = \"base.toml\"\n[stages.a]\nvalue = 2.0\n");
+    let child = env.write(
+        "child.toml",
+        "extends = \"base.toml\"\n[stages.a]\nvalue = 2.0\n",
+    );
     assert_eq!(env.value(&child, &[], "b"), 12.0);
     assert_eq!(env.value(&child, &["stages.a.value=5"], "b"), 15.0);
     // the error for a bad key in the child names the child file
-    let bad = env.write("child2.toml", "extends = \"base.toml\"\n[stages.a]\nvalue = 2.0\nwrong = 1\n");
+    let bad = env.write(
+        "child2.toml",
+        "extends = \"base.toml\"\n[stages.a]\nvalue = 2.0\nwrong = 1\n",
+    );
     let e = env.engine(&bad, &[]).err().unwrap();
     let ce = e.downcast_ref::<ConfigError>().unwrap();
-    assert!(ce.loc.file.ends_with("child2.toml") && ce.loc.line == 4, "{ce}");
+    assert!(
+        ce.loc.file.ends_with("child2.toml") && ce.loc.line == 4,
+        "{ce}"
+    );
 }
 
 #[test]
 fn seeds_are_per_node_and_reproducible() {
     let env = Env::new();
-    let p = env.write("s.toml", "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n");
+    let p = env.write(
+        "s.toml",
+        "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n",
+    );
     let a = env.value(&p, &[], "n1");
     let b = env.value(&p, &[], "n2");
     assert_ne!(a, b, "different nodes draw different seeds");
     let env2 = Env::new();
-    let p2 = env2.write("s.toml", "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n");
+    let p2 = env2.write(
+        "s.toml",
+        "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n",
+    );
     assert_eq!(env2.value(&p2, &[], "n1"), a, "same pipeline, same numbers");
     assert_ne!(env2.value(&p2, &["seed=12"], "n1"), a);
 }
@@ -214,10 +275,16 @@ const STEPS: &str = "[stages.long]\nkind = \"steps\"\nsteps = 60\nsleep_ms = 50\
 /// Runs a pipeline in a child process (this test binary, re-entered through an ignored test).
 fn child(env: &Env, pipeline: &std::path::Path) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--ignored", "--exact", "child_run", "--nocapture", "--test-threads=1"])
-        .env("MPFNET_CHILD_PIPELINE", pipeline)
-        .env("MPFNET_CHILD_CACHE", &env.ws.cache_dir)
-        .env("MPFNET_CHILD_RUNS", &env.ws.runs_dir);
+    c.args([
+        "--ignored",
+        "--exact",
+        "child_run",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("MPFNET_CHILD_PIPELINE", pipeline)
+    .env("MPFNET_CHILD_CACHE", &env.ws.cache_dir)
+    .env("MPFNET_CHILD_RUNS", &env.ws.runs_dir);
     c
 }
 
@@ -229,7 +296,14 @@ fn child_run() {
         cache_dir: std::env::var("MPFNET_CHILD_CACHE").unwrap().into(),
         runs_dir: std::env::var("MPFNET_CHILD_RUNS").unwrap().into(),
     };
-    let mut e = mpfnet::session::open(pipeline.as_ref(), &[], &common::registry(), &ws, Default::default()).unwrap();
+    let mut e = mpfnet::session::open(
+        pipeline.as_ref(),
+        &[],
+        &common::registry(),
+        &ws,
+        Default::default(),
+    )
+    .unwrap();
     let out = mpfnet::session::run(&mut e, &ws, &[]).unwrap();
     assert!(out.summary.ok());
 }
@@ -258,22 +332,48 @@ fn killed_run_resumes_from_checkpoint_with_same_result() {
     e.prepare().unwrap();
     e.run_all().unwrap();
     let long = e.load(e.node_id("long").unwrap()).unwrap();
-    assert!(long.meta["resumed_from"].as_u64().unwrap() > 0, "resumed from a checkpoint: {}", long.meta);
+    assert!(
+        long.meta["resumed_from"].as_u64().unwrap() > 0,
+        "resumed from a checkpoint: {}",
+        long.meta
+    );
     let uninterrupted: f32 = (0..60u64).map(|s| (s * s) as f32).sum();
-    assert_eq!(long.tensor("v").unwrap().as_f32().unwrap()[0], uninterrupted);
-    assert!(mpfnet_cache::Store::open(&env.ws.cache_dir).unwrap().verify().unwrap().is_clean());
+    assert_eq!(
+        long.tensor("v").unwrap().as_f32().unwrap()[0],
+        uninterrupted
+    );
+    assert!(mpfnet_cache::Store::open(&env.ws.cache_dir)
+        .unwrap()
+        .verify()
+        .unwrap()
+        .is_clean());
 }
 
 fn walk_count(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum()
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 #[test]
 fn two_processes_share_one_cache() {
     let env = Env::new();
-    let items = env.write("items.txt", &(0..40).map(|i| format!("i{i} {i}\n")).collect::<String>());
-    let text = FAN.replace("items.txt", &items.display().to_string()).replace("value = 1.0", "value = 1.0\nsleep_ms = 20");
+    let items = env.write(
+        "items.txt",
+        &(0..40).map(|i| format!("i{i} {i}\n")).collect::<String>(),
+    );
+    let text = FAN
+        .replace("items.txt", &items.display().to_string())
+        .replace("value = 1.0", "value = 1.0\nsleep_ms = 20");
     let p = env.write("fan.toml", &text);
     let mut a = child(&env, &p).spawn().unwrap();
     let mut b = child(&env, &p).spawn().unwrap();

@@ -39,10 +39,15 @@ train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
 fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
     let dir = tempfile::tempdir().unwrap();
     let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let text = TINY.replace("PIPELINES", &pipelines.display().to_string()).replace("DATA", &dir.path().join("synth").display().to_string());
+    let text = TINY
+        .replace("PIPELINES", &pipelines.display().to_string())
+        .replace("DATA", &dir.path().join("synth").display().to_string());
     let p = dir.path().join("tiny.toml");
     std::fs::write(&p, text).unwrap();
-    let ws = Workspace { cache_dir: dir.path().join("cache"), runs_dir: dir.path().join("runs") };
+    let ws = Workspace {
+        cache_dir: dir.path().join("cache"),
+        runs_dir: dir.path().join("runs"),
+    };
     let reg = mpfnet_stages::registry();
     let open = |sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -52,12 +57,23 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
     let mut e = open(&[]);
     let out = session::run(&mut e, &ws, &[]).unwrap();
     assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
-    assert!(out.report_text.contains("MPFNet-P") && out.report_text.contains("MPFNet-C"), "{}", out.report_text);
+    assert!(
+        out.report_text.contains("MPFNet-P") && out.report_text.contains("MPFNet-C"),
+        "{}",
+        out.report_text
+    );
     for f in ["report.md", "report.json"] {
         assert!(out.run_dir.join(f).exists(), "{f} written");
     }
-    let pngs = std::fs::read_dir(&out.run_dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "png")).count();
-    assert!(pngs >= 4, "confusion, embedding, Grad-CAM PNGs: found {pngs}");
+    let pngs = std::fs::read_dir(&out.run_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+        .count();
+    assert!(
+        pngs >= 4,
+        "confusion, embedding, Grad-CAM PNGs: found {pngs}"
+    );
     let metrics = &out.record.metrics["report"];
     for v in ["eval_p", "eval_c"] {
         let acc = metrics[v]["acc"].as_f64().unwrap();
@@ -66,7 +82,11 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
     }
     let folds = e.instances("folds").len();
     assert_eq!(folds, 1);
-    assert_eq!(e.instances("gfe").len(), 4, "one GFE per LOSO fold (4 subjects)");
+    assert_eq!(
+        e.instances("gfe").len(),
+        4,
+        "one GFE per LOSO fold (4 subjects)"
+    );
 
     // the same command again: everything from the cache, same numbers
     let mut e2 = open(&[]);
@@ -79,9 +99,24 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
     e3.prepare().unwrap();
     let prev = mpfnet::runs::latest(&ws.runs_dir, "tiny");
     let plan = plan::plan(&e3, prev.as_ref()).unwrap();
-    let running: std::collections::BTreeSet<String> = plan.to_run().map(|e| e.stage.clone()).collect();
-    assert_eq!(running, ["eval_p", "meta_p", "report"].iter().map(|s| s.to_string()).collect(), "{}", plan::render(&plan, false));
+    let running: std::collections::BTreeSet<String> =
+        plan.to_run().map(|e| e.stage.clone()).collect();
+    assert_eq!(
+        running,
+        ["eval_p", "meta_p", "report"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        "{}",
+        plan::render(&plan, false)
+    );
     let why = plan.entries.iter().find(|x| x.stage == "meta_p").unwrap();
     assert!(why.reason.contains("gamma"), "{}", why.reason);
-    assert_eq!(plan.entries.iter().filter(|x| x.status == Status::Cached && x.stage == "gfe").count(), 4);
+    assert_eq!(
+        plan.entries
+            .iter()
+            .filter(|x| x.status == Status::Cached && x.stage == "gfe")
+            .count(),
+        4
+    );
 }

@@ -12,7 +12,10 @@ use proptest::prelude::*;
 fn pipeline_text(parents: &[Vec<usize>]) -> String {
     let mut t = String::from("seed = 1\n");
     for (i, ps) in parents.iter().enumerate() {
-        t.push_str(&format!("[stages.s{i}]\nkind = \"num\"\nvalue = {}.0\n", i + 1));
+        t.push_str(&format!(
+            "[stages.s{i}]\nkind = \"num\"\nvalue = {}.0\n",
+            i + 1
+        ));
         if !ps.is_empty() {
             let list: Vec<String> = ps.iter().map(|p| format!("\"s{p}\"")).collect();
             t.push_str(&format!("inputs = {{ ins = [{}] }}\n", list.join(", ")));
@@ -35,7 +38,10 @@ fn descendants(parents: &[Vec<usize>], s: usize) -> BTreeSet<usize> {
 fn dag() -> impl Strategy<Value = (Vec<Vec<usize>>, usize)> {
     (2usize..9).prop_flat_map(|n| {
         let parents = (0..n)
-            .map(|i| proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)).prop_map(move |s| s.into_iter().filter(|&p| p < i).collect::<Vec<_>>()))
+            .map(|i| {
+                proptest::collection::btree_set(0..i.max(1), 0..=i.min(3))
+                    .prop_map(move |s| s.into_iter().filter(|&p| p < i).collect::<Vec<_>>())
+            })
             .collect::<Vec<_>>();
         (parents, 0..n)
     })

@@ -78,7 +78,10 @@ impl Array {
 
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
     let want: usize = shape.iter().product();
-    anyhow::ensure!(want == len, "array of shape {shape:?} needs {want} values, got {len}");
+    anyhow::ensure!(
+        want == len,
+        "array of shape {shape:?} needs {want} values, got {len}"
+    );
     Ok(())
 }
 
@@ -107,10 +110,16 @@ pub struct Artifact {
 
 impl Artifact {
     pub fn new() -> Self {
-        Artifact { meta: Value::Null, ..Default::default() }
+        Artifact {
+            meta: Value::Null,
+            ..Default::default()
+        }
     }
     pub fn with_meta(meta: Value) -> Self {
-        Artifact { meta, ..Default::default() }
+        Artifact {
+            meta,
+            ..Default::default()
+        }
     }
     pub fn tensor(&self, name: &str) -> Result<&Array> {
         self.tensors.get(name).ok_or_else(|| {
@@ -138,7 +147,10 @@ impl Handle {
     /// A handle over an artifact already in memory (tests, in-process use).
     pub fn ready(digest: impl Into<String>, art: Artifact) -> Self {
         let art = Arc::new(art);
-        Handle { digest: digest.into(), loader: Arc::new(move || Ok((*art).clone())) }
+        Handle {
+            digest: digest.into(),
+            loader: Arc::new(move || Ok((*art).clone())),
+        }
     }
     pub fn load(&self) -> Result<Artifact> {
         (self.loader)()
@@ -217,7 +229,9 @@ impl Services for PlainServices {
 
 // FNV-1a: PlainServices is for tests only; the engine uses blake3 through the cache.
 fn simple_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Everything a stage sees while it runs.
@@ -238,7 +252,9 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn input(&self, name: &str) -> Result<&Input> {
-        self.inputs.get(name).ok_or_else(|| anyhow::anyhow!("{}: input `{name}` not bound", self.node))
+        self.inputs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("{}: input `{name}` not bound", self.node))
     }
     /// Parameters deserialised into the stage's own typed struct.
     pub fn params_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
@@ -246,7 +262,12 @@ impl<'a> Ctx<'a> {
             .map_err(|e| anyhow::anyhow!("{}: parameters: {e}", self.node))
     }
     pub fn item(&self) -> Result<&AxisItem> {
-        self.item.ok_or_else(|| anyhow::anyhow!("{}: this stage must fan out over an axis (`over = ...`)", self.node))
+        self.item.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: this stage must fan out over an axis (`over = ...`)",
+                self.node
+            )
+        })
     }
 }
 
@@ -260,10 +281,18 @@ pub struct InputDecl {
 
 impl InputDecl {
     pub const fn required(name: &'static str, doc: &'static str) -> Self {
-        InputDecl { name, required: true, doc }
+        InputDecl {
+            name,
+            required: true,
+            doc,
+        }
     }
     pub const fn optional(name: &'static str, doc: &'static str) -> Self {
-        InputDecl { name, required: false, doc }
+        InputDecl {
+            name,
+            required: false,
+            doc,
+        }
     }
 }
 
@@ -341,6 +370,9 @@ pub fn code_fingerprint(table: &[(&str, &str)], prefixes: &[&str]) -> String {
             parts.push(digest);
         }
     }
-    assert!(!parts.is_empty(), "code_fingerprint: no source file matches {prefixes:?}");
+    assert!(
+        !parts.is_empty(),
+        "code_fingerprint: no source file matches {prefixes:?}"
+    );
     format!("{:016x}", simple_hash(parts.join("\n").as_bytes()))
 }

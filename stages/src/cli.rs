@@ -27,14 +27,31 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: &SynthArgs) -> Result<()> {
-    let p = SynthParams { subjects: a.subjects, seed: a.seed, samples_min: a.samples_min, samples_max: a.samples_max, size: a.size };
+    let p = SynthParams {
+        subjects: a.subjects,
+        seed: a.seed,
+        samples_min: a.samples_min,
+        samples_max: a.samples_max,
+        size: a.size,
+    };
     crate::kinds::dataset::ensure_synth(&a.out, &p)?;
     for task in [Task::Sde, Task::Cde] {
         let mut o = casme2::Options::new(&a.out, casme2::Layout::Cropped);
         o.task = task;
         let index = casme2::load(&o)?;
-        let counts: Vec<String> = index.classes.iter().zip(index.class_counts()).map(|(c, n)| format!("{c} {n}")).collect();
-        println!("{:?}: {} samples, {} subjects: {}", task, index.samples.len(), index.subjects().len(), counts.join(", "));
+        let counts: Vec<String> = index
+            .classes
+            .iter()
+            .zip(index.class_counts())
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        println!(
+            "{:?}: {} samples, {} subjects: {}",
+            task,
+            index.samples.len(),
+            index.subjects().len(),
+            counts.join(", ")
+        );
         if a.baseline {
             let r = synth::baseline::baseline_report(&index)?;
             println!(

@@ -3,7 +3,9 @@ use mpfnet_stages::prep::face::FaceCropper;
 use mpfnet_stages::prep::features::{fuse, FeatureMode, FlowNorm};
 use mpfnet_stages::prep::flow::{FlowEstimator, FlowField, TvL1};
 use mpfnet_stages::prep::image::{load_frame, Frame};
-use mpfnet_stages::prep::interp::{ConsistencyParams, FlowInterpolator, FrameInterpolator, LinearBlend};
+use mpfnet_stages::prep::interp::{
+    ConsistencyParams, FlowInterpolator, FrameInterpolator, LinearBlend,
+};
 use mpfnet_stages::prep::magnify::{Magnifier, MagnifyMethod};
 use mpfnet_stages::prep::pattern::Texture;
 use std::sync::Arc;

@@ -38,13 +38,26 @@ fn sum_inputs(ctx: &Ctx) -> Result<f32> {
 /// v = value + sum of inputs; optional sleep and failure.
 pub struct Num;
 impl Stage for Num {
-    fn kind(&self) -> &'static str { "num" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "num-code".into() }
-    fn about(&self) -> &'static str { "toy: value + sum of inputs" }
-    fn defaults(&self) -> Value { json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": ""}) }
+    fn kind(&self) -> &'static str {
+        "num"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "num-code".into()
+    }
+    fn about(&self) -> &'static str {
+        "toy: value + sum of inputs"
+    }
+    fn defaults(&self) -> Value {
+        json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": ""})
+    }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::optional("ins", "anything with a tensor v"), InputDecl::optional("more", "more")];
+        const I: &[InputDecl] = &[
+            InputDecl::optional("ins", "anything with a tensor v"),
+            InputDecl::optional("more", "more"),
+        ];
         I
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
@@ -56,21 +69,40 @@ impl Stage for Num {
         if p["fail"].as_bool().unwrap() {
             bail!("asked to fail");
         }
-        let item = ctx.item.and_then(|i| i.attrs["value"].as_f64()).unwrap_or(0.0) as f32;
-        Ok(out(p["value"].as_f64().unwrap() as f32 + item + sum_inputs(ctx)?))
+        let item = ctx
+            .item
+            .and_then(|i| i.attrs["value"].as_f64())
+            .unwrap_or(0.0) as f32;
+        Ok(out(p["value"].as_f64().unwrap() as f32
+            + item
+            + sum_inputs(ctx)?))
     }
 }
 
 /// Volatile: reads `path` (lines "id value") and declares one axis item per line.
 pub struct Source;
 impl Stage for Source {
-    fn kind(&self) -> &'static str { "source" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "source-code".into() }
-    fn about(&self) -> &'static str { "toy: axis from a text file" }
-    fn defaults(&self) -> Value { json!({"path": ""}) }
-    fn inputs(&self) -> &'static [InputDecl] { &[] }
-    fn volatile(&self) -> bool { true }
+    fn kind(&self) -> &'static str {
+        "source"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "source-code".into()
+    }
+    fn about(&self) -> &'static str {
+        "toy: axis from a text file"
+    }
+    fn defaults(&self) -> Value {
+        json!({"path": ""})
+    }
+    fn inputs(&self) -> &'static [InputDecl] {
+        &[]
+    }
+    fn volatile(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let path = ctx.params["path"].as_str().unwrap();
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
@@ -78,7 +110,11 @@ impl Stage for Source {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (id, v) = line.split_once(' ').unwrap();
             let v: f64 = v.trim().parse()?;
-            axis.push(AxisItem { id: id.into(), key: format!("{v}"), attrs: json!({"value": v}) });
+            axis.push(AxisItem {
+                id: id.into(),
+                key: format!("{v}"),
+                attrs: json!({"value": v}),
+            });
         }
         let mut a = out(axis.len() as f32);
         a.axis = Some(axis);
@@ -89,13 +125,27 @@ impl Stage for Source {
 /// Seeded: v = a pseudo-random number from the node seed (tests seed derivation).
 pub struct Noise;
 impl Stage for Noise {
-    fn kind(&self) -> &'static str { "noise" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "noise-code".into() }
-    fn about(&self) -> &'static str { "toy: seeded value" }
-    fn defaults(&self) -> Value { json!({}) }
-    fn inputs(&self) -> &'static [InputDecl] { &[] }
-    fn uses_seed(&self) -> bool { true }
+    fn kind(&self) -> &'static str {
+        "noise"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "noise-code".into()
+    }
+    fn about(&self) -> &'static str {
+        "toy: seeded value"
+    }
+    fn defaults(&self) -> Value {
+        json!({})
+    }
+    fn inputs(&self) -> &'static [InputDecl] {
+        &[]
+    }
+    fn uses_seed(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         Ok(out((ctx.seed % 1000) as f32))
     }
@@ -104,13 +154,27 @@ impl Stage for Noise {
 /// A long node that checkpoints each step and resumes from its last checkpoint.
 pub struct Steps;
 impl Stage for Steps {
-    fn kind(&self) -> &'static str { "steps" }
-    fn version(&self) -> &'static str { "1" }
-    fn code(&self) -> String { "steps-code".into() }
-    fn about(&self) -> &'static str { "toy: checkpointed loop" }
-    fn defaults(&self) -> Value { json!({"steps": 5, "sleep_ms": 0}) }
-    fn inputs(&self) -> &'static [InputDecl] { &[] }
-    fn heavy(&self) -> bool { true }
+    fn kind(&self) -> &'static str {
+        "steps"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn code(&self) -> String {
+        "steps-code".into()
+    }
+    fn about(&self) -> &'static str {
+        "toy: checkpointed loop"
+    }
+    fn defaults(&self) -> Value {
+        json!({"steps": 5, "sleep_ms": 0})
+    }
+    fn inputs(&self) -> &'static [InputDecl] {
+        &[]
+    }
+    fn heavy(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let steps = ctx.params["steps"].as_u64().unwrap();
         let ms = ctx.params["sleep_ms"].as_u64().unwrap();
@@ -146,7 +210,10 @@ pub struct Env {
 impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ws = Workspace { cache_dir: dir.path().join("cache"), runs_dir: dir.path().join("runs") };
+        let ws = Workspace {
+            cache_dir: dir.path().join("cache"),
+            runs_dir: dir.path().join("runs"),
+        };
         Env { dir, ws }
     }
     pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
@@ -156,7 +223,16 @@ impl Env {
     }
     pub fn engine(&self, pipeline: &Path, sets: &[&str]) -> Result<Engine> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        session::open(pipeline, &sets, &registry(), &self.ws, Options { jobs: 2, ..Default::default() })
+        session::open(
+            pipeline,
+            &sets,
+            &registry(),
+            &self.ws,
+            Options {
+                jobs: 2,
+                ..Default::default()
+            },
+        )
     }
     /// Runs and returns (computed, cached, outcome).
     pub fn run(&self, pipeline: &Path, sets: &[&str]) -> Result<session::RunOutcome> {
@@ -172,4 +248,6 @@ impl Env {
     }
 }
 
-pub fn arc<T>(t: T) -> Arc<T> { Arc::new(t) }
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}

@@ -13,7 +13,9 @@ pub fn defaults_of<P: Serialize + Default>() -> Value {
 
 /// Deep validation: the merged parameters must deserialise into the typed struct.
 pub fn validate_as<P: DeserializeOwned>(v: &Value) -> Result<()> {
-    serde_json::from_value::<P>(v.clone()).map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+    serde_json::from_value::<P>(v.clone())
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// blake3 of several strings, length-prefixed (item keys).
@@ -27,8 +29,14 @@ pub fn key_of(parts: &[&str]) -> String {
 }
 
 /// All artifacts of a gathered input, loaded lazily, keyed by item id.
-pub fn gathered<'a>(input: &'a Input) -> Result<std::collections::BTreeMap<&'a str, &'a mpfnet_api::Handle>> {
-    Ok(input.many()?.iter().map(|(id, h)| (id.as_str(), h)).collect())
+pub fn gathered<'a>(
+    input: &'a Input,
+) -> Result<std::collections::BTreeMap<&'a str, &'a mpfnet_api::Handle>> {
+    Ok(input
+        .many()?
+        .iter()
+        .map(|(id, h)| (id.as_str(), h))
+        .collect())
 }
 
 pub fn f32_array(shape: Vec<usize>, data: Vec<f32>) -> Result<Array> {
@@ -37,7 +45,10 @@ pub fn f32_array(shape: Vec<usize>, data: Vec<f32>) -> Result<Array> {
 
 pub fn i64_array(data: Vec<i64>) -> Array {
     let n = data.len();
-    Array::I64 { shape: vec![n], data }
+    Array::I64 {
+        shape: vec![n],
+        data,
+    }
 }
 
 /// Reads a JSON field of an artifact's meta into a typed value.

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::common::{defaults_of, i64_array, key_of, validate_as};
-use crate::data::{self, casme2, manifest, megc, samm, smic, ClassMap, DatasetIndex, FaultPolicy, Task};
+use crate::data::{
+    self, casme2, manifest, megc, samm, smic, ClassMap, DatasetIndex, FaultPolicy, Task,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,7 +27,13 @@ pub struct SynthParams {
 impl Default for SynthParams {
     fn default() -> Self {
         let d = data::synth::SynthConfig::default();
-        SynthParams { subjects: d.subjects, seed: d.seed, samples_min: d.samples_per_subject.0, samples_max: d.samples_per_subject.1, size: d.size }
+        SynthParams {
+            subjects: d.subjects,
+            seed: d.seed,
+            samples_min: d.samples_per_subject.0,
+            samples_max: d.samples_per_subject.1,
+            size: d.size,
+        }
     }
 }
 
@@ -92,7 +100,8 @@ impl Default for DatasetParams {
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, v: &str) -> Result<T> {
-    serde_json::from_value(Value::String(v.into())).map_err(|_| anyhow::anyhow!("`{field}` = {v:?} is not a valid choice"))
+    serde_json::from_value(Value::String(v.into()))
+        .map_err(|_| anyhow::anyhow!("`{field}` = {v:?} is not a valid choice"))
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -101,7 +110,14 @@ fn opt_path(s: &str) -> Option<PathBuf> {
 
 impl DatasetParams {
     pub fn check(&self) -> Result<()> {
-        const FORMATS: [&str; 6] = ["casme2", "samm", "smic", "megc2019", "manifest", "synthetic"];
+        const FORMATS: [&str; 6] = [
+            "casme2",
+            "samm",
+            "smic",
+            "megc2019",
+            "manifest",
+            "synthetic",
+        ];
         if !FORMATS.contains(&self.format.as_str()) {
             bail!("`format` = {:?}: expected one of {FORMATS:?}", self.format);
         }
@@ -113,8 +129,12 @@ impl DatasetParams {
     }
 
     fn class_map(&self) -> Option<ClassMap> {
-        (!self.class_map.is_empty())
-            .then(|| ClassMap::from_pairs(self.class_map.iter().map(|(e, c)| (e.as_str(), c.as_str())), self.dropped.iter().map(|s| s.as_str())))
+        (!self.class_map.is_empty()).then(|| {
+            ClassMap::from_pairs(
+                self.class_map.iter().map(|(e, c)| (e.as_str(), c.as_str())),
+                self.dropped.iter().map(|s| s.as_str()),
+            )
+        })
     }
 
     /// Loads the index (writing the synthetic dataset first where asked).
@@ -194,14 +214,16 @@ pub fn ensure_synth(root: &std::path::Path, p: &SynthParams) -> Result<()> {
         if !stamp.exists() && std::fs::read_dir(root)?.next().is_some() {
             bail!("{} exists and is not a synthetic dataset written by mpfnet (no synth.json): refusing to overwrite it", root.display());
         }
-        std::fs::remove_dir_all(root).with_context(|| format!("removing stale synthetic dataset {}", root.display()))?;
+        std::fs::remove_dir_all(root)
+            .with_context(|| format!("removing stale synthetic dataset {}", root.display()))?;
     }
     tracing::info!("writing the synthetic dataset to {}", root.display());
     let tmp = root.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     data::synth::generate(&p.config(), &tmp)?;
     std::fs::write(tmp.join("synth.json"), want)?;
-    std::fs::rename(&tmp, root).with_context(|| format!("moving the synthetic dataset into {}", root.display()))?;
+    std::fs::rename(&tmp, root)
+        .with_context(|| format!("moving the synthetic dataset into {}", root.display()))?;
     Ok(())
 }
 
@@ -237,7 +259,11 @@ impl Stage for Dataset {
         let p: DatasetParams = ctx.params_as()?;
         let index = p.load()?;
         if index.samples.is_empty() {
-            bail!("dataset {} has no usable sample ({} faults)", p.root, index.faults.len());
+            bail!(
+                "dataset {} has no usable sample ({} faults)",
+                p.root,
+                index.faults.len()
+            );
         }
         for f in &index.faults {
             tracing::warn!("skipped: {f}");
@@ -272,7 +298,10 @@ impl Stage for Dataset {
             "samples": index.samples.iter().map(|s| json!({"id": s.id, "subject": s.subject, "class": s.class, "emotion": s.emotion})).collect::<Vec<_>>(),
             "faults": index.faults.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         }));
-        art.insert("labels", i64_array(index.samples.iter().map(|s| s.class as i64).collect()));
+        art.insert(
+            "labels",
+            i64_array(index.samples.iter().map(|s| s.class as i64).collect()),
+        );
         art.axis = Some(axis);
         Ok(art)
     }
@@ -297,7 +326,10 @@ impl IndexInfo {
         serde_json::from_value(a.meta.clone()).context("dataset artifact meta")
     }
     pub fn class_of(&self) -> BTreeMap<&str, usize> {
-        self.samples.iter().map(|s| (s.id.as_str(), s.class)).collect()
+        self.samples
+            .iter()
+            .map(|s| (s.id.as_str(), s.class))
+            .collect()
     }
 }
 
@@ -387,14 +419,30 @@ impl Stage for Folds {
             faults: Vec::new(),
         };
         let folds = data::loso_folds(&index, p.n_val, ctx.seed);
-        let ids = |v: &[usize]| v.iter().map(|&i| index.samples[i].id.clone()).collect::<Vec<_>>();
+        let ids = |v: &[usize]| {
+            v.iter()
+                .map(|&i| index.samples[i].id.clone())
+                .collect::<Vec<_>>()
+        };
         let mut axis = Vec::new();
         for f in &folds {
-            let fi = FoldInfo { index: f.index, test_subject: f.test_subject.clone(), train: ids(&f.train), val: ids(&f.val), test: ids(&f.test) };
+            let fi = FoldInfo {
+                index: f.index,
+                test_subject: f.test_subject.clone(),
+                train: ids(&f.train),
+                val: ids(&f.val),
+                test: ids(&f.test),
+            };
             let attrs = serde_json::to_value(&fi)?;
-            axis.push(AxisItem { id: f.test_subject.clone(), key: key_of(&[&attrs.to_string()]), attrs });
+            axis.push(AxisItem {
+                id: f.test_subject.clone(),
+                key: key_of(&[&attrs.to_string()]),
+                attrs,
+            });
         }
-        let mut art = Artifact::with_meta(json!({ "table": data::folds::fold_table(&index, &folds), "folds": folds.len() }));
+        let mut art = Artifact::with_meta(
+            json!({ "table": data::folds::fold_table(&index, &folds), "folds": folds.len() }),
+        );
         art.axis = Some(axis);
         Ok(art)
     }
@@ -411,7 +459,10 @@ pub struct BalanceParams {
 
 impl Default for BalanceParams {
     fn default() -> Self {
-        BalanceParams { base_phi: 4, cap: 14 }
+        BalanceParams {
+            base_phi: 4,
+            cap: 14,
+        }
     }
 }
 
@@ -437,7 +488,10 @@ impl Stage for Balance {
         validate_as::<BalanceParams>(p)
     }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::required("dataset", "a `dataset` stage"), InputDecl::required("folds", "a `folds` stage")];
+        const I: &[InputDecl] = &[
+            InputDecl::required("dataset", "a `dataset` stage"),
+            InputDecl::required("folds", "a `folds` stage"),
+        ];
         I
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
@@ -446,7 +500,13 @@ impl Stage for Balance {
         let folds = ctx.input("folds")?.one()?.load()?;
         let info = IndexInfo::from_artifact(&ds)?;
         let class_of = info.class_of();
-        let items: BTreeMap<&str, &AxisItem> = ds.axis.as_ref().context("dataset has no axis")?.iter().map(|i| (i.id.as_str(), i)).collect();
+        let items: BTreeMap<&str, &AxisItem> = ds
+            .axis
+            .as_ref()
+            .context("dataset has no axis")?
+            .iter()
+            .map(|i| (i.id.as_str(), i))
+            .collect();
         let mut need: BTreeMap<String, usize> = BTreeMap::new();
         let mut per_fold = serde_json::Map::new();
         for f in folds.axis.as_ref().context("folds has no axis")? {
@@ -461,7 +521,10 @@ impl Stage for Balance {
                 *m = (*m).max(phi[class_of[id.as_str()]]);
             }
             let produced: Vec<usize> = counts.iter().zip(&phi).map(|(n, f)| n * (f + 1)).collect();
-            per_fold.insert(fi.test_subject.clone(), json!({"counts": counts, "phi_max": phi, "produced": produced}));
+            per_fold.insert(
+                fi.test_subject.clone(),
+                json!({"counts": counts, "phi_max": phi, "produced": produced}),
+            );
         }
         let mut axis = Vec::new();
         for (id, max_phi) in &need {
@@ -470,10 +533,16 @@ impl Stage for Balance {
                 let mut attrs = it.attrs.clone();
                 attrs["phi"] = json!(phi);
                 attrs["sample"] = json!(id);
-                axis.push(AxisItem { id: format!("{id}@{phi}"), key: key_of(&[&it.key, &phi.to_string()]), attrs });
+                axis.push(AxisItem {
+                    id: format!("{id}@{phi}"),
+                    key: key_of(&[&it.key, &phi.to_string()]),
+                    attrs,
+                });
             }
         }
-        let mut art = Artifact::with_meta(json!({ "folds": per_fold, "classes": info.classes, "items": axis.len() }));
+        let mut art = Artifact::with_meta(
+            json!({ "folds": per_fold, "classes": info.classes, "items": axis.len() }),
+        );
         art.axis = Some(axis);
         Ok(art)
     }
@@ -481,6 +550,8 @@ impl Stage for Balance {
 
 /// Per-fold phi ranges from a `balance` artifact: class -> phi_max.
 pub fn fold_phi(balance: &Artifact, fold: &str) -> Result<Vec<usize>> {
-    let v = balance.meta["folds"].get(fold).with_context(|| format!("balance has no fold {fold}"))?;
+    let v = balance.meta["folds"]
+        .get(fold)
+        .with_context(|| format!("balance has no fold {fold}"))?;
     Ok(serde_json::from_value(v["phi_max"].clone())?)
 }

@@ -18,7 +18,10 @@ fn png_of(f: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<Vec<u8>> {
 }
 
 fn slug(s: &str) -> String {
-    s.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,7 +37,11 @@ pub struct EvaluateParams {
 
 impl Default for EvaluateParams {
     fn default() -> Self {
-        EvaluateParams { dataset: "synthetic".into(), task: "cde".into(), tsne: false }
+        EvaluateParams {
+            dataset: "synthetic".into(),
+            task: "cde".into(),
+            tsne: false,
+        }
     }
 }
 
@@ -65,7 +72,10 @@ impl Stage for Evaluate {
         Ok(())
     }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::required("predictions", "meta[*]: the folds' test predictions")];
+        const I: &[InputDecl] = &[InputDecl::required(
+            "predictions",
+            "meta[*]: the folds' test predictions",
+        )];
         I
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
@@ -81,8 +91,18 @@ impl Stage for Evaluate {
             classes = serde_json::from_value(a.meta["classes"].clone())?;
             label = a.meta["label"].as_str().unwrap_or("?").to_string();
             channels = a.meta["channels"].as_str().unwrap_or("both").to_string();
-            let yt: Vec<usize> = a.tensor("y_true")?.as_i64()?.iter().map(|&v| v as usize).collect();
-            let yp: Vec<usize> = a.tensor("y_pred")?.as_i64()?.iter().map(|&v| v as usize).collect();
+            let yt: Vec<usize> = a
+                .tensor("y_true")?
+                .as_i64()?
+                .iter()
+                .map(|&v| v as usize)
+                .collect();
+            let yp: Vec<usize> = a
+                .tensor("y_pred")?
+                .as_i64()?
+                .iter()
+                .map(|&v| v as usize)
+                .collect();
             let e = a.tensor("embeddings")?;
             if e.shape()[0] > 0 {
                 for row in e.as_f32()?.chunks(e.shape()[1]) {
@@ -92,7 +112,12 @@ impl Stage for Evaluate {
             }
             if cams.is_empty() {
                 if let (Ok(cam), Ok(input)) = (a.tensor("cam.0"), a.tensor("cam_input.0")) {
-                    cams.push((fold.clone(), cam.clone(), input.clone(), a.meta["ids"][0].as_str().unwrap_or("").to_string()));
+                    cams.push((
+                        fold.clone(),
+                        cam.clone(),
+                        input.clone(),
+                        a.meta["ids"][0].as_str().unwrap_or("").to_string(),
+                    ));
                 }
             }
             folds.push((yt, yp));
@@ -106,7 +131,11 @@ impl Stage for Evaluate {
         };
         let run = RunResult {
             dataset: p.dataset.clone(),
-            task: if p.task == "sde" { Task::Sde } else { Task::Cde },
+            task: if p.task == "sde" {
+                Task::Sde
+            } else {
+                Task::Cde
+            },
             variant: label.clone(),
             features: features.into(),
             class_names: classes.clone(),
@@ -114,10 +143,19 @@ impl Stage for Evaluate {
             summary: summary.clone(),
         };
         let name = slug(&format!("{label}_{features}"));
-        let mut art = Artifact::with_meta(json!({ "run": run, "metrics": metrics_json(&summary, &label, features) }));
+        let mut art = Artifact::with_meta(
+            json!({ "run": run, "metrics": metrics_json(&summary, &label, features) }),
+        );
         art.files.insert(
             format!("confusion_{name}.png"),
-            png_of(|path| crate::eval::plots::confusion_png(&summary.confusion, &classes, &format!("{label} ({features}), pooled LOSO"), path))?,
+            png_of(|path| {
+                crate::eval::plots::confusion_png(
+                    &summary.confusion,
+                    &classes,
+                    &format!("{label} ({features}), pooled LOSO"),
+                    path,
+                )
+            })?,
         );
         if emb.len() >= 3 {
             let proj = if p.tsne {
@@ -127,7 +165,16 @@ impl Stage for Evaluate {
             };
             art.files.insert(
                 format!("embeddings_{name}.png"),
-                png_of(|path| crate::eval::plots::embedding_png(&emb, &proj, &emb_labels, &classes, &format!("{label}: test embeddings"), path))?,
+                png_of(|path| {
+                    crate::eval::plots::embedding_png(
+                        &emb,
+                        &proj,
+                        &emb_labels,
+                        &classes,
+                        &format!("{label}: test embeddings"),
+                        path,
+                    )
+                })?,
             );
         }
         if let Some((fold, cam, input, id)) = cams.first() {
@@ -137,13 +184,40 @@ impl Stage for Evaluate {
             // show the flow magnitude of the middle frame pair under the heat map
             let x = input.as_f32()?;
             let plane = |c: usize| &x[(c * t + k) * h * w..(c * t + k + 1) * h * w];
-            let values: Vec<f32> = if s[0] >= 2 { plane(0).iter().zip(plane(1)).map(|(u, v)| (u * u + v * v).sqrt()).collect() } else { plane(0).to_vec() };
+            let values: Vec<f32> = if s[0] >= 2 {
+                plane(0)
+                    .iter()
+                    .zip(plane(1))
+                    .map(|(u, v)| (u * u + v * v).sqrt())
+                    .collect()
+            } else {
+                plane(0).to_vec()
+            };
             let cs = cam.shape();
-            let c = crate::eval::gradcam::Cam { t: cs[0], h: cs[1], w: cs[2], values: cam.as_f32()?.to_vec() };
-            let fr = crate::eval::plots::Frame { values: &values, h, w, index: k, frames: t };
+            let c = crate::eval::gradcam::Cam {
+                t: cs[0],
+                h: cs[1],
+                w: cs[2],
+                values: cam.as_f32()?.to_vec(),
+            };
+            let fr = crate::eval::plots::Frame {
+                values: &values,
+                h,
+                w,
+                index: k,
+                frames: t,
+            };
             art.files.insert(
                 format!("gradcam_{name}.png"),
-                png_of(|path| crate::eval::plots::gradcam_png(&fr, &c, &format!("Grad-CAM {label}, {id} (fold {fold})"), 4, path))?,
+                png_of(|path| {
+                    crate::eval::plots::gradcam_png(
+                        &fr,
+                        &c,
+                        &format!("Grad-CAM {label}, {id} (fold {fold})"),
+                        4,
+                        path,
+                    )
+                })?,
             );
         }
         Ok(art)
@@ -171,7 +245,11 @@ pub struct ReportParams {
 
 impl Default for ReportParams {
     fn default() -> Self {
-        ReportParams { title: "MPFNet results".into(), data_note: String::new(), notes: Vec::new() }
+        ReportParams {
+            title: "MPFNet results".into(),
+            data_note: String::new(),
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -197,7 +275,10 @@ impl Stage for ReportStage {
         validate_as::<ReportParams>(p)
     }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::required("evaluations", "a list of evaluate stages: [\"eval_p\", \"eval_c\"]")];
+        const I: &[InputDecl] = &[InputDecl::required(
+            "evaluations",
+            "a list of evaluate stages: [\"eval_p\", \"eval_c\"]",
+        )];
         I
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
@@ -208,17 +289,29 @@ impl Stage for ReportStage {
         let mut metrics = serde_json::Map::new();
         for (stage, h) in ctx.input("evaluations")?.many()? {
             let a = h.load()?;
-            let run: RunResult = serde_json::from_value(a.meta["run"].clone()).with_context(|| format!("{stage}: not an evaluate artifact"))?;
+            let run: RunResult = serde_json::from_value(a.meta["run"].clone())
+                .with_context(|| format!("{stage}: not an evaluate artifact"))?;
             for (name, bytes) in a.files {
-                figures.push((format!("{} ({})", run.variant, name.trim_end_matches(".png")), name.clone()));
+                figures.push((
+                    format!("{} ({})", run.variant, name.trim_end_matches(".png")),
+                    name.clone(),
+                ));
                 art.files.insert(name, bytes);
             }
             metrics.insert(stage.clone(), a.meta["metrics"].clone());
             runs.push(run);
         }
-        let r = Report { title: p.title, data_note: p.data_note, runs, figures, notes: p.notes };
-        art.files.insert("report.md".into(), report::markdown(&r).into_bytes());
-        art.files.insert("report.json".into(), serde_json::to_vec_pretty(&r)?);
+        let r = Report {
+            title: p.title,
+            data_note: p.data_note,
+            runs,
+            figures,
+            notes: p.notes,
+        };
+        art.files
+            .insert("report.md".into(), report::markdown(&r).into_bytes());
+        art.files
+            .insert("report.json".into(), serde_json::to_vec_pretty(&r)?);
         art.meta = json!({ "summary": summary_table(&r), "metrics": metrics });
         Ok(art)
     }
@@ -248,7 +341,12 @@ pub fn summary_table(r: &Report) -> String {
         ));
     }
     s.push_str("(pooled over all LOSO folds; classes: ");
-    s.push_str(&r.runs.first().map(|r| r.class_names.join(", ")).unwrap_or_default());
+    s.push_str(
+        &r.runs
+            .first()
+            .map(|r| r.class_names.join(", "))
+            .unwrap_or_default(),
+    );
     s.push_str(")\n");
     s
 }

@@ -67,39 +67,69 @@ impl FeatureParams {
         if self.detect_face {
             let mut fc = self.face.clone();
             fc.size = self.size;
-            let mut v = fc.crop_sample(&[onset, apex], &[format!("{name} onset"), format!("{name} apex")])?;
+            let mut v = fc.crop_sample(
+                &[onset, apex],
+                &[format!("{name} onset"), format!("{name} apex")],
+            )?;
             let apex = v.pop().unwrap();
             Ok((v.pop().unwrap(), apex))
         } else {
-            Ok((resize(&onset, self.size, self.size), resize(&apex, self.size, self.size)))
+            Ok((
+                resize(&onset, self.size, self.size),
+                resize(&apex, self.size, self.size),
+            ))
         }
     }
 
     /// The full per-clip pre-processing on already cropped frames.
     pub fn prepare(&self, onset: Frame, apex: Frame, phi: usize) -> Result<Prepared> {
         let est = self.estimator();
-        let apex = if phi > 0 { Magnifier::new(self.magnify.clone(), est.clone()).magnify(&onset, &apex, phi as f32)? } else { apex };
+        let apex = if phi > 0 {
+            Magnifier::new(self.magnify.clone(), est.clone()).magnify(&onset, &apex, phi as f32)?
+        } else {
+            apex
+        };
         let interp = FlowInterpolator::new(est.clone(), self.consistency.clone());
         let frames = interp.interpolate(&onset, &apex, self.frames)?;
         let (shape, x) = fuse(&frames, est.as_ref(), FeatureMode::Both, self.flow_norm)?;
-        Ok(Prepared { onset, apex, shape, x })
+        Ok(Prepared {
+            onset,
+            apex,
+            shape,
+            x,
+        })
     }
 }
 
 fn frame_array(f: &Frame) -> Result<Array> {
     let rgb = f.to_rgb();
-    Array::u8(vec![rgb.height, rgb.width, 3], crate::prep::image::to_u8(&rgb))
+    Array::u8(
+        vec![rgb.height, rgb.width, 3],
+        crate::prep::image::to_u8(&rgb),
+    )
 }
 
 fn array_frame(a: &Array) -> Result<Frame> {
-    let Array::U8 { shape, data } = a else { anyhow::bail!("expected a U8 image") };
-    Frame::from_vec(shape[1], shape[0], shape[2], data.iter().map(|&v| v as f32 / 255.0).collect())
+    let Array::U8 { shape, data } = a else {
+        anyhow::bail!("expected a U8 image")
+    };
+    Frame::from_vec(
+        shape[1],
+        shape[0],
+        shape[2],
+        data.iter().map(|&v| v as f32 / 255.0).collect(),
+    )
 }
 
 /// PNG bytes of a frame.
 pub fn png(f: &Frame) -> Result<Vec<u8>> {
     let rgb = f.to_rgb();
-    let img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, crate::prep::image::to_u8(&rgb)).context("image buffer")?;
+    let img = image::RgbImage::from_raw(
+        rgb.width as u32,
+        rgb.height as u32,
+        crate::prep::image::to_u8(&rgb),
+    )
+    .context("image buffer")?;
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)?;
     Ok(out.into_inner())
@@ -137,7 +167,10 @@ impl Stage for Features {
         let p: FeatureParams = ctx.params_as()?;
         let item = ctx.item()?;
         let path = |k: &str| -> Result<String> {
-            item.attrs[k].as_str().map(String::from).with_context(|| format!("axis item {} has no `{k}` path", item.id))
+            item.attrs[k]
+                .as_str()
+                .map(String::from)
+                .with_context(|| format!("axis item {} has no `{k}` path", item.id))
         };
         let (onset_p, apex_p) = (path("onset")?, path("apex")?);
         let onset = load_frame(&onset_p)?;
@@ -145,7 +178,9 @@ impl Stage for Features {
         let (onset, apex) = p.crop_pair(onset, apex, &item.id)?;
         let phi = item.attrs.get("phi").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let prep = p.prepare(onset, apex, phi)?;
-        let mut art = Artifact::with_meta(json!({ "id": item.id, "phi": phi, "onset": onset_p, "apex": apex_p }));
+        let mut art = Artifact::with_meta(
+            json!({ "id": item.id, "phi": phi, "onset": onset_p, "apex": apex_p }),
+        );
         art.insert("x", Array::f32(prep.shape, prep.x)?);
         art.insert("onset", frame_array(&prep.onset)?);
         art.insert("apex", frame_array(&prep.apex)?);
@@ -161,7 +196,12 @@ impl Stage for Features {
         let mut flows = Vec::new();
         let mut diffs = Vec::new();
         for k in 0..t {
-            let flow = FlowField { width: w, height: h, u: plane(0, k).to_vec(), v: plane(1, k).to_vec() };
+            let flow = FlowField {
+                width: w,
+                height: h,
+                u: plane(0, k).to_vec(),
+                v: plane(1, k).to_vec(),
+            };
             flows.push(crate::prep::viz::flow_to_rgb(&flow, Some(1.0)));
             let mut d = Frame::new(w, h, 3);
             for c in 0..3 {

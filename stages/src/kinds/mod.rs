@@ -16,14 +16,41 @@ mod source {
 /// cache key includes the digests of these files, so editing them never reuses stale results.
 pub const SOURCES: &[(&str, &[&str])] = &[
     ("dataset", &["data/", "kinds/dataset.rs"]),
-    ("folds", &["data/folds.rs", "data/index.rs", "kinds/dataset.rs"]),
+    (
+        "folds",
+        &["data/folds.rs", "data/index.rs", "kinds/dataset.rs"],
+    ),
     ("balance", &["prep/magnify.rs", "kinds/dataset.rs"]),
     ("features", &["prep/", "kinds/features.rs"]),
-    ("gfe", &["model/", "train/", "eval/plots.rs", "kinds/train.rs"]),
-    ("afe", &["model/", "train/", "eval/plots.rs", "kinds/train.rs", "kinds/dataset.rs"]),
-    ("meta", &["model/", "train/", "eval/gradcam.rs", "kinds/train.rs", "kinds/dataset.rs"]),
+    (
+        "gfe",
+        &["model/", "train/", "eval/plots.rs", "kinds/train.rs"],
+    ),
+    (
+        "afe",
+        &[
+            "model/",
+            "train/",
+            "eval/plots.rs",
+            "kinds/train.rs",
+            "kinds/dataset.rs",
+        ],
+    ),
+    (
+        "meta",
+        &[
+            "model/",
+            "train/",
+            "eval/gradcam.rs",
+            "kinds/train.rs",
+            "kinds/dataset.rs",
+        ],
+    ),
     ("evaluate", &["eval/", "kinds/evaluate.rs"]),
-    ("report", &["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"]),
+    (
+        "report",
+        &["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"],
+    ),
 ];
 
 /// Files that no stage output depends on (the CLI, the crate root, this table).
@@ -34,7 +61,11 @@ const SHARED: &[&str] = &["kinds/common.rs"];
 
 /// Fingerprint of a kind's source files.
 pub fn code_of(kind: &str) -> String {
-    let prefixes = SOURCES.iter().find(|(k, _)| *k == kind).map(|(_, p)| *p).unwrap_or_else(|| panic!("no SOURCES entry for {kind}"));
+    let prefixes = SOURCES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("no SOURCES entry for {kind}"));
     let all: Vec<&str> = SHARED.iter().chain(prefixes).copied().collect();
     mpfnet_api::code_fingerprint(source::SOURCE_DIGESTS, &all)
 }
@@ -68,16 +99,25 @@ mod tests {
         let claimed = |f: &str| {
             NOT_STAGE_CODE.contains(&f)
                 || SHARED.contains(&f)
-                || SOURCES.iter().any(|(_, ps)| ps.iter().any(|p| f.starts_with(p)))
+                || SOURCES
+                    .iter()
+                    .any(|(_, ps)| ps.iter().any(|p| f.starts_with(p)))
         };
         let orphans: Vec<&str> = source_files().filter(|f| !claimed(f)).collect();
-        assert!(orphans.is_empty(), "add these files to kinds::SOURCES (or NOT_STAGE_CODE): {orphans:?}");
+        assert!(
+            orphans.is_empty(),
+            "add these files to kinds::SOURCES (or NOT_STAGE_CODE): {orphans:?}"
+        );
     }
 
     #[test]
     fn every_registered_kind_has_sources_and_a_fingerprint() {
         for s in registry().iter() {
-            assert!(SOURCES.iter().any(|(k, _)| *k == s.kind()), "{} missing from SOURCES", s.kind());
+            assert!(
+                SOURCES.iter().any(|(k, _)| *k == s.kind()),
+                "{} missing from SOURCES",
+                s.kind()
+            );
             assert_eq!(s.code().len(), 16);
         }
         assert_ne!(code_of("features"), code_of("gfe"));

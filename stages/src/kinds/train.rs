@@ -62,7 +62,11 @@ pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         d if d.starts_with("cuda") => {
-            let n: usize = d.strip_prefix("cuda:").unwrap_or("0").parse().context("device cuda:N")?;
+            let n: usize = d
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .context("device cuda:N")?;
             Ok(Device::new_cuda(n)?)
         }
         d => bail!("unknown device {d}"),
@@ -70,7 +74,9 @@ pub fn device(name: &str) -> Result<Device> {
 }
 
 /// The CA-I3D factory for a config whose input channels follow `channels`.
-pub fn factory(cfg: &CaI3dConfig) -> impl Fn(candle_nn::VarBuilder, usize) -> candle_core::Result<Box<dyn Encoder>> + '_ {
+pub fn factory(
+    cfg: &CaI3dConfig,
+) -> impl Fn(candle_nn::VarBuilder, usize) -> candle_core::Result<Box<dyn Encoder>> + '_ {
     move |vb, extra| {
         let mut c = cfg.clone();
         c.extra_in_channels = extra;
@@ -94,7 +100,11 @@ impl Checkpointer for ServiceCheckpoints<'_> {
 pub fn progress_fn<'a>(ctx: &'a Ctx) -> impl FnMut(Progress) + 'a {
     move |p: Progress| {
         let acc = p.acc.map(|a| format!(" acc {a:.3}")).unwrap_or_default();
-        ctx.services.progress(p.epoch as u64, p.epochs as u64, &format!("loss {:.4}{acc}", p.loss));
+        ctx.services.progress(
+            p.epoch as u64,
+            p.epochs as u64,
+            &format!("loss {:.4}{acc}", p.loss),
+        );
     }
 }
 
@@ -107,8 +117,16 @@ pub fn load_set(
     channels: Channels,
     ctx: &Ctx,
 ) -> Result<SampleSet> {
-    let handles: BTreeMap<&str, _> = input.many()?.iter().map(|(id, h)| (id.as_str(), h)).collect();
-    let by_id: BTreeMap<&str, (usize, &str)> = info.samples.iter().map(|s| (s.id.as_str(), (s.class, s.subject.as_str()))).collect();
+    let handles: BTreeMap<&str, _> = input
+        .many()?
+        .iter()
+        .map(|(id, h)| (id.as_str(), h))
+        .collect();
+    let by_id: BTreeMap<&str, (usize, &str)> = info
+        .samples
+        .iter()
+        .map(|s| (s.id.as_str(), (s.class, s.subject.as_str())))
+        .collect();
     let mut data = Vec::new();
     let mut shape = None;
     let (mut labels, mut subjects, mut ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -116,7 +134,9 @@ pub fn load_set(
         if ctx.services.cancelled() {
             bail!("cancelled");
         }
-        let h = handles.get(item.as_str()).with_context(|| format!("no features for {item}"))?;
+        let h = handles
+            .get(item.as_str())
+            .with_context(|| format!("no features for {item}"))?;
         let art = h.load()?;
         let x = art.tensor("x")?;
         let s = x.shape();
@@ -127,12 +147,15 @@ pub fn load_set(
         if *shape.get_or_insert(sh) != sh {
             bail!("{item}: features of shape {s:?} differ from the others");
         }
-        let (class, subject) = by_id.get(sample.as_str()).with_context(|| format!("{sample} not in the dataset index"))?;
+        let (class, subject) = by_id
+            .get(sample.as_str())
+            .with_context(|| format!("{sample} not in the dataset index"))?;
         labels.push(*class);
         subjects.push(subject.to_string());
         ids.push(item.clone());
         if k % 16 == 0 {
-            ctx.services.progress(k as u64, wanted.len() as u64, "loading features");
+            ctx.services
+                .progress(k as u64, wanted.len() as u64, "loading features");
         }
     }
     let shape = shape.context("no samples")?;
@@ -145,18 +168,31 @@ pub fn weights_to_artifact(map: &VarMap, prefix: &str, art: &mut Artifact) -> Re
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for n in names {
-        let t = data[n].as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?;
-        art.insert(format!("{prefix}{n}"), Array::f32(data[n].dims().to_vec(), t.to_vec1::<f32>()?)?);
+        let t = data[n]
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?;
+        art.insert(
+            format!("{prefix}{n}"),
+            Array::f32(data[n].dims().to_vec(), t.to_vec1::<f32>()?)?,
+        );
     }
     Ok(())
 }
 
 /// Artifact tensors with `prefix` -> name -> Tensor.
-pub fn weights_from_artifact(art: &Artifact, prefix: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn weights_from_artifact(
+    art: &Artifact,
+    prefix: &str,
+    dev: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for (name, a) in &art.tensors {
         if let Some(n) = name.strip_prefix(prefix) {
-            out.insert(n.to_string(), Tensor::from_slice(a.as_f32()?, a.shape(), dev)?);
+            out.insert(
+                n.to_string(),
+                Tensor::from_slice(a.as_f32()?, a.shape(), dev)?,
+            );
         }
     }
     if out.is_empty() {
@@ -166,7 +202,12 @@ pub fn weights_from_artifact(art: &Artifact, prefix: &str, dev: &Device) -> Resu
 }
 
 /// A VarMap holding a trained encoder's weights (built, then overwritten from the artifact).
-pub fn restore_encoder(art: &Artifact, prefix: &str, cfg: &CaI3dConfig, dev: &Device) -> Result<VarMap> {
+pub fn restore_encoder(
+    art: &Artifact,
+    prefix: &str,
+    cfg: &CaI3dConfig,
+    dev: &Device,
+) -> Result<VarMap> {
     let map = VarMap::new();
     let vb = crate::train::init::var_builder(&map, 0, dev);
     CaI3d::new(vb, cfg)?;
@@ -191,7 +232,11 @@ pub struct GfeParams {
 
 impl Default for GfeParams {
     fn default() -> Self {
-        GfeParams { model: CaI3dConfig::paper(), channels: Channels::Both, train: Default::default() }
+        GfeParams {
+            model: CaI3dConfig::paper(),
+            channels: Channels::Both,
+            train: Default::default(),
+        }
     }
 }
 
@@ -227,8 +272,10 @@ impl Stage for Gfe {
         validate_as::<GfeParams>(p)
     }
     fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] =
-            &[InputDecl::required("features", "features[*] of every sample"), InputDecl::required("dataset", "the dataset index")];
+        const I: &[InputDecl] = &[
+            InputDecl::required("features", "features[*] of every sample"),
+            InputDecl::required("dataset", "the dataset index"),
+        ];
         I
     }
     fn heavy(&self) -> bool {
@@ -241,7 +288,8 @@ impl Stage for Gfe {
         let p: GfeParams = ctx.params_as()?;
         let fold = fold_of(ctx)?;
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
-        let wanted: Vec<(String, String)> = fold.train.iter().map(|i| (i.clone(), i.clone())).collect();
+        let wanted: Vec<(String, String)> =
+            fold.train.iter().map(|i| (i.clone(), i.clone())).collect();
         let set = load_set(ctx.input("features")?, &wanted, &info, p.channels, ctx)?;
         let dev = device(ctx.device)?;
         let cfg = model_cfg(&p.model, p.channels);
@@ -256,9 +304,14 @@ impl Stage for Gfe {
             &mut progress_fn(ctx),
             &mut ServiceCheckpoints(ctx.services),
         )?;
-        let mut art = Artifact::with_meta(json!({ "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject, "train_samples": set.len() }));
+        let mut art = Artifact::with_meta(
+            json!({ "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject, "train_samples": set.len() }),
+        );
         weights_to_artifact(&map, "gfe.", &mut art)?;
-        art.files.insert("gfe_curve.png".into(), curve_png(&log, &format!("GFE triplet, fold {}", fold.test_subject))?);
+        art.files.insert(
+            "gfe_curve.png".into(),
+            curve_png(&log, &format!("GFE triplet, fold {}", fold.test_subject))?,
+        );
         Ok(art)
     }
 }
@@ -273,7 +326,11 @@ pub struct AfeParams {
 
 impl Default for AfeParams {
     fn default() -> Self {
-        AfeParams { model: CaI3dConfig::paper(), channels: Channels::Both, train: Default::default() }
+        AfeParams {
+            model: CaI3dConfig::paper(),
+            channels: Channels::Both,
+            train: Default::default(),
+        }
     }
 }
 
@@ -301,7 +358,10 @@ impl Stage for Afe {
     fn inputs(&self) -> &'static [InputDecl] {
         const I: &[InputDecl] = &[
             InputDecl::required("features", "features[*] of every sample (phi = 0)"),
-            InputDecl::required("magnified", "features[*] over the balance axis (sample@phi)"),
+            InputDecl::required(
+                "magnified",
+                "features[*] over the balance axis (sample@phi)",
+            ),
             InputDecl::required("balance", "the balance stage (per-fold phi ranges)"),
             InputDecl::required("dataset", "the dataset index"),
         ];
@@ -359,7 +419,10 @@ impl Stage for Afe {
         }));
         // the classification head is not part of the AFE encoder the meta stage reuses
         weights_to_artifact(&map, "afe.", &mut art)?;
-        art.files.insert("afe_curve.png".into(), curve_png(&log, &format!("AFE, fold {}", fold.test_subject))?);
+        art.files.insert(
+            "afe_curve.png".into(),
+            curve_png(&log, &format!("AFE, fold {}", fold.test_subject))?,
+        );
         Ok(art)
     }
 }
@@ -484,15 +547,45 @@ impl Stage for Meta {
             }
         };
         let (variant, primary, secondary, cfg) = match p.variant.as_str() {
-            "gfe" => (Variant::Single, load(&gfe, "gfe.", &g_cfg)?, None, g_cfg.clone()),
-            "afe" => (Variant::Single, load(&afe, "afe.", &a_cfg)?, None, a_cfg.clone()),
-            "p" => (Variant::P { gamma: p.gamma }, load(&gfe, "gfe.", &g_cfg)?, Some(load(&afe, "afe.", &a_cfg)?), g_cfg.clone()),
-            _ => (Variant::C { bridge_channels: p.bridge_channels }, load(&gfe, "gfe.", &g_cfg)?, Some(load(&afe, "afe.", &a_cfg)?), g_cfg.clone()),
+            "gfe" => (
+                Variant::Single,
+                load(&gfe, "gfe.", &g_cfg)?,
+                None,
+                g_cfg.clone(),
+            ),
+            "afe" => (
+                Variant::Single,
+                load(&afe, "afe.", &a_cfg)?,
+                None,
+                a_cfg.clone(),
+            ),
+            "p" => (
+                Variant::P { gamma: p.gamma },
+                load(&gfe, "gfe.", &g_cfg)?,
+                Some(load(&afe, "afe.", &a_cfg)?),
+                g_cfg.clone(),
+            ),
+            _ => (
+                Variant::C {
+                    bridge_channels: p.bridge_channels,
+                },
+                load(&gfe, "gfe.", &g_cfg)?,
+                Some(load(&afe, "afe.", &a_cfg)?),
+                g_cfg.clone(),
+            ),
         };
         if g_cfg != a_cfg && matches!(variant, Variant::P { .. } | Variant::C { .. }) {
             bail!("MPFNet-P/C need the GFE and AFE to share one CA-I3D configuration");
         }
-        let model = MetaModel::new(&factory(&cfg) as &EncoderFactory, variant, primary, secondary, set.shape, ctx.seed, &dev)?;
+        let model = MetaModel::new(
+            &factory(&cfg) as &EncoderFactory,
+            variant,
+            primary,
+            secondary,
+            set.shape,
+            ctx.seed,
+            &dev,
+        )?;
         let log = crate::train::meta::train_meta(
             &model,
             &set,
@@ -506,7 +599,15 @@ impl Stage for Meta {
         )?;
         // prototypes from all training subjects (train + validation), never the test subject
         let proto_pool: Vec<usize> = (0..nt + nv).collect();
-        let pred = crate::train::meta::proto::predict(&model, &set, &proto_pool, &test_pool, &p.train.predict_config(), ctx.seed, &dev)?;
+        let pred = crate::train::meta::proto::predict(
+            &model,
+            &set,
+            &proto_pool,
+            &test_pool,
+            &p.train.predict_config(),
+            ctx.seed,
+            &dev,
+        )?;
         let n = pred.y_true.len();
         let c = info.classes.len();
         let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
@@ -514,16 +615,40 @@ impl Stage for Meta {
             "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
             "ids": pred.ids, "log": log, "classes": info.classes,
         }));
-        art.insert("y_true", i64_array(pred.y_true.iter().map(|&v| v as i64).collect()));
-        art.insert("y_pred", i64_array(pred.y_pred.iter().map(|&v| v as i64).collect()));
+        art.insert(
+            "y_true",
+            i64_array(pred.y_true.iter().map(|&v| v as i64).collect()),
+        );
+        art.insert(
+            "y_pred",
+            i64_array(pred.y_pred.iter().map(|&v| v as i64).collect()),
+        );
         art.insert("probs", Array::f32(vec![n, c], pred.probs.concat())?);
-        art.insert("embeddings", Array::f32(vec![n, d], pred.embeddings.concat())?);
+        art.insert(
+            "embeddings",
+            Array::f32(vec![n, d], pred.embeddings.concat())?,
+        );
         // Grad-CAM of the first test samples, for their predicted class
         for (k, &q) in test_pool.iter().take(p.gradcam_samples).enumerate() {
-            let cam = crate::eval::gradcam::meta_grad_cam(&model, &set, &proto_pool, q, pred.y_pred[k], p.train.scale, p.train.eval_batch, &dev)?;
-            art.insert(format!("cam.{k}"), Array::f32(vec![cam.t, cam.h, cam.w], cam.values)?);
+            let cam = crate::eval::gradcam::meta_grad_cam(
+                &model,
+                &set,
+                &proto_pool,
+                q,
+                pred.y_pred[k],
+                p.train.scale,
+                p.train.eval_batch,
+                &dev,
+            )?;
+            art.insert(
+                format!("cam.{k}"),
+                Array::f32(vec![cam.t, cam.h, cam.w], cam.values)?,
+            );
             let x = &set.data[q * set.sample_len()..(q + 1) * set.sample_len()];
-            art.insert(format!("cam_input.{k}"), Array::f32(set.shape.to_vec(), x.to_vec())?);
+            art.insert(
+                format!("cam_input.{k}"),
+                Array::f32(set.shape.to_vec(), x.to_vec())?,
+            );
         }
         Ok(art)
     }
