@@ -88,10 +88,49 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
         "one GFE per LOSO fold (4 subjects)"
     );
 
+    // any intermediate artifact can be inspected and exported (safetensors + provenance, PNGs)
+    let store = mpfnet_cache::Store::open(&ws.cache_dir).unwrap();
+    let feat = e.nodes()[e.instances("features")[0]].name.clone();
+    let target = mpfnet::inspect::resolve(&store, &ws.runs_dir, &feat).unwrap();
+    let shown = mpfnet::inspect::show(&store, &target).unwrap();
+    assert!(
+        shown.contains("x ") && shown.contains("F32") && shown.contains("\"kind\": \"features\""),
+        "{shown}"
+    );
+    let files = mpfnet::inspect::export(&store, &reg, &target, &dir.path().join("export")).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for suffix in [".safetensors", "sheet.png", "flow_mid.png", "onset.png"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(suffix)),
+            "{suffix} not in {names:?}"
+        );
+    }
+    let st = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .unwrap();
+    let (tensors, meta) = mpfnet_cache::tensors::decode(&std::fs::read(st).unwrap()).unwrap();
+    assert!(meta["mpfnet.provenance"].contains(&feat));
+    let x = tensors.iter().find(|t| t.name == "x").unwrap();
+    assert_eq!(x.shape, vec![5, 2, 16, 16], "5 channels x (L-1) x H x W");
+
     // the same command again: everything from the cache, same numbers
     let mut e2 = open(&[]);
     let again = session::run(&mut e2, &ws, &[]).unwrap();
-    assert_eq!(again.summary.computed, 0, "rerun must compute nothing");
+    let recomputed: Vec<&str> = again
+        .record
+        .nodes
+        .iter()
+        .filter(|n| n.status == "computed")
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        again.summary.computed, 0,
+        "rerun must compute nothing, computed {recomputed:?}"
+    );
     assert_eq!(again.report_text, out.report_text);
 
     // changing gamma: only meta_p, eval_p and report need to run
