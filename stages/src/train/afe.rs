@@ -156,6 +156,7 @@ pub fn train_afe(
             state::save(ckpt, epoch + 1, &w, &AfeState { log: log.clone() })?;
         }
     }
+    crate::train::recalibrate(set, &pool, cfg.batch, dev, |x| model.logits(x, true))?;
     Ok(log)
 }
 

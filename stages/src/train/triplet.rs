@@ -226,6 +226,7 @@ pub fn train_gfe(
             state::save(ckpt, epoch + 1, &w, &GfeState { log: log.clone() })?;
         }
     }
+    crate::train::recalibrate(set, &pool, cfg.batch, dev, |x| enc.embed(x, true))?;
     Ok(log)
 }
 

@@ -159,6 +159,9 @@ fn validate(
     if val_pool.is_empty() {
         return Ok(None);
     }
+    crate::train::recalibrate(set, train_pool, cfg.eval_batch, dev, |x| {
+        Ok(model.embed(x, true)?.remove(0).0)
+    })?;
     let p = predict(
         model,
         set,
@@ -283,6 +286,12 @@ pub fn train_meta(
                 &MetaState { log: log.clone() },
             )?;
         }
+    }
+    if best.is_empty() {
+        // no validation subjects: the last state, with recalibrated statistics
+        crate::train::recalibrate(set, train_pool, cfg.eval_batch, dev, |x| {
+            Ok(model.embed(x, true)?.remove(0).0)
+        })?;
     }
     for (tag, vals) in &best {
         if let Some((_, map)) = model.maps().into_iter().find(|(t, _)| t == tag) {
