@@ -552,6 +552,7 @@ impl Shared {
             };
             inputs.insert(iname.clone(), input);
         }
+        let key_hex = key.to_string();
         let services = NodeServices {
             sh: self.clone(),
             node: id,
@@ -560,6 +561,7 @@ impl Shared {
         };
         let ctx = Ctx {
             node: &node.name,
+            key: &key_hex,
             params: &decl.params,
             item: node.item.as_ref(),
             inputs: &inputs,

@@ -238,6 +238,10 @@ fn simple_hash(bytes: &[u8]) -> u64 {
 pub struct Ctx<'a> {
     /// The node's display name, e.g. `features[casme2/sub01/EP02_01f]`.
     pub node: &'a str,
+    /// The node's cache key: blake3 over its whole recipe (kind, version, code, parameters, seed,
+    /// and its inputs' output digests, hence transitively everything upstream). A stage may
+    /// record it in its output (the key determines the output, so this keeps the stage pure).
+    pub key: &'a str,
     /// The stage's parameters: the stage's defaults merged with the pipeline's values.
     pub params: &'a Value,
     /// The axis item this node was fanned out for, if any.
