@@ -75,6 +75,8 @@ enum Cmd {
     Stages,
     /// Write a synthetic micro-expression dataset (CASME II layout and coding sheet)
     Synth(mpfnet_stages::cli::SynthArgs),
+    /// Classify new clips with a model bundle (a pipeline's `bundle` stage output)
+    Predict(mpfnet_stages::cli::PredictArgs),
     /// Print a pipeline's LOSO folds with class counts per split
     Folds {
         #[command(flatten)]
@@ -304,6 +306,25 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Synth(args) => {
             mpfnet_stages::cli::synth(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Predict(args) => {
+            // the pre-processing the user asks for: that pipeline's `features` stage
+            let expect = match &args.pipeline {
+                Some(path) => {
+                    let p = mpfnet::pipeline::load(path, &[], &registry)?;
+                    let decl = p
+                        .stages
+                        .get("features")
+                        .or_else(|| p.stages.values().find(|d| d.kind == "features"))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{}: no stage of kind `features`", path.display())
+                        })?;
+                    Some(decl.params.clone())
+                }
+                None => None,
+            };
+            mpfnet_stages::cli::predict(&args, expect.as_ref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Folds { p } => {

@@ -84,9 +84,12 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
     assert_eq!(folds, 1);
     assert_eq!(
         e.instances("gfe").len(),
-        4,
-        "one GFE per LOSO fold (4 subjects)"
+        5,
+        "one GFE per LOSO fold (4 subjects) and one for the final model"
     );
+    let loso_acc = metrics["eval_c"]["acc"].as_f64().unwrap();
+    let loso_n = metrics["eval_c"]["n"].as_u64().unwrap() as f64;
+    held_out_prediction_matches_loso(&out.run_dir, dir.path(), loso_acc, loso_n);
 
     // any intermediate artifact can be inspected and exported (safetensors + provenance, PNGs)
     let store = mpfnet_cache::Store::open(&ws.cache_dir).unwrap();
@@ -156,6 +159,63 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
             .iter()
             .filter(|x| x.status == Status::Cached && x.stage == "gfe")
             .count(),
-        4
+        5
+    );
+}
+
+/// The run's model bundle (MPFNet-C trained on all 4 subjects) classifies clips of subjects it
+/// never saw (a synthetic dataset with another seed) about as well as the LOSO evaluation says
+/// a model does on an unseen subject: within three binomial standard errors of both samples.
+fn held_out_prediction_matches_loso(
+    run_dir: &std::path::Path,
+    tmp: &std::path::Path,
+    loso_acc: f64,
+    loso_n: f64,
+) {
+    use mpfnet_stages::data::{casme2, Task};
+    let bundle = mpfnet_stages::bundle::Bundle::read(&run_dir.join("model.safetensors")).unwrap();
+    assert_eq!(
+        bundle.meta.preprocess.size, 16,
+        "pre-processing travels with the bundle"
+    );
+    assert_eq!(bundle.meta.preprocess.frames, 3);
+    let pred = mpfnet_stages::bundle::Predictor::new(&bundle, &candle_core::Device::Cpu).unwrap();
+    let root = tmp.join("held_out");
+    let sp = mpfnet_stages::kinds::dataset::SynthParams {
+        subjects: 3,
+        seed: 77,
+        samples_min: 10,
+        samples_max: 12,
+        size: 64,
+    };
+    mpfnet_stages::kinds::dataset::ensure_synth(&root, &sp).unwrap();
+    let mut o = casme2::Options::new(&root, casme2::Layout::Cropped);
+    o.task = Task::Cde;
+    let index = casme2::load(&o).unwrap();
+    assert_eq!(index.classes, bundle.meta.classes);
+    let clips: Vec<mpfnet_stages::cli::Clip> = index
+        .samples
+        .iter()
+        .map(|s| mpfnet_stages::cli::Clip {
+            name: s.id.clone(),
+            onset: s.onset_path.clone(),
+            apex: s.apex_path.clone(),
+        })
+        .collect();
+    let res = mpfnet_stages::cli::predict_clips(&pred, &clips, false, None).unwrap();
+    let ok = res
+        .iter()
+        .zip(&index.samples)
+        .filter(|(r, s)| r.predicted == index.classes[s.class])
+        .count();
+    let n = res.len() as f64;
+    let acc = ok as f64 / n;
+    let se = (loso_acc * (1.0 - loso_acc) / loso_n + acc * (1.0 - acc) / n)
+        .sqrt()
+        .max(0.05);
+    println!("held-out accuracy {acc:.3} on {n} clips; LOSO accuracy {loso_acc:.3} on {loso_n} samples; 3 SE = {:.3}", 3.0 * se);
+    assert!(
+        (acc - loso_acc).abs() <= 3.0 * se,
+        "held-out accuracy {acc:.3} ({n} clips) vs LOSO {loso_acc:.3} ({loso_n}): more than 3 SE ({se:.3}) apart"
     );
 }

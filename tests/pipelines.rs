@@ -100,16 +100,16 @@ fn every_pipeline_validates() {
         let p = load_ok(f);
         // every evaluation a pipeline declares ends up in its report
         for r in &p.report {
-            assert_eq!(
-                p.stages[r].kind,
-                "report",
-                "{}: report node `{r}` is not a report stage",
+            assert!(
+                ["report", "bundle"].contains(&p.stages[r].kind.as_str()),
+                "{}: run-folder node `{r}` is neither a report nor a bundle",
                 f.display()
             );
         }
         let reported: Vec<&str> = p
             .report
             .iter()
+            .filter(|r| p.stages[*r].kind == "report")
             .flat_map(|r| {
                 p.stages[r].inputs["evaluations"]
                     .stages
@@ -180,9 +180,17 @@ fn assert_shares_demo(p: &Pipeline) {
             "{f}: stages.{s}.over"
         );
     }
+    let mut labels = std::collections::BTreeSet::new();
     for s in of_kind(p, "evaluate") {
+        // same evaluation as the demo's; only the row label (which gamma) differs
+        let mut m = params(p, s).clone();
+        let label = m["label"].take();
+        if let Some(l) = label.as_str().filter(|l| !l.is_empty()) {
+            assert!(labels.insert(l.to_string()), "{f}: label {l:?} used twice");
+        }
+        m["label"] = params(&d, "eval_p")["label"].clone();
         assert_eq!(
-            params(p, s),
+            &m,
             params(&d, "eval_p"),
             "{f}: stages.{s} must report like demo's eval_p"
         );
@@ -199,8 +207,13 @@ fn assert_shares_demo(p: &Pipeline) {
 
 /// The evaluate stages in the (single) report, in order.
 fn report_evaluations(p: &Pipeline) -> Vec<String> {
-    assert_eq!(p.report.len(), 1, "{}: one report", p.path.display());
-    p.stages[&p.report[0]].inputs["evaluations"].stages.clone()
+    let reports: Vec<&String> = p
+        .report
+        .iter()
+        .filter(|r| p.stages[*r].kind == "report")
+        .collect();
+    assert_eq!(reports.len(), 1, "{}: one report", p.path.display());
+    p.stages[reports[0]].inputs["evaluations"].stages.clone()
 }
 
 /// The meta stage an evaluate stage reads.
@@ -302,7 +315,14 @@ fn gamma_sweep_shares_demo() {
             let m = params(&p, meta_of(&p, e));
             assert_eq!(m["variant"], "p");
             assert_eq!(m["pretrained"], true);
-            m["gamma"].as_f64().unwrap()
+            let g = m["gamma"].as_f64().unwrap();
+            // each row says its gamma, so rows and PNG names don't collide
+            assert_eq!(
+                params(&p, e)["label"],
+                format!("MPFNet-P gamma={g:.1}"),
+                "{e}"
+            );
+            g
         })
         .collect();
     assert_eq!(gammas.len(), 6);

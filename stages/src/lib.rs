@@ -1,6 +1,7 @@
 //! The MPFNet domain as pipeline stages. Modules hold pure algorithms; `kinds` wraps them as
 //! `mpfnet_api::Stage`s. Nothing here knows about scheduling or caching.
 
+pub mod bundle;
 pub mod cli;
 pub mod data;
 pub mod eval;

@@ -100,6 +100,42 @@ pub fn loso_folds(index: &DatasetIndex, n_val: usize, seed: u64) -> Vec<Fold> {
         .collect()
 }
 
+/// The id of the split that trains the final model on every subject (no test subject).
+pub const FINAL_FOLD: &str = "final";
+
+/// The final-model split: all subjects train, `n_val` of them (seeded, at most all but one)
+/// validate for model selection, none is tested. Index = the number of LOSO folds.
+pub fn final_split(index: &DatasetIndex, n_val: usize, seed: u64) -> Fold {
+    let subjects = index.subjects();
+    let k = subjects.len();
+    let mut shuffled = subjects.clone();
+    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    let nv = n_val.min(k.saturating_sub(1));
+    let mut val_subjects: Vec<String> = shuffled[..nv].to_vec();
+    val_subjects.sort_by(|a, b| natural_cmp(a, b));
+    let train_subjects: Vec<String> = subjects
+        .iter()
+        .filter(|s| !val_subjects.contains(s))
+        .cloned()
+        .collect();
+    let pick = |subj: &[String]| -> Vec<usize> {
+        (0..index.samples.len())
+            .filter(|&i| subj.contains(&index.samples[i].subject))
+            .collect()
+    };
+    Fold {
+        index: k,
+        test_subject: FINAL_FOLD.to_string(),
+        train: pick(&train_subjects),
+        val: pick(&val_subjects),
+        test: Vec::new(),
+        train_subjects,
+        val_subjects,
+    }
+}
+
 /// Class counts of a fold's three splits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitCounts {

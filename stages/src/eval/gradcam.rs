@@ -137,3 +137,34 @@ pub fn meta_grad_cam(
     let (enc, input) = model.cam_encoder(&x)?;
     grad_cam(enc, &input.detach(), &prototype_score(proto, scale))
 }
+
+/// The middle frame pair's flow magnitude (or first channel) of an input [C, T, H, W] beside
+/// that frame overlaid with the heat map, as a PNG at `path`.
+pub fn overlay_png(
+    shape: &[usize],
+    input: &[f32],
+    cam: &Cam,
+    title: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    let (c, t, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let k = t / 2;
+    let plane = |ch: usize| &input[(ch * t + k) * h * w..(ch * t + k + 1) * h * w];
+    let values: Vec<f32> = if c >= 2 {
+        plane(0)
+            .iter()
+            .zip(plane(1))
+            .map(|(u, v)| (u * u + v * v).sqrt())
+            .collect()
+    } else {
+        plane(0).to_vec()
+    };
+    let fr = crate::eval::plots::Frame {
+        values: &values,
+        h,
+        w,
+        index: k,
+        frames: t,
+    };
+    crate::eval::plots::gradcam_png(&fr, cam, title, 4, path)
+}

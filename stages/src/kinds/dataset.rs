@@ -338,11 +338,17 @@ impl IndexInfo {
 pub struct FoldParams {
     /// Training subjects held out per fold for model selection (never the test subject).
     pub n_val: usize,
+    /// Also emit the `final` split (every subject trains, none is tested) so the fold stages
+    /// train a final model for `bundle`; evaluation ignores it.
+    pub final_model: bool,
 }
 
 impl Default for FoldParams {
     fn default() -> Self {
-        FoldParams { n_val: 2 }
+        FoldParams {
+            n_val: 2,
+            final_model: false,
+        }
     }
 }
 
@@ -418,7 +424,17 @@ impl Stage for Folds {
                 .collect(),
             faults: Vec::new(),
         };
-        let folds = data::loso_folds(&index, p.n_val, ctx.seed);
+        let mut folds = data::loso_folds(&index, p.n_val, ctx.seed);
+        if p.final_model {
+            if index
+                .subjects()
+                .iter()
+                .any(|s| s == data::folds::FINAL_FOLD)
+            {
+                bail!("a subject is named `{}`, the id of the final-model split: rename it or set final_model = false", data::folds::FINAL_FOLD);
+            }
+            folds.push(data::folds::final_split(&index, p.n_val, ctx.seed));
+        }
         let ids = |v: &[usize]| {
             v.iter()
                 .map(|&i| index.samples[i].id.clone())

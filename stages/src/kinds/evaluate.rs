@@ -33,12 +33,16 @@ pub struct EvaluateParams {
     pub task: String,
     /// t-SNE instead of PCA for the embedding plot.
     pub tsne: bool,
+    /// Row name in reports and PNG file names; empty: the meta stage's (MPFNet-P, PLTN, ...).
+    /// Set it where several evaluations share one variant (a gamma sweep).
+    pub label: String,
 }
 
 impl Default for EvaluateParams {
     fn default() -> Self {
         EvaluateParams {
             dataset: "synthetic".into(),
+            label: String::new(),
             task: "cde".into(),
             tsne: false,
         }
@@ -97,6 +101,9 @@ impl Stage for Evaluate {
                 .iter()
                 .map(|&v| v as usize)
                 .collect();
+            if yt.is_empty() {
+                continue; // the final-model split tests no one
+            }
             let yp: Vec<usize> = a
                 .tensor("y_pred")?
                 .as_i64()?
@@ -122,6 +129,9 @@ impl Stage for Evaluate {
             }
             folds.push((yt, yp));
             subjects.push(fold.clone());
+        }
+        if !p.label.is_empty() {
+            label = p.label.clone();
         }
         let summary: Summary = summarize(&folds, classes.len())?;
         let features = match channels.as_str() {
@@ -178,21 +188,6 @@ impl Stage for Evaluate {
             );
         }
         if let Some((fold, cam, input, id)) = cams.first() {
-            let s = input.shape();
-            let (t, h, w) = (s[1], s[2], s[3]);
-            let k = t / 2;
-            // show the flow magnitude of the middle frame pair under the heat map
-            let x = input.as_f32()?;
-            let plane = |c: usize| &x[(c * t + k) * h * w..(c * t + k + 1) * h * w];
-            let values: Vec<f32> = if s[0] >= 2 {
-                plane(0)
-                    .iter()
-                    .zip(plane(1))
-                    .map(|(u, v)| (u * u + v * v).sqrt())
-                    .collect()
-            } else {
-                plane(0).to_vec()
-            };
             let cs = cam.shape();
             let c = crate::eval::gradcam::Cam {
                 t: cs[0],
@@ -200,21 +195,15 @@ impl Stage for Evaluate {
                 w: cs[2],
                 values: cam.as_f32()?.to_vec(),
             };
-            let fr = crate::eval::plots::Frame {
-                values: &values,
-                h,
-                w,
-                index: k,
-                frames: t,
-            };
+            let title = format!("Grad-CAM {label}, {id} (fold {fold})");
             art.files.insert(
                 format!("gradcam_{name}.png"),
                 png_of(|path| {
-                    crate::eval::plots::gradcam_png(
-                        &fr,
+                    crate::eval::gradcam::overlay_png(
+                        input.shape(),
+                        input.as_f32()?,
                         &c,
-                        &format!("Grad-CAM {label}, {id} (fold {fold})"),
-                        4,
+                        &title,
                         path,
                     )
                 })?,

@@ -179,7 +179,8 @@ impl Stage for Features {
         let phi = item.attrs.get("phi").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let prep = p.prepare(onset, apex, phi)?;
         let mut art = Artifact::with_meta(
-            json!({ "id": item.id, "phi": phi, "onset": onset_p, "apex": apex_p }),
+            // the parameters travel with the output: `bundle` records them for `predict`
+            json!({ "id": item.id, "phi": phi, "onset": onset_p, "apex": apex_p, "params": p }),
         );
         art.insert("x", Array::f32(prep.shape, prep.x)?);
         art.insert("onset", frame_array(&prep.onset)?);

@@ -2,6 +2,7 @@
 
 use mpfnet_api::Registry;
 
+pub mod bundle;
 pub mod common;
 pub mod dataset;
 pub mod evaluate;
@@ -48,6 +49,18 @@ pub const SOURCES: &[(&str, &[&str])] = &[
     ),
     ("evaluate", &["eval/", "kinds/evaluate.rs"]),
     (
+        "bundle",
+        &[
+            "bundle.rs",
+            "kinds/bundle.rs",
+            "kinds/train.rs",
+            "kinds/features.rs",
+            "model/",
+            "train/",
+            "eval/gradcam.rs",
+        ],
+    ),
+    (
         "report",
         &["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"],
     ),
@@ -85,7 +98,8 @@ pub fn registry() -> Registry {
         .add(train::Afe)
         .add(train::Meta)
         .add(evaluate::Evaluate)
-        .add(evaluate::ReportStage);
+        .add(evaluate::ReportStage)
+        .add(bundle::BundleStage);
     r
 }
 

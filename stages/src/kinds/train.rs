@@ -599,6 +599,20 @@ impl Stage for Meta {
         )?;
         // prototypes from all training subjects (train + validation), never the test subject
         let proto_pool: Vec<usize> = (0..nt + nv).collect();
+        if test_pool.is_empty() {
+            return final_model_artifact(
+                ctx,
+                &p,
+                &model,
+                &set,
+                &proto_pool,
+                &info,
+                channels,
+                &cfg,
+                &log,
+                &dev,
+            );
+        }
         let pred = crate::train::meta::proto::predict(
             &model,
             &set,
@@ -652,4 +666,50 @@ impl Stage for Meta {
         }
         Ok(art)
     }
+}
+
+/// The final-model split (no test subject): the trained weights (`p/…`, `s/…` as in
+/// [`MetaModel::maps`]) and the class prototypes from every training sample, for `bundle`.
+#[allow(clippy::too_many_arguments)]
+fn final_model_artifact(
+    ctx: &Ctx,
+    p: &MetaParams,
+    model: &crate::train::meta::model::MetaModel,
+    set: &SampleSet,
+    proto_pool: &[usize],
+    info: &IndexInfo,
+    channels: Channels,
+    cfg: &CaI3dConfig,
+    log: &crate::train::progress::TrainLog,
+    dev: &Device,
+) -> Result<Artifact> {
+    let pc = p.train.predict_config();
+    let (classes, protos) =
+        crate::train::meta::proto::class_prototypes(model, set, proto_pool, &pc, ctx.seed, dev)?;
+    let fold = fold_of(ctx)?;
+    let mut art = Artifact::with_meta(json!({
+        "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
+        "classes": info.classes, "log": log, "model": cfg, "gamma": p.gamma,
+        "bridge_channels": p.bridge_channels, "predict": pc, "input_shape": set.shape,
+        "train_subjects": set.subjects.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        "train_samples": set.len(),
+        "final_model": true,
+    }));
+    art.insert("y_true", i64_array(Vec::new()));
+    art.insert("y_pred", i64_array(Vec::new()));
+    for (tag, map) in model.maps() {
+        weights_to_artifact(map, &format!("{tag}/"), &mut art)?;
+    }
+    for (b, t) in protos.iter().enumerate() {
+        let (n, d) = t.dims2()?;
+        art.insert(
+            format!("proto.{b}"),
+            Array::f32(vec![n, d], t.flatten_all()?.to_vec1::<f32>()?)?,
+        );
+    }
+    art.insert(
+        "proto_classes",
+        i64_array(classes.iter().map(|&c| c as i64).collect()),
+    );
+    Ok(art)
 }

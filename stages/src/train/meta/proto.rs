@@ -187,21 +187,9 @@ pub fn predict(
             set.ids[*i]
         );
     }
-    let pe = embed_pool(model, set, proto_pool, cfg.chunk, dev)?;
-    let (classes, protos) = prototypes(set, proto_pool, &pe, cfg.prototypes, seed)?;
+    let (classes, protos) = class_prototypes(model, set, proto_pool, cfg, seed, dev)?;
     let qe = embed_pool(model, set, query, cfg.chunk, dev)?;
-    let weights: Vec<f64> = model.embed_weights();
-    let q: Vec<(Tensor, f64)> = qe.iter().cloned().zip(weights).collect();
-    let probs = candle_nn::ops::softmax(&logits(&q, &protos, cfg.distance, cfg.scale)?, D::Minus1)?
-        .to_vec2::<f32>()?;
-    let full: Vec<Vec<f32>> = probs
-        .iter()
-        .map(|p| {
-            let mut f = vec![0f32; set.n_classes];
-            classes.iter().zip(p).for_each(|(&c, &v)| f[c] = v);
-            f
-        })
-        .collect();
+    let full = class_probs(model, &qe, &classes, &protos, cfg, set.n_classes)?;
     let y_pred = full.iter().map(|p| argmax(p)).collect();
     let embeddings = Tensor::cat(&qe, 1)?.to_vec2::<f32>()?;
     Ok(Prediction {
@@ -212,6 +200,42 @@ pub fn predict(
         probs: full,
         embeddings,
     })
+}
+
+/// The classes present in `pool` and, per branch, their prototypes (see [`PrototypeMode`]).
+pub fn class_prototypes(
+    model: &MetaModel,
+    set: &SampleSet,
+    pool: &[usize],
+    cfg: &PredictConfig,
+    seed: u64,
+    dev: &Device,
+) -> Result<(Vec<usize>, Vec<Tensor>)> {
+    let pe = embed_pool(model, set, pool, cfg.chunk, dev)?;
+    prototypes(set, pool, &pe, cfg.prototypes, seed)
+}
+
+/// Softmax over the prototypes' classes of per-branch query embeddings, spread over all
+/// `n_classes` (a class without prototype gets 0): one row per query.
+pub fn class_probs(
+    model: &MetaModel,
+    query: &[Tensor],
+    classes: &[usize],
+    protos: &[Tensor],
+    cfg: &PredictConfig,
+    n_classes: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let q: Vec<(Tensor, f64)> = query.iter().cloned().zip(model.embed_weights()).collect();
+    let probs = candle_nn::ops::softmax(&logits(&q, protos, cfg.distance, cfg.scale)?, D::Minus1)?
+        .to_vec2::<f32>()?;
+    Ok(probs
+        .iter()
+        .map(|p| {
+            let mut f = vec![0f32; n_classes];
+            classes.iter().zip(p).for_each(|(&c, &v)| f[c] = v);
+            f
+        })
+        .collect())
 }
 
 pub fn argmax(p: &[f32]) -> usize {
