@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod runs;
+pub mod select;
 pub mod session;
 
 pub use engine::{Engine, ExecSummary, NodeState, Options};
