@@ -314,8 +314,21 @@ pub fn submit(
     let Some(jobs) = jobs_for(&prog) else {
         return Ok(None);
     };
-    if !opts.dry_run && which("sbatch").is_none() {
-        bail!("`sbatch` is not on PATH: is this a Slurm login node? (--dry-run writes the scripts anyway)");
+    if !opts.dry_run {
+        if which("sbatch").is_none() {
+            bail!("`sbatch` is not on PATH: is this a Slurm login node? (--dry-run writes the scripts anyway)");
+        }
+        // the plan cannot see work in flight: submitting now would run those folds twice
+        if let Some(last) = last_submission(ws, &name) {
+            let live = live_jobs(&last);
+            if !live.is_empty() {
+                bail!(
+                    "the last submission ({}) still has jobs queued or running: {}; wait for them or scancel them, then submit again",
+                    last.created,
+                    live.join(", ")
+                );
+            }
+        }
     }
     let items: Vec<String> = prog.items.iter().map(|(i, _)| i.clone()).collect();
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -493,6 +506,35 @@ fn query(job: &str) -> Option<Result<Vec<JobState>, String>> {
     }
     Some(Ok(parse_scontrol(&String::from_utf8_lossy(&out.stdout))))
 }
+
+/// The submission's jobs (or array tasks) that Slurm has not finished with.
+fn live_jobs(sub: &Submission) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in sub.jobs.values() {
+        if let Some(Ok(states)) = query(id) {
+            for st in states {
+                if !FINAL_STATES.contains(&st.state.as_str()) {
+                    let task = st.array_task.map(|t| format!("_{t}")).unwrap_or_default();
+                    out.push(format!("{id}{task} {}", st.state));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Slurm's job states after which a job does nothing more.
+const FINAL_STATES: [&str; 9] = [
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+];
 
 /// `mpfnet status`: the cache's view per part, then the last submission's jobs.
 pub fn status(engine: &Engine, ws: &Workspace, axis: &str) -> Result<String> {
