@@ -39,7 +39,13 @@ fi
 
 mkdir -p "$SLURM_DIR"/{state,spool,log}
 CONF="$SLURM_DIR/slurm.conf"
+MARK="# written by mpfnet scripts/slurm-up.sh"
+if [ -e /etc/slurm/slurm.conf ] && ! grep -qx "$MARK" /etc/slurm/slurm.conf; then
+    echo "/etc/slurm/slurm.conf exists and is not ours: not touching a real cluster's Slurm" >&2
+    exit 1
+fi
 cat >"$CONF.new" <<CONF
+$MARK
 ClusterName=mpfnet-test
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
