@@ -9,7 +9,9 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod runs;
+pub mod select;
 pub mod session;
+pub mod slurm;
 
 pub use engine::{Engine, ExecSummary, NodeState, Options};
 pub use pipeline::{ConfigError, Pipeline};

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mpfnet::engine::Options;
+use mpfnet::select::Selection;
 use mpfnet::session::{self, Workspace};
-use mpfnet::{inspect, plan, runs, ConfigError};
+use mpfnet::{inspect, plan, runs, slurm, ConfigError};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,44 @@ enum Cmd {
         /// No progress bars
         #[arg(long)]
         quiet: bool,
+        /// Only the nodes of this item (a LOSO fold) among the stages fanned out over --axis, and what they need
+        #[arg(long, value_name = "ID")]
+        fold: Option<String>,
+        /// Only the nodes that depend on no stage fanned out over --axis (dataset, per-sample work)
+        #[arg(long, conflicts_with = "fold")]
+        shared_only: bool,
+        /// The stage whose axis items --fold names
+        #[arg(long, value_name = "STAGE", default_value = "folds")]
+        axis: String,
+    },
+    /// Submit a pipeline to a cluster: a shared job, an array over the folds, a final pooling job
+    Submit {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Submit to Slurm with sbatch (the only scheduler so far)
+        #[arg(long, required = true)]
+        slurm: bool,
+        #[command(flatten)]
+        sbatch: SbatchArgs,
+        /// Write the sbatch scripts and print the commands, submit nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the scripts and job logs go (default: runs/<pipeline>/slurm/<time>/)
+        #[arg(long, value_name = "DIR")]
+        sbatch_dir: Option<PathBuf>,
+        /// cpu or cuda:N, for the jobs' `mpfnet run`
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The stage whose axis items become array tasks
+        #[arg(long, value_name = "STAGE", default_value = "folds")]
+        axis: String,
+    },
+    /// Per fold, how many nodes are cached or missing; the last submission's Slurm jobs
+    Status {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_name = "STAGE", default_value = "folds")]
+        axis: String,
     },
     /// Say what a run would compute and why, without computing it (axis sources excepted)
     Plan {
@@ -82,6 +121,24 @@ enum Cmd {
         #[command(flatten)]
         p: PipelineArgs,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct SbatchArgs {
+    #[arg(long)]
+    partition: Option<String>,
+    /// e.g. gpu:1
+    #[arg(long)]
+    gres: Option<String>,
+    /// Time limit per job, e.g. 4:00:00
+    #[arg(long)]
+    time: Option<String>,
+    /// Also the jobs' --jobs
+    #[arg(long)]
+    cpus_per_task: Option<usize>,
+    /// e.g. 16G
+    #[arg(long)]
+    mem: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +210,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             device,
             keep_going,
             quiet,
+            fold,
+            shared_only,
+            axis,
         } => {
             mpfnet_stages::check_device(&device)?;
             let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -164,7 +224,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             let mut engine = session::open(&p.pipeline, &p.sets, &registry, &ws, opts)?;
             let args: Vec<String> = std::env::args().collect();
-            let out = session::run(&mut engine, &ws, &args)?;
+            let selection = match (fold, shared_only) {
+                (Some(id), _) => Selection::Item { axis, id },
+                (None, true) => Selection::Shared { axis },
+                (None, false) => Selection::All,
+            };
+            let out = session::run_selected(&mut engine, &ws, &args, &selection)?;
             print!("{}", out.report_text);
             let s = &out.summary;
             eprintln!(
@@ -189,6 +254,82 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Submit {
+            p,
+            slurm: _,
+            sbatch,
+            dry_run,
+            sbatch_dir,
+            device,
+            axis,
+        } => {
+            mpfnet_stages::check_device(&device)?;
+            let mut engine =
+                session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            engine.prepare()?;
+            let abs = |p: &std::path::Path| {
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+            };
+            let inv = slurm::Invocation {
+                exe: std::env::current_exe().context("locating the mpfnet executable")?,
+                cwd: std::env::current_dir()?,
+                cache: abs(&ws.cache_dir)?,
+                runs: abs(&ws.runs_dir)?,
+                pipeline: abs(&p.pipeline)?,
+                sets: p.sets.clone(),
+                device,
+                axis,
+            };
+            let opts = slurm::SubmitOptions {
+                resources: slurm::Resources {
+                    partition: sbatch.partition,
+                    gres: sbatch.gres,
+                    time: sbatch.time,
+                    cpus_per_task: sbatch.cpus_per_task,
+                    mem: sbatch.mem,
+                },
+                dry_run,
+                sbatch_dir,
+            };
+            let name = engine.pipeline().name.clone();
+            match slurm::submit(&engine, &ws, &inv, &opts)? {
+                None => println!("{name}: nothing to run, every node is cached; submitted nothing"),
+                Some((dir, sub)) => {
+                    let parts = ["shared", "array", "final"];
+                    for (part, path) in parts.iter().filter_map(|p| Some((p, sub.scripts.get(*p)?)))
+                    {
+                        println!("{part:<7} script {}", path.display());
+                    }
+                    if dry_run {
+                        println!("would run:");
+                        for c in &sub.commands {
+                            println!("  {c}");
+                        }
+                    } else {
+                        for (part, id) in parts.iter().filter_map(|p| Some((p, sub.jobs.get(*p)?)))
+                        {
+                            println!("{part:<7} job    {id}");
+                        }
+                    }
+                    println!(
+                        "array over {} of {} {}: {:?}",
+                        sub.array_items.len(),
+                        sub.items.len(),
+                        sub.axis,
+                        sub.array_items
+                    );
+                    println!("record  {}", dir.join("submission.json").display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { p, axis } => {
+            let mut engine =
+                session::open(&p.pipeline, &p.sets, &registry, &ws, Options::default())?;
+            engine.prepare()?;
+            print!("{}", slurm::status(&engine, &ws, &axis)?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Plan { p, json, all } => {
             let mut engine =

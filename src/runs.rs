@@ -42,6 +42,9 @@ pub struct RunRecord {
     /// The report nodes' `meta.metrics`, for `runs diff`.
     pub metrics: Value,
     pub nodes: Vec<NodeRecord>,
+    /// Set for a partial run (`run --fold X`, `--shared-only`): such a record never becomes `latest`.
+    #[serde(default)]
+    pub selection: Option<String>,
 }
 
 pub fn pipeline_dir(runs_root: &Path, pipeline: &str) -> PathBuf {
@@ -54,15 +57,32 @@ pub fn write(
     rec: &RunRecord,
     files: &BTreeMap<String, Vec<u8>>,
 ) -> Result<PathBuf> {
-    let stamp = rec.started.replace([':', '-'], "");
+    let mut stamp = rec.started.replace([':', '-'], "");
+    if let Some(sel) = &rec.selection {
+        stamp.push('-');
+        stamp.extend(sel.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        }));
+    }
     let base = pipeline_dir(runs_root, &rec.pipeline);
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    // create_dir claims the folder: concurrent runs (array tasks) never share one
     let mut dir = base.join(&stamp);
     let mut n = 1;
-    while dir.exists() {
-        dir = base.join(format!("{stamp}-{n}"));
-        n += 1;
+    loop {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                dir = base.join(format!("{stamp}-{n}"));
+                n += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, bytes) in files {
         let p = dir.join(name);
         if let Some(parent) = p.parent() {
@@ -74,10 +94,13 @@ pub fn write(
         &dir.join("run.json"),
         serde_json::to_string(rec)?.as_bytes(),
     )?;
-    atomic_write(
-        &base.join("latest"),
-        dir.file_name().unwrap().to_string_lossy().as_bytes(),
-    )?;
+    // `plan` and `cache gc --keep` read `latest` as the whole pipeline: partial runs stay out
+    if rec.selection.is_none() {
+        atomic_write(
+            &base.join("latest"),
+            dir.file_name().unwrap().to_string_lossy().as_bytes(),
+        )?;
+    }
     Ok(dir)
 }
 

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{Engine, ExecSummary, NodeState, Options};
 use crate::runs::{self, NodeRecord, RunRecord};
+use crate::select::Selection;
 
 /// Where the cache and run records live.
 #[derive(Clone, Debug)]
@@ -59,18 +60,30 @@ pub struct RunOutcome {
 }
 
 pub fn run(engine: &mut Engine, ws: &Workspace, args: &[String]) -> Result<RunOutcome> {
+    run_selected(engine, ws, args, &Selection::All)
+}
+
+/// Runs the selected nodes and what they need; a partial run's record does not become `latest`.
+pub fn run_selected(
+    engine: &mut Engine,
+    ws: &Workspace,
+    args: &[String],
+    selection: &Selection,
+) -> Result<RunOutcome> {
+    let label = selection.label();
     let started_at = std::time::SystemTime::now();
     let t0 = Instant::now();
     let mut summary = match engine.prepare() {
         Ok(s) => s,
         Err(e) => {
             // still record what happened, then fail
-            let rec = record(engine, started_at, t0, args, false, Value::Null);
+            let rec = record(engine, started_at, t0, args, false, Value::Null, &label);
             let _ = runs::write(&ws.runs_dir, &rec, &BTreeMap::new());
             return Err(e);
         }
     };
-    let s = engine.run_all()?;
+    let targets = selection.targets(engine)?;
+    let s = engine.execute(&targets)?;
     summary.computed += s.computed;
     summary.cached += s.cached;
     summary.skipped += s.skipped;
@@ -105,6 +118,7 @@ pub fn run(engine: &mut Engine, ws: &Workspace, args: &[String]) -> Result<RunOu
         args,
         summary.ok(),
         Value::Object(metrics),
+        &label,
     );
     let run_dir = runs::write(&ws.runs_dir, &rec, &files)?;
     Ok(RunOutcome {
@@ -122,6 +136,7 @@ fn record(
     args: &[String],
     ok: bool,
     metrics: Value,
+    selection: &Option<String>,
 ) -> RunRecord {
     let nodes = engine.nodes();
     let mut out = Vec::with_capacity(nodes.len());
@@ -176,6 +191,7 @@ fn record(
         resolved: engine.pipeline().resolved.clone(),
         metrics,
         nodes: out,
+        selection: selection.clone(),
     }
 }
 
