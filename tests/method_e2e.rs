@@ -87,6 +87,14 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
         5,
         "one GFE per LOSO fold (4 subjects) and one for the final model"
     );
+    // no bundle reads MPFNet-P's final model: base.toml skips training it
+    let p_final = e
+        .instances("meta_p")
+        .iter()
+        .copied()
+        .find(|&i| e.nodes()[i].name == "meta_p[final]")
+        .unwrap();
+    assert_eq!(e.load(p_final).unwrap().meta["final_model"], false);
     let loso_acc = metrics["eval_c"]["acc"].as_f64().unwrap();
     let loso_n = metrics["eval_c"]["n"].as_u64().unwrap() as f64;
     held_out_prediction_matches_loso(&out.run_dir, dir.path(), loso_acc, loso_n);

@@ -92,9 +92,6 @@ impl Stage for Evaluate {
         let mut cams = Vec::new();
         for (fold, h) in ctx.input("predictions")?.many()? {
             let a = h.load()?;
-            classes = serde_json::from_value(a.meta["classes"].clone())?;
-            label = a.meta["label"].as_str().unwrap_or("?").to_string();
-            channels = a.meta["channels"].as_str().unwrap_or("both").to_string();
             let yt: Vec<usize> = a
                 .tensor("y_true")?
                 .as_i64()?
@@ -104,6 +101,9 @@ impl Stage for Evaluate {
             if yt.is_empty() {
                 continue; // the final-model split tests no one
             }
+            classes = serde_json::from_value(a.meta["classes"].clone())?;
+            label = a.meta["label"].as_str().unwrap_or("?").to_string();
+            channels = a.meta["channels"].as_str().unwrap_or("both").to_string();
             let yp: Vec<usize> = a
                 .tensor("y_pred")?
                 .as_i64()?
@@ -309,15 +309,17 @@ impl Stage for ReportStage {
 /// The table printed at the end of a run.
 pub fn summary_table(r: &Report) -> String {
     let mut s = format!("{}\n", r.title);
+    // the variant column fits the longest label (gamma-sweep rows are long)
+    let w = r.runs.iter().map(|x| x.variant.len()).max().unwrap_or(0).max(10);
     s.push_str(&format!(
-        "{:<10} {:<10} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9}   {}\n",
+        "{:<w$} {:<10} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9}   {}\n",
         "variant", "features", "n", "Acc", "F1", "UF1", "UAR", "acc std", "per-fold mean Acc"
     ));
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
     for run in &r.runs {
         let m = &run.summary.pooled;
         s.push_str(&format!(
-            "{:<10} {:<10} {:>5} {:>7.3} {:>7} {:>7} {:>7} {:>9}   {}\n",
+            "{:<w$} {:<10} {:>5} {:>7.3} {:>7} {:>7} {:>7} {:>9}   {}\n",
             run.variant,
             run.features,
             m.n,

@@ -441,6 +441,9 @@ pub struct MetaParams {
     pub train: crate::train::meta::MetaConfig,
     /// Grad-CAM heat maps for this many test samples of the fold
     pub gradcam_samples: usize,
+    /// Train on the `final` split too (folds.final_model); only a `bundle` reads that model,
+    /// so variants no bundle uses set false and skip it.
+    pub final_model: bool,
 }
 
 impl Default for MetaParams {
@@ -452,6 +455,7 @@ impl Default for MetaParams {
             bridge_channels: 4,
             train: Default::default(),
             gradcam_samples: 1,
+            final_model: true,
         }
     }
 }
@@ -517,6 +521,15 @@ impl Stage for Meta {
         let p: MetaParams = ctx.params_as()?;
         p.check()?;
         let fold = fold_of(ctx)?;
+        if fold.test.is_empty() && !p.final_model {
+            let mut art = Artifact::with_meta(json!({
+                "variant": p.variant, "label": p.label(), "fold": fold.test_subject,
+                "final_model": false, "skipped": "final_model = false",
+            }));
+            art.insert("y_true", i64_array(Vec::new()));
+            art.insert("y_pred", i64_array(Vec::new()));
+            return Ok(art);
+        }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
         let gfe = ctx.input("gfe")?.one()?.load()?;
         let afe = ctx.input("afe")?.one()?.load()?;
