@@ -8,7 +8,7 @@
 //! fixed order); grad-input works per *input* frame (race-free): for each temporal tap that
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
-use super::{cpu_slice, dims5, fixed_chunks, sgemm, use_custom, SendPtr, REDUCE_PARTS};
+use super::{cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, SendPtr, REDUCE_PARTS};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -210,7 +210,8 @@ fn add_col(g: &Geo, colg: &[f32], gxb: SendPtr, ti: usize, r0: usize, r1: usize)
 }
 
 pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; g.b * g.cout * g.out_vol()];
+    // Every element is written by one GEMM (accumulate = false): no zero fill needed.
+    let mut out = uninit_vec(g.b * g.cout * g.out_vol());
     let outp = SendPtr(out.as_mut_ptr());
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     if g.pointwise() {
@@ -364,7 +365,12 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
 
 pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
-    let mut gx = vec![0f32; g.b * cin * g.in_vol()];
+    // The pointwise path writes every element (one GEMM per tile); col2im adds into zeros.
+    let mut gx = if g.pointwise() {
+        uninit_vec(g.b * cin * g.in_vol())
+    } else {
+        vec![0f32; g.b * cin * g.in_vol()]
+    };
     let gxp = SendPtr(gx.as_mut_ptr());
     if g.pointwise() {
         let vol = g.in_vol();

@@ -3,7 +3,7 @@
 //! Max-pool backward recomputes the argmax (first maximum in scan order) instead of storing
 //! indices: one cheap pass over the input, no extra memory held by the graph.
 
-use super::{cpu_slice, dims5, use_custom, with_cpu_data, SendPtr};
+use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, SendPtr};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -252,7 +252,7 @@ impl PoolGeo {
 
 pub fn max_pool3d_fwd_cpu(g: &PoolGeo, x: &[f32]) -> Vec<f32> {
     let (iv, ov) = (g.ivol(), g.ovol());
-    let mut out = vec![0f32; g.planes * ov];
+    let mut out = uninit_vec(g.planes * ov);
     out.par_chunks_mut(ov).enumerate().for_each(|(pl, o)| {
         o.copy_from_slice(&g.pool_plane(&x[pl * iv..][..iv], false).0);
     });
