@@ -88,6 +88,12 @@ fn conv3d_matches_reference() {
         ([1, 3, 4, 6, 7], [2, 3, 2, 3, 1], [2, 1, 1], [0, 0, 0]),
         ([3, 5, 3, 40, 37], [7, 5, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([1, 2, 3, 5, 5], [3, 2, 3, 5, 5], [1, 3, 3], [2, 2, 2]),
+        // Stride 1 (grad-input as a flipped-kernel forward conv): uneven kernels and paddings,
+        // no padding, padding up to k-1, and several row tiles (W = 300 > the tile width).
+        ([2, 3, 5, 9, 8], [4, 3, 3, 5, 1], [1, 1, 1], [0, 2, 0]),
+        ([1, 2, 4, 6, 7], [3, 2, 2, 2, 3], [1, 1, 1], [1, 0, 2]),
+        ([1, 2, 3, 6, 5], [2, 2, 3, 3, 3], [1, 1, 1], [0, 0, 0]),
+        ([1, 4, 3, 7, 300], [5, 4, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
     ];
     for (i, (xs, ws, s, p)) in cases.iter().enumerate() {
         let (s, p) = (*s, *p);
@@ -188,6 +194,9 @@ fn max_pool3d_matches_reference() {
         ([2, 2, 5, 7, 6], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([1, 2, 6, 8, 8], [2, 2, 2], [2, 2, 2], [0, 0, 0]),
         ([1, 3, 7, 9, 10], [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+        // Stride 3 and padding 2 along W (the strided branch of the W pass), T pass identity.
+        ([1, 2, 3, 7, 11], [1, 2, 4], [1, 2, 3], [0, 1, 2]),
+        ([2, 1, 2, 5, 5], [1, 1, 1], [1, 1, 1], [0, 0, 0]),
     ];
     for (i, (xs, k, s, p)) in cases.iter().enumerate() {
         let (k, s, p) = (*k, *s, *p);

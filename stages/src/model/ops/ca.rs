@@ -5,7 +5,7 @@
 //! - `ca_apply`: `y = x * a_t[t] * a_h[h] * a_w[w]` with `a = [a_t | a_h | a_w]` of
 //!   `[B,C,T+H+W]`, one pass forward and one backward instead of ~8 broadcast passes.
 
-use super::{cpu_slice, dims5, use_custom, with_cpu_data};
+use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -58,7 +58,7 @@ impl CustomOp1 for CaPool {
             1.0 / (t * w) as f32,
             1.0 / (t * h) as f32,
         );
-        let mut gx = vec![0f32; b * c * vol];
+        let mut gx = uninit_vec(b * c * vol);
         with_cpu_data(grad, |gz| {
             gx.par_chunks_mut(vol).enumerate().for_each(|(pl, gp)| {
                 let g = &gz[pl * len..][..len];
@@ -120,7 +120,7 @@ impl CustomOp2 for CaApply {
         let [_, _, t, h, w] = d;
         let (x, a) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
         let (vol, len) = (t * h * w, t + h + w);
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_vec(x.len());
         y.par_chunks_mut(vol).enumerate().for_each(|(pl, yp)| {
             let xp = &x[pl * vol..][..vol];
             let ap = &a[pl * len..][..len];
@@ -147,7 +147,7 @@ impl CustomOp2 for CaApply {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let [b, c, t, h, w] = dims5(x.shape(), "ca_apply")?;
         let (vol, len) = (t * h * w, t + h + w);
-        let mut gx = vec![0f32; b * c * vol];
+        let mut gx = uninit_vec(b * c * vol);
         let mut ga = vec![0f32; b * c * len];
         with_cpu_data(x, |xs| {
             with_cpu_data(a, |as_| {

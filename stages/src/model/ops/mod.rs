@@ -67,6 +67,62 @@ pub(crate) fn with_cpu_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) 
     }
 }
 
+/// A vector of `n` floats that the caller overwrites entirely before reading any of it: no
+/// zero-fill pass (a full extra write of every activation-sized buffer otherwise; candle's own
+/// CPU kernels allocate their outputs the same way).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` elements
+    // before reading.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Lanes of the reductions below: independent partial sums, so the loop vectorises instead of
+/// waiting on one add chain; the lanes are combined in a fixed order (deterministic).
+const LANES: usize = 16;
+
+/// `sum(v)` accumulated in f64 over `LANES` partial sums.
+pub(crate) fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut it = v.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x as f64;
+        }
+    }
+    let mut s: f64 = it.remainder().iter().map(|&x| x as f64).sum();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// `sum((v - mean)^2)` accumulated in f64 over `LANES` partial sums.
+pub(crate) fn sum_sq_dev_f64(v: &[f32], mean: f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut it = v.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let d = x as f64 - mean;
+            *a += d * d;
+        }
+    }
+    let mut s: f64 = it
+        .remainder()
+        .iter()
+        .map(|&x| {
+            let d = x as f64 - mean;
+            d * d
+        })
+        .sum();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
 /// Raw pointer that rayon tasks may share; every user writes disjoint ranges.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
