@@ -310,7 +310,13 @@ impl Stage for ReportStage {
 pub fn summary_table(r: &Report) -> String {
     let mut s = format!("{}\n", r.title);
     // the variant column fits the longest label (gamma-sweep rows are long)
-    let w = r.runs.iter().map(|x| x.variant.len()).max().unwrap_or(0).max(10);
+    let w = r
+        .runs
+        .iter()
+        .map(|x| x.variant.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     s.push_str(&format!(
         "{:<w$} {:<10} {:>5} {:>7} {:>7} {:>7} {:>7} {:>9}   {}\n",
         "variant", "features", "n", "Acc", "F1", "UF1", "UAR", "acc std", "per-fold mean Acc"
