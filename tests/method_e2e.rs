@@ -7,33 +7,7 @@ use mpfnet::plan::{self, Status};
 use mpfnet::session::{self, Workspace};
 use mpfnet::Options;
 
-const TINY: &str = r#"
-extends = "PIPELINES/demo.toml"
-[stages.dataset]
-root = "DATA"
-synth = { subjects = 4, seed = 5, samples_min = 10, samples_max = 12, size = 64 }
-[stages.folds]
-n_val = 0
-[stages.features]
-size = 16
-frames = 3
-[stages.features_mag]
-size = 16
-frames = 3
-[stages.balance]
-base_phi = 1
-cap = 2
-[stages.gfe]
-model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
-train = { epochs = 1, batch = 8 }
-[stages.afe]
-model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
-train = { epochs = 1, batch = 8 }
-[stages.meta_p]
-train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
-[stages.meta_c]
-train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
-"#;
+const TINY: &str = include_str!("tiny_pipeline.toml");
 
 #[test]
 fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {

@@ -12,33 +12,7 @@ use std::time::{Duration, Instant};
 use mpfnet::slurm::Submission;
 
 // the pipeline of tests/method_e2e.rs: 4 subjects, a minuscule network
-const TINY: &str = r#"
-extends = "PIPELINES/demo.toml"
-[stages.dataset]
-root = "DATA"
-synth = { subjects = 4, seed = 5, samples_min = 10, samples_max = 12, size = 64 }
-[stages.folds]
-n_val = 0
-[stages.features]
-size = 16
-frames = 3
-[stages.features_mag]
-size = 16
-frames = 3
-[stages.balance]
-base_phi = 1
-cap = 2
-[stages.gfe]
-model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
-train = { epochs = 1, batch = 8 }
-[stages.afe]
-model = { stem_channels = 4, mixed = [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]], pool = [1, 1, 1], embed_dim = 8 }
-train = { epochs = 1, batch = 8 }
-[stages.meta_p]
-train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
-[stages.meta_c]
-train = { steps = 2, eval_every = 1, k_shot = 1, n_query = 1 }
-"#;
+const TINY: &str = include_str!("tiny_pipeline.toml");
 
 /// Nodes that pool the folds.
 const POOLED: [&str; 3] = ["eval_p", "eval_c", "report"];
