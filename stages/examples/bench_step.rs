@@ -5,9 +5,14 @@
 //! options: `--frames T` (10), `--steps N` (3), `--reference` (stock candle ops),
 //! `--mallopt` (glibc: no mmap for big buffers, no trimming), `--counts` (param counts only).
 
+// The allocator set-up of the `mpfnet` binary (src/main.rs says why purging is off).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (v2 and v3); libmimalloc-sys 0.1.49 has no constant.
+#[cfg(feature = "mimalloc")]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -55,6 +60,11 @@ fn count(cfg: &CaI3dConfig) -> anyhow::Result<usize> {
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "mimalloc")]
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads it at each purge.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--counts") {
         for (name, cfg) in [

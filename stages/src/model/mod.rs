@@ -22,9 +22,8 @@
 //! ```
 //!
 //! Allocator: the training step allocates and frees many buffers of tens to hundreds of MiB;
-//! with glibc malloc each is a fresh mmap (page faults + kernel zeroing dominate). The final
-//! binary should use mimalloc as global allocator (`#[global_allocator] static A:
-//! mimalloc::MiMalloc = mimalloc::MiMalloc;`), ideally with `MIMALLOC_PURGE_DELAY=-1`.
+//! with glibc malloc each is a fresh mmap (page faults + kernel zeroing dominate). The `mpfnet`
+//! binary (src/main.rs) and `bench_step` use mimalloc with purging off.
 pub mod ca_i3d;
 pub mod checkpoint;
 pub mod init;
