@@ -77,6 +77,37 @@ fn main() -> anyhow::Result<()> {
             .backward()
             .unwrap();
     });
+    // The max-pool kernels alone (no autograd): the two pools of the network.
+    for (name, planes, hw, k, st, pd) in [
+        (
+            "1x3x3 s2 (32ch, s)",
+            b * 32,
+            s,
+            [1, 3, 3],
+            [1, 2, 2],
+            [0, 1, 1],
+        ),
+        (
+            "3x3x3 s1 (32ch, s/2)",
+            b * 32,
+            s / 2,
+            [3, 3, 3],
+            [1, 1, 1],
+            [1, 1, 1],
+        ),
+    ] {
+        use mpfnet_stages::model::ops::pool3d::{max_pool3d_bwd_cpu, max_pool3d_fwd_cpu, PoolGeo};
+        let geo = PoolGeo::new([planes, 1, 10, hw, hw], k, st, pd)?;
+        let xv: Vec<f32> = Tensor::randn(0f32, 1., planes * 10 * hw * hw, &dev)?.to_vec1()?;
+        let y = max_pool3d_fwd_cpu(&geo, &xv);
+        let go = vec![1f32; y.len()];
+        time(&format!("maxpool {name} kernel fwd"), || {
+            max_pool3d_fwd_cpu(&geo, &xv);
+        });
+        time(&format!("maxpool {name} kernel bwd"), || {
+            max_pool3d_bwd_cpu(&geo, &xv, &y, &go);
+        });
+    }
     let x2 = Var::from_tensor(&Tensor::randn(0f32, 1., (b, 32, 10, s / 2, s / 2), &dev)?)?;
     time("maxpool 3x3x3 s1 (32ch, s/2) fwd", || {
         ops::max_pool3d(&x2, [3, 3, 3], [1, 1, 1], [1, 1, 1]).unwrap();

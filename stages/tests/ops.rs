@@ -357,6 +357,79 @@ fn coord_attention_fused_ops_match_reference() {
     );
 }
 
+/// Gradient of max pooling by a direct scan of each window (first maximum in (t, h, w) order).
+fn first_max_grad(
+    x: &[f32],
+    i: [usize; 3],
+    k: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+) -> Vec<f32> {
+    let o: Vec<usize> = (0..3)
+        .map(|d| (i[d] + 2 * p[d] - k[d]) / s[d] + 1)
+        .collect();
+    let mut g = vec![0f32; x.len()];
+    for a in 0..o[0] {
+        for b in 0..o[1] {
+            for c in 0..o[2] {
+                let mut best: Option<(f32, usize)> = None;
+                for (dt, dh, dw) in (0..k[0]).flat_map(|dt| {
+                    (0..k[1]).flat_map(move |dh| (0..k[2]).map(move |dw| (dt, dh, dw)))
+                }) {
+                    let pos = [a * s[0] + dt, b * s[1] + dh, c * s[2] + dw];
+                    if (0..3).any(|d| pos[d] < p[d] || pos[d] - p[d] >= i[d]) {
+                        continue;
+                    }
+                    let at = ((pos[0] - p[0]) * i[1] + pos[1] - p[1]) * i[2] + pos[2] - p[2];
+                    if best.is_none_or(|(v, _)| x[at] > v) {
+                        best = Some((x[at], at));
+                    }
+                }
+                g[best.unwrap().1] += 1.0;
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn max_pool3d_ties_route_like_a_direct_scan() {
+    // Values on a coarse grid (many ties, as after a ReLU or on flat image regions), pools of the
+    // network and odd strides: the gradient lands where a direct first-maximum scan puts it.
+    let cases: &[([usize; 3], [usize; 3], [usize; 3], [usize; 3])] = &[
+        ([4, 9, 11], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+        ([5, 8, 8], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ([6, 7, 13], [3, 2, 4], [2, 1, 3], [1, 1, 2]),
+    ];
+    for (n, &(i, k, s, p)) in cases.iter().enumerate() {
+        let vol = i.iter().product::<usize>();
+        let vals: Vec<f32> = rand_t(&[vol], 40 + n as u64)
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (v * 2.0).round().max(0.0))
+            .collect();
+        let x = Var::from_tensor(
+            &Tensor::from_vec(vals.clone(), (1, 1, i[0], i[1], i[2]), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let y = ops::max_pool3d(&x, k, s, p).unwrap();
+        let gx = y.sum_all().unwrap().backward().unwrap();
+        let gx = gx
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            gx,
+            first_max_grad(&vals, i, k, s, p),
+            "case {n}: {i:?} k{k:?} s{s:?} p{p:?}"
+        );
+    }
+}
+
 #[test]
 fn max_pool3d_ties_route_to_first_max() {
     // All-zero input (as after a ReLU): every window ties. Each output's gradient must go to its

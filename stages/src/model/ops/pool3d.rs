@@ -1,7 +1,9 @@
 //! 3D max pooling (any kernel/stride/padding, padding counts as -inf, floor mode) and adaptive
 //! average pooling (PyTorch's bins), as candle `CustomOp1`s with backward.
-//! Max-pool backward recomputes the argmax (first maximum in scan order) instead of storing
-//! indices: one cheap pass over the input, no extra memory held by the graph.
+//! Max-pool backward holds no argmax indices: it recomputes the separable passes' intermediate
+//! maxima and routes each gradient back through the passes in reverse (T, then H, then W) to the
+//! first tap equal to the pass's maximum. The first matching row, then the first matching
+//! column in it, is the first maximum in (t, h, w) scan order, the input a direct scan picks.
 
 use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, SendPtr};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -50,81 +52,72 @@ impl PoolGeo {
     }
 }
 
-/// 1D max over windows along the middle axis of a `[outer, n, inner]` array (window
-/// `k`, stride `s`, padding `p`, `no` outputs), carrying the flat input index of each maximum
-/// when `idx` is given. Strict `>` keeps the first maximum, so chaining the W, H, T passes picks
-/// the first maximum in (t, h, w) scan order, as a direct scan would.
-#[allow(clippy::too_many_arguments)]
+/// 1D max over windows along the middle axis of a `[outer, n, inner]` array (window `k`,
+/// stride `s`, padding `p`, `no` outputs).
 fn pool_axis(
     v: &[f32],
-    idx: Option<&[u32]>,
     outer: usize,
     n: usize,
     inner: usize,
     (k, s, p): (usize, usize, usize),
     no: usize,
-    out_v: &mut Vec<f32>,
-    out_i: &mut Vec<u32>,
-) {
-    out_v.clear();
-    out_v.resize(outer * no * inner, f32::NEG_INFINITY);
-    if idx.is_some() {
-        out_i.clear();
-        out_i.resize(outer * no * inner, 0);
-    }
-    if inner == 1 {
-        // Contiguous windows (the W pass): a plain scan per output.
-        for o in 0..outer {
-            let row = &v[o * n..][..n];
-            for oi in 0..no {
-                let start = (oi * s) as isize - p as isize;
-                let lo = start.max(0) as usize;
-                let hi = ((start + k as isize).min(n as isize)).max(lo as isize + 1) as usize;
-                let (mut best, mut arg) = (row[lo], lo);
-                for (j, &x) in row.iter().enumerate().take(hi).skip(lo + 1) {
-                    if x > best {
-                        best = x;
-                        arg = j;
-                    }
-                }
-                out_v[o * no + oi] = best;
-                if let Some(ix) = idx {
-                    out_i[o * no + oi] = ix[o * n + arg];
-                }
-            }
-        }
-        return;
-    }
+) -> Vec<f32> {
+    let mut out_v = vec![f32::NEG_INFINITY; outer * no * inner];
     for o in 0..outer {
         for oi in 0..no {
             let start = (oi * s) as isize - p as isize;
             let lo = start.max(0) as usize;
-            let hi = ((start + k as isize).min(n as isize)).max(0) as usize;
-            let dst = (o * no + oi) * inner;
-            // First valid tap initialises (also gives a valid index if all are -inf).
-            let src0 = (o * n + lo) * inner;
-            out_v[dst..dst + inner].copy_from_slice(&v[src0..src0 + inner]);
-            if let Some(ix) = idx {
-                out_i[dst..dst + inner].copy_from_slice(&ix[src0..src0 + inner]);
-            }
+            let hi = ((start + k as isize).min(n as isize)).max(lo as isize + 1) as usize;
+            let dst = &mut out_v[(o * no + oi) * inner..][..inner];
+            // The first valid tap initialises (padding never wins).
+            dst.copy_from_slice(&v[(o * n + lo) * inner..][..inner]);
             for j in lo + 1..hi {
-                let src = (o * n + j) * inner;
-                if let Some(ix) = idx {
-                    let (dv, di) = (&mut out_v[dst..dst + inner], &mut out_i[dst..dst + inner]);
-                    let (sv, si) = (&v[src..src + inner], &ix[src..src + inner]);
-                    for (((d, i), &x), &xi) in dv.iter_mut().zip(di.iter_mut()).zip(sv).zip(si) {
-                        let take = x > *d;
-                        *d = if take { x } else { *d };
-                        *i = if take { xi } else { *i };
-                    }
-                } else {
-                    for (d, &x) in out_v[dst..dst + inner].iter_mut().zip(&v[src..src + inner]) {
-                        *d = if x > *d { x } else { *d };
-                    }
+                for (d, &x) in dst.iter_mut().zip(&v[(o * n + j) * inner..][..inner]) {
+                    *d = if x > *d { x } else { *d };
                 }
             }
         }
     }
+    out_v
+}
+
+/// Reverse of [`pool_axis`]: adds each output's gradient `g` to the first tap of its window
+/// whose value in `v` equals the output `best`. Lanes run over `inner` (contiguous).
+#[allow(clippy::too_many_arguments)]
+fn route_axis(
+    v: &[f32],
+    best: &[f32],
+    g: &[f32],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    (k, s, p): (usize, usize, usize),
+    no: usize,
+) -> Vec<f32> {
+    let mut gin = vec![0f32; outer * n * inner];
+    let mut done = vec![false; inner];
+    for o in 0..outer {
+        for oi in 0..no {
+            let at = (o * no + oi) * inner;
+            let (b, go) = (&best[at..][..inner], &g[at..][..inner]);
+            done.fill(false);
+            for j in 0..k {
+                let Some(i) = (oi * s + j).checked_sub(p).filter(|&i| i < n) else {
+                    continue;
+                };
+                let src = (o * n + i) * inner;
+                let (vr, gr) = (&v[src..][..inner], &mut gin[src..][..inner]);
+                for ((((gv, &x), &bv), &gov), d) in
+                    gr.iter_mut().zip(vr).zip(b).zip(go).zip(done.iter_mut())
+                {
+                    let m = !*d & (x == bv);
+                    *gv += if m { gov } else { 0.0 };
+                    *d |= m;
+                }
+            }
+        }
+    }
+    gin
 }
 
 /// Output positions `o < n_out` whose input index `o*s + d - p` lies in `[0, n_in)`.
@@ -138,28 +131,16 @@ fn valid_range(n_out: usize, s: usize, d: usize, p: usize, n_in: usize) -> (usiz
     (lo.min(hi), hi)
 }
 
-/// The W pass (contiguous windows along rows of length `n`), without the index array the
-/// general [`pool_axis`] needs (the flat input index is `row * n + column`). Values only
-/// (forward): branchless and tap-major, so it vectorises. With `with_idx` (backward): a scan
-/// of each output's window, as [`pool_axis`] does (a tap-major form with index blends was 1.6x
-/// slower). Either way the first maximum of a window wins.
-#[allow(clippy::too_many_arguments)]
+/// The W pass (contiguous windows along rows of length `n`): branchless and tap-major, so it
+/// vectorises.
 fn pool_w(
     v: &[f32],
     rows: usize,
     n: usize,
     (k, s, p): (usize, usize, usize),
     no: usize,
-    with_idx: bool,
-    out_v: &mut Vec<f32>,
-    out_i: &mut Vec<u32>,
-) {
-    out_v.clear();
-    out_v.resize(rows * no, 0.0);
-    if with_idx {
-        out_i.clear();
-        out_i.resize(rows * no, 0);
-    }
+) -> Vec<f32> {
+    let mut out_v = uninit_vec(rows * no);
     let first: Vec<usize> = (0..no)
         .map(|o| ((o * s) as isize - p as isize).max(0) as usize)
         .collect();
@@ -170,83 +151,177 @@ fn pool_w(
         for (d, &f) in ov.iter_mut().zip(&first) {
             *d = row[f];
         }
-        if with_idx {
-            // Per output, a scan of its window (branchy but short; the tap-major form with
-            // index blends was 1.6x slower here).
-            let base = (r * n) as u32;
-            let oi = &mut out_i[r * no..][..no];
-            for o in 0..no {
-                let start = (o * s) as isize - p as isize;
-                let lo = start.max(0) as usize;
-                let hi = ((start + k as isize).min(n as isize)).max(lo as isize + 1) as usize;
-                let (mut best, mut arg) = (row[lo], lo);
-                for (j, &x) in row.iter().enumerate().take(hi).skip(lo + 1) {
-                    if x > best {
-                        best = x;
-                        arg = j;
-                    }
-                }
-                ov[o] = best;
-                oi[o] = base + arg as u32;
+        for (j, &(lo, hi)) in taps.iter().enumerate() {
+            if lo >= hi {
+                continue;
             }
-        } else {
-            for (j, &(lo, hi)) in taps.iter().enumerate() {
-                if lo >= hi {
-                    continue;
+            if s == 1 {
+                let src = &row[lo + j - p..hi + j - p];
+                for (d, &x) in ov[lo..hi].iter_mut().zip(src) {
+                    *d = if x > *d { x } else { *d };
                 }
-                if s == 1 {
-                    let src = &row[lo + j - p..hi + j - p];
-                    for (d, &x) in ov[lo..hi].iter_mut().zip(src) {
-                        *d = if x > *d { x } else { *d };
-                    }
-                } else {
-                    for o in lo..hi {
-                        let x = row[o * s + j - p];
-                        ov[o] = if x > ov[o] { x } else { ov[o] };
-                    }
+            } else {
+                for o in lo..hi {
+                    let x = row[o * s + j - p];
+                    ov[o] = if x > ov[o] { x } else { ov[o] };
                 }
             }
         }
     }
+    out_v
+}
+
+/// `ph[phase * plen + q] = row[q * S + phase]` (a constant `S` lets the split vectorise).
+fn to_phases<const S: usize>(row: &[f32], ph: &mut [f32], plen: usize) {
+    let full = row.len() / S;
+    for (q, cols) in row.chunks_exact(S).enumerate() {
+        for phase in 0..S {
+            ph[phase * plen + q] = cols[phase];
+        }
+    }
+    for (phase, &x) in row[full * S..].iter().enumerate() {
+        ph[phase * plen + full] = x;
+    }
+}
+
+fn to_phases_dyn(row: &[f32], s: usize, ph: &mut [f32], plen: usize) {
+    for (q, cols) in row.chunks(s).enumerate() {
+        for (phase, &x) in cols.iter().enumerate() {
+            ph[phase * plen + q] = x;
+        }
+    }
+}
+
+/// The inverse of [`to_phases`].
+fn from_phases<const S: usize>(ph: &[f32], plen: usize, row: &mut [f32]) {
+    let full = row.len() / S;
+    for (q, cols) in row.chunks_exact_mut(S).enumerate() {
+        for phase in 0..S {
+            cols[phase] = ph[phase * plen + q];
+        }
+    }
+    for (phase, x) in row[full * S..].iter_mut().enumerate() {
+        *x = ph[phase * plen + full];
+    }
+}
+
+fn from_phases_dyn(ph: &[f32], plen: usize, s: usize, row: &mut [f32]) {
+    for (q, cols) in row.chunks_mut(s).enumerate() {
+        for (phase, x) in cols.iter_mut().enumerate() {
+            *x = ph[phase * plen + q];
+        }
+    }
+}
+
+/// Reverse of [`pool_w`]: adds each output's gradient to the first column of its window equal
+/// to its maximum. With stride `s > 1` each row is first split into `s` phases (columns
+/// `q*s + r`), so every tap is a shifted contiguous slice of one phase and the loop vectorises.
+fn route_w(
+    v: &[f32],
+    best: &[f32],
+    g: &[f32],
+    rows: usize,
+    n: usize,
+    (k, s, p): (usize, usize, usize),
+    no: usize,
+) -> Vec<f32> {
+    let mut gin = vec![0f32; rows * n];
+    // Tap j reads column o*s + j - p = s*(o + q) + r: phase r, offset q (q may be -1 at the
+    // left border; valid_range keeps o + q >= 0).
+    let taps: Vec<(usize, usize, usize, isize)> = (0..k)
+        .filter_map(|j| {
+            let (lo, hi) = valid_range(no, s, j, p, n);
+            let c = j as isize - p as isize;
+            (lo < hi).then(|| {
+                (
+                    lo,
+                    hi,
+                    c.rem_euclid(s as isize) as usize,
+                    c.div_euclid(s as isize),
+                )
+            })
+        })
+        .collect();
+    let plen = n.div_ceil(s);
+    let (mut ph, mut gph) = (vec![0f32; s * plen], vec![0f32; s * plen]);
+    let mut done = vec![false; no];
+    for r in 0..rows {
+        let row = &v[r * n..][..n];
+        match s {
+            2 => to_phases::<2>(row, &mut ph, plen),
+            _ => to_phases_dyn(row, s, &mut ph, plen),
+        }
+        gph.fill(0.0);
+        done.fill(false);
+        let (b, go) = (&best[r * no..][..no], &g[r * no..][..no]);
+        for &(lo, hi, phase, q) in &taps {
+            let start = phase * plen + (lo as isize + q) as usize;
+            let len = hi - lo;
+            let (vr, gr) = (&ph[start..][..len], &mut gph[start..][..len]);
+            for ((((gv, &x), &bv), &gov), d) in gr
+                .iter_mut()
+                .zip(vr)
+                .zip(&b[lo..hi])
+                .zip(&go[lo..hi])
+                .zip(&mut done[lo..hi])
+            {
+                let m = !*d & (x == bv);
+                *gv += if m { gov } else { 0.0 };
+                *d |= m;
+            }
+        }
+        match s {
+            2 => from_phases::<2>(&gph, plen, &mut gin[r * n..][..n]),
+            _ => from_phases_dyn(&gph, plen, s, &mut gin[r * n..][..n]),
+        }
+    }
+    gin
 }
 
 impl PoolGeo {
-    /// Separable max pooling of one plane: W pass, then H, then T (skipped when it is the
-    /// identity, e.g. the 1x3x3 spatial pools). Returns values and (when `with_idx`) the flat
-    /// input index of each output's maximum.
-    fn pool_plane(&self, xp: &[f32], with_idx: bool) -> (Vec<f32>, Vec<u32>) {
+    fn axis(&self, d: usize) -> (usize, usize, usize) {
+        (self.k[d], self.s[d], self.p[d])
+    }
+
+    /// Whether the T pass is the identity (the 1x3x3 spatial pools): then it is skipped.
+    fn t_identity(&self) -> bool {
+        self.axis(0) == (1, 1, 0)
+    }
+
+    /// The W and H passes of separable max pooling over one plane (their outputs).
+    fn wh_passes(&self, xp: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let [it, ih, iw] = self.i;
+        let [_, oh, ow] = self.o;
+        let v1 = pool_w(xp, it * ih, iw, self.axis(2), ow);
+        let v2 = pool_axis(&v1, it, ih, ow, self.axis(1), oh);
+        (v1, v2)
+    }
+
+    /// Max pooling of one plane: W pass, then H, then T.
+    fn pool_plane(&self, xp: &[f32]) -> Vec<f32> {
+        let [it, _, _] = self.i;
+        let [ot, oh, ow] = self.o;
+        let (_, v2) = self.wh_passes(xp);
+        if self.t_identity() {
+            v2
+        } else {
+            pool_axis(&v2, 1, it, oh * ow, self.axis(0), ot)
+        }
+    }
+
+    /// Gradient of one plane (`y`, `g`: its pooled output and that output's gradient), routed
+    /// back through the T, H and W passes in turn.
+    fn route_plane(&self, xp: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> {
         let [it, ih, iw] = self.i;
         let [ot, oh, ow] = self.o;
-        let axis = |d: usize| (self.k[d], self.s[d], self.p[d]);
-        let (mut v1, mut i1, mut v2, mut i2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        pool_w(xp, it * ih, iw, axis(2), ow, with_idx, &mut v1, &mut i1);
-        pool_axis(
-            &v1,
-            with_idx.then_some(&i1[..]),
-            it,
-            ih,
-            ow,
-            axis(1),
-            oh,
-            &mut v2,
-            &mut i2,
-        );
-        if axis(0) == (1, 1, 0) {
-            return (v2, i2);
-        }
-        let (mut v3, mut i3) = (Vec::new(), Vec::new());
-        pool_axis(
-            &v2,
-            with_idx.then_some(&i2[..]),
-            1,
-            it,
-            oh * ow,
-            axis(0),
-            ot,
-            &mut v3,
-            &mut i3,
-        );
-        (v3, i3)
+        let (v1, v2) = self.wh_passes(xp);
+        let g2 = if self.t_identity() {
+            g.to_vec()
+        } else {
+            route_axis(&v2, y, g, 1, it, oh * ow, self.axis(0), ot)
+        };
+        let g1 = route_axis(&v1, &v2, &g2, it, ih, ow, self.axis(1), oh);
+        route_w(xp, &v1, &g1, it * ih, iw, self.axis(2), ow)
     }
 }
 
@@ -254,20 +329,18 @@ pub fn max_pool3d_fwd_cpu(g: &PoolGeo, x: &[f32]) -> Vec<f32> {
     let (iv, ov) = (g.ivol(), g.ovol());
     let mut out = uninit_vec(g.planes * ov);
     out.par_chunks_mut(ov).enumerate().for_each(|(pl, o)| {
-        o.copy_from_slice(&g.pool_plane(&x[pl * iv..][..iv], false).0);
+        o.copy_from_slice(&g.pool_plane(&x[pl * iv..][..iv]));
     });
     out
 }
 
-pub fn max_pool3d_bwd_cpu(g: &PoolGeo, x: &[f32], gout: &[f32]) -> Vec<f32> {
+/// Gradient of max pooling, from the input `x`, the pooled output `y` and its gradient `gout`.
+pub fn max_pool3d_bwd_cpu(g: &PoolGeo, x: &[f32], y: &[f32], gout: &[f32]) -> Vec<f32> {
     let (iv, ov) = (g.ivol(), g.ovol());
-    let mut gx = vec![0f32; g.planes * iv];
+    let mut gx = uninit_vec(g.planes * iv);
     gx.par_chunks_mut(iv).enumerate().for_each(|(pl, gxp)| {
-        let go = &gout[pl * ov..][..ov];
-        let (_, idx) = g.pool_plane(&x[pl * iv..][..iv], true);
-        for (&i, &gv) in idx.iter().zip(go) {
-            gxp[i as usize] += gv;
-        }
+        let (yp, gp) = (&y[pl * ov..][..ov], &gout[pl * ov..][..ov]);
+        gxp.copy_from_slice(&g.route_plane(&x[pl * iv..][..iv], yp, gp));
     });
     gx
 }
@@ -305,10 +378,12 @@ impl CustomOp1 for MaxPool3dOp {
         ))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = self.geo(x.shape())?;
         let gx = with_cpu_data(x, |xs| {
-            with_cpu_data(grad, |gs| Ok(max_pool3d_bwd_cpu(&g, xs, gs)))
+            with_cpu_data(res, |ys| {
+                with_cpu_data(grad, |gs| Ok(max_pool3d_bwd_cpu(&g, xs, ys, gs)))
+            })
         })?;
         Ok(Some(Tensor::from_vec(gx, x.shape(), x.device())?))
     }
