@@ -131,40 +131,73 @@ fn valid_range(n_out: usize, s: usize, d: usize, p: usize, n_in: usize) -> (usiz
     (lo.min(hi), hi)
 }
 
-/// The W pass (contiguous windows along rows of length `n`): branchless and tap-major, so it
-/// vectorises.
-fn pool_w(
-    v: &[f32],
-    rows: usize,
-    n: usize,
-    (k, s, p): (usize, usize, usize),
-    no: usize,
-) -> Vec<f32> {
-    let mut out_v = uninit_vec(rows * no);
-    let first: Vec<usize> = (0..no)
-        .map(|o| ((o * s) as isize - p as isize).max(0) as usize)
-        .collect();
-    let taps: Vec<(usize, usize)> = (0..k).map(|j| valid_range(no, s, j, p, n)).collect();
-    for r in 0..rows {
-        let row = &v[r * n..][..n];
-        let ov = &mut out_v[r * no..][..no];
-        for (d, &f) in ov.iter_mut().zip(&first) {
-            *d = row[f];
+/// The taps of a W pass (windows along rows of length `n`) in the row's phase split: column
+/// `q*s + r` goes to phase `r`, index `q`, so tap `j` of output `o` (column `o*s + j - p`) sits
+/// at a fixed offset from `o` in one phase and every tap is a contiguous slice. With `s == 1`
+/// the split is the row itself.
+struct WTaps {
+    s: usize,
+    /// Length of a phase.
+    plen: usize,
+    /// Per tap: the outputs `[lo, hi)` it reaches and where output `lo`'s input sits in the split.
+    taps: Vec<(usize, usize, usize)>,
+}
+
+impl WTaps {
+    fn new(n: usize, (k, s, p): (usize, usize, usize), no: usize) -> Self {
+        let plen = n.div_ceil(s);
+        let taps = (0..k)
+            .filter_map(|j| {
+                let (lo, hi) = valid_range(no, s, j, p, n);
+                let c = j as isize - p as isize;
+                let (phase, q) = (c.rem_euclid(s as isize), c.div_euclid(s as isize));
+                // valid_range keeps lo + q >= 0 (q is negative only at the left border).
+                (lo < hi).then(|| (lo, hi, phase as usize * plen + (lo as isize + q) as usize))
+            })
+            .collect();
+        Self { s, plen, taps }
+    }
+
+    /// Scratch length for [`split`](Self::split) and [`merge`](Self::merge).
+    fn buf_len(&self) -> usize {
+        if self.s == 1 {
+            0
+        } else {
+            self.s * self.plen
         }
-        for (j, &(lo, hi)) in taps.iter().enumerate() {
-            if lo >= hi {
-                continue;
-            }
-            if s == 1 {
-                let src = &row[lo + j - p..hi + j - p];
-                for (d, &x) in ov[lo..hi].iter_mut().zip(src) {
-                    *d = if x > *d { x } else { *d };
-                }
-            } else {
-                for o in lo..hi {
-                    let x = row[o * s + j - p];
-                    ov[o] = if x > ov[o] { x } else { ov[o] };
-                }
+    }
+
+    fn split<'a>(&self, row: &'a [f32], buf: &'a mut [f32]) -> &'a [f32] {
+        match self.s {
+            1 => return row,
+            2 => to_phases::<2>(row, buf, self.plen),
+            s => to_phases_dyn(row, s, buf, self.plen),
+        }
+        buf
+    }
+
+    /// The inverse of [`split`](Self::split) (for `s > 1`).
+    fn merge(&self, ph: &[f32], row: &mut [f32]) {
+        match self.s {
+            2 => from_phases::<2>(ph, self.plen, row),
+            s => from_phases_dyn(ph, self.plen, s, row),
+        }
+    }
+}
+
+/// The W pass: per output, the max over its window (padding never wins). Tap-major and
+/// branchless over contiguous slices, so it vectorises for any stride.
+fn pool_w(v: &[f32], rows: usize, n: usize, axis: (usize, usize, usize), no: usize) -> Vec<f32> {
+    let wt = WTaps::new(n, axis, no);
+    let mut out_v = uninit_vec(rows * no);
+    let mut buf = vec![0f32; wt.buf_len()];
+    for r in 0..rows {
+        let ph = wt.split(&v[r * n..][..n], &mut buf);
+        let ov = &mut out_v[r * no..][..no];
+        ov.fill(f32::NEG_INFINITY);
+        for &(lo, hi, start) in &wt.taps {
+            for (d, &x) in ov[lo..hi].iter_mut().zip(&ph[start..][..hi - lo]) {
+                *d = if x > *d { x } else { *d };
             }
         }
     }
@@ -214,53 +247,26 @@ fn from_phases_dyn(ph: &[f32], plen: usize, s: usize, row: &mut [f32]) {
 }
 
 /// Reverse of [`pool_w`]: adds each output's gradient to the first column of its window equal
-/// to its maximum. With stride `s > 1` each row is first split into `s` phases (columns
-/// `q*s + r`), so every tap is a shifted contiguous slice of one phase and the loop vectorises.
+/// to its maximum (taps in column order, a `done` flag per output).
 fn route_w(
     v: &[f32],
     best: &[f32],
     g: &[f32],
     rows: usize,
     n: usize,
-    (k, s, p): (usize, usize, usize),
+    axis: (usize, usize, usize),
     no: usize,
 ) -> Vec<f32> {
+    let wt = WTaps::new(n, axis, no);
     let mut gin = vec![0f32; rows * n];
-    // Tap j reads column o*s + j - p = s*(o + q) + r: phase r, offset q (q may be -1 at the
-    // left border; valid_range keeps o + q >= 0).
-    let taps: Vec<(usize, usize, usize, isize)> = (0..k)
-        .filter_map(|j| {
-            let (lo, hi) = valid_range(no, s, j, p, n);
-            let c = j as isize - p as isize;
-            (lo < hi).then(|| {
-                (
-                    lo,
-                    hi,
-                    c.rem_euclid(s as isize) as usize,
-                    c.div_euclid(s as isize),
-                )
-            })
-        })
-        .collect();
-    let plen = n.div_ceil(s);
-    let (mut ph, mut gph) = (vec![0f32; s * plen], vec![0f32; s * plen]);
+    let (mut buf, mut gbuf) = (vec![0f32; wt.buf_len()], vec![0f32; wt.buf_len()]);
     let mut done = vec![false; no];
-    for r in 0..rows {
-        let row = &v[r * n..][..n];
-        match s {
-            2 => to_phases::<2>(row, &mut ph, plen),
-            _ => to_phases_dyn(row, s, &mut ph, plen),
-        }
-        gph.fill(0.0);
-        done.fill(false);
-        let (b, go) = (&best[r * no..][..no], &g[r * no..][..no]);
-        for &(lo, hi, phase, q) in &taps {
-            let start = phase * plen + (lo as isize + q) as usize;
+    let route = |ph: &[f32], b: &[f32], go: &[f32], done: &mut [bool], gph: &mut [f32]| {
+        for &(lo, hi, start) in &wt.taps {
             let len = hi - lo;
-            let (vr, gr) = (&ph[start..][..len], &mut gph[start..][..len]);
-            for ((((gv, &x), &bv), &gov), d) in gr
+            for ((((gv, &x), &bv), &gov), d) in gph[start..][..len]
                 .iter_mut()
-                .zip(vr)
+                .zip(&ph[start..][..len])
                 .zip(&b[lo..hi])
                 .zip(&go[lo..hi])
                 .zip(&mut done[lo..hi])
@@ -270,9 +276,18 @@ fn route_w(
                 *d |= m;
             }
         }
-        match s {
-            2 => from_phases::<2>(&gph, plen, &mut gin[r * n..][..n]),
-            _ => from_phases_dyn(&gph, plen, s, &mut gin[r * n..][..n]),
+    };
+    for r in 0..rows {
+        let ph = wt.split(&v[r * n..][..n], &mut buf);
+        let (b, go) = (&best[r * no..][..no], &g[r * no..][..no]);
+        let gin_row = &mut gin[r * n..][..n];
+        done.fill(false);
+        if wt.s == 1 {
+            route(ph, b, go, &mut done, gin_row);
+        } else {
+            gbuf.fill(0.0);
+            route(ph, b, go, &mut done, &mut gbuf);
+            wt.merge(&gbuf, gin_row);
         }
     }
     gin

@@ -3,7 +3,7 @@ training step (forward, backward, SGD-momentum update), median wall ms and peak 
 Rust figures can be measured beside PyTorch on the same machine and shapes.
 
     pip install torch   # CPU run; the CUDA wheels import fine without a GPU
-    python3 bench/pytorch_step.py --batch 4 --size 128 [--threads 2] [--steps 3]
+    python3 stages/bench/pytorch_step.py --batch 4 --size 128 [--threads 2] [--steps 3]
 
 Same widths, ops and order as the Rust model: Unit3D = Conv3d (no bias) + BN + ReLU;
 Inception-v1 branches 1x1 / 1x1->3x3x3 / 1x1->3x3x3 / maxpool 3x3x3 s1 -> 1x1; Coordinate
