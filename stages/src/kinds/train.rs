@@ -228,6 +228,9 @@ pub struct GfeParams {
     pub model: CaI3dConfig,
     pub channels: Channels,
     pub train: crate::train::triplet::GfeConfig,
+    /// Train on the `final` split too (folds.final_model). Encoders that only ablation
+    /// variants read, which train no final model, set false and skip it.
+    pub final_model: bool,
 }
 
 impl Default for GfeParams {
@@ -236,6 +239,7 @@ impl Default for GfeParams {
             model: CaI3dConfig::paper(),
             channels: Channels::Both,
             train: Default::default(),
+            final_model: true,
         }
     }
 }
@@ -244,6 +248,25 @@ fn model_cfg(model: &CaI3dConfig, ch: Channels) -> CaI3dConfig {
     let mut m = model.clone();
     m.in_channels = ch.range().len();
     m
+}
+
+/// What a gfe/afe node writes for the `final` split when its `final_model` is false.
+fn skipped_final(fold: &FoldInfo) -> Artifact {
+    Artifact::with_meta(json!({
+        "fold": fold.test_subject, "final_model": false, "skipped": "final_model = false",
+    }))
+}
+
+/// Loads a gfe/afe input of meta, refusing one that skipped the final split.
+fn load_encoder(ctx: &Ctx, input: &str) -> Result<Artifact> {
+    let a = ctx.input(input)?.one()?.load()?;
+    if a.meta.get("skipped").is_some() {
+        bail!(
+            "input `{input}` skipped the final split (its stage has final_model = false): \
+             set final_model = true there, or final_model = false on this meta stage"
+        );
+    }
+    Ok(a)
 }
 
 fn fold_of(ctx: &Ctx) -> Result<FoldInfo> {
@@ -287,6 +310,9 @@ impl Stage for Gfe {
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let p: GfeParams = ctx.params_as()?;
         let fold = fold_of(ctx)?;
+        if fold.test.is_empty() && !p.final_model {
+            return Ok(skipped_final(&fold));
+        }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
         let wanted: Vec<(String, String)> =
             fold.train.iter().map(|i| (i.clone(), i.clone())).collect();
@@ -322,6 +348,9 @@ pub struct AfeParams {
     pub model: CaI3dConfig,
     pub channels: Channels,
     pub train: crate::train::afe::AfeConfig,
+    /// Train on the `final` split too (folds.final_model). Encoders that only ablation
+    /// variants read, which train no final model, set false and skip it.
+    pub final_model: bool,
 }
 
 impl Default for AfeParams {
@@ -330,6 +359,7 @@ impl Default for AfeParams {
             model: CaI3dConfig::paper(),
             channels: Channels::Both,
             train: Default::default(),
+            final_model: true,
         }
     }
 }
@@ -376,6 +406,9 @@ impl Stage for Afe {
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let p: AfeParams = ctx.params_as()?;
         let fold = fold_of(ctx)?;
+        if fold.test.is_empty() && !p.final_model {
+            return Ok(skipped_final(&fold));
+        }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
         let balance = ctx.input("balance")?.one()?.load()?;
         let phi = fold_phi(&balance, &fold.test_subject)?;
@@ -531,8 +564,8 @@ impl Stage for Meta {
             return Ok(art);
         }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
-        let gfe = ctx.input("gfe")?.one()?.load()?;
-        let afe = ctx.input("afe")?.one()?.load()?;
+        let gfe = load_encoder(ctx, "gfe")?;
+        let afe = load_encoder(ctx, "afe")?;
         let g_cfg: CaI3dConfig = serde_json::from_value(gfe.meta["model"].clone())?;
         let a_cfg: CaI3dConfig = serde_json::from_value(afe.meta["model"].clone())?;
         let channels: Channels = serde_json::from_value(gfe.meta["channels"].clone())?;
