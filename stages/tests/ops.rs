@@ -357,6 +357,18 @@ fn coord_attention_fused_ops_match_reference() {
     );
 }
 
+/// d(sum of max_pool3d(x))/dx, flattened.
+fn max_pool_grad(x: &Var, k: [usize; 3], s: [usize; 3], p: [usize; 3]) -> Vec<f32> {
+    let y = ops::max_pool3d(x, k, s, p).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    g.get(x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 /// Gradient of max pooling by a direct scan of each window (first maximum in (t, h, w) order).
 fn first_max_grad(
     x: &[f32],
@@ -396,7 +408,7 @@ fn first_max_grad(
 fn max_pool3d_ties_route_like_a_direct_scan() {
     // Values on a coarse grid (many ties, as after a ReLU or on flat image regions), pools of the
     // network and odd strides: the gradient lands where a direct first-maximum scan puts it.
-    let cases: &[([usize; 3], [usize; 3], [usize; 3], [usize; 3])] = &[
+    let cases: &[Case<[usize; 3]>] = &[
         ([4, 9, 11], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
         ([5, 8, 8], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([6, 7, 13], [3, 2, 4], [2, 1, 3], [1, 1, 2]),
@@ -413,15 +425,7 @@ fn max_pool3d_ties_route_like_a_direct_scan() {
             &Tensor::from_vec(vals.clone(), (1, 1, i[0], i[1], i[2]), &Device::Cpu).unwrap(),
         )
         .unwrap();
-        let y = ops::max_pool3d(&x, k, s, p).unwrap();
-        let gx = y.sum_all().unwrap().backward().unwrap();
-        let gx = gx
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let gx = max_pool_grad(&x, k, s, p);
         assert_eq!(
             gx,
             first_max_grad(&vals, i, k, s, p),
@@ -436,15 +440,7 @@ fn max_pool3d_ties_route_to_first_max() {
     // window's first element in (t, h, w) order, and the total gradient is conserved.
     let (t, h, w) = (3usize, 4usize, 5usize);
     let x = Var::zeros((1, 1, t, h, w), DType::F32, &Device::Cpu).unwrap();
-    let y = ops::max_pool3d(&x, [3, 3, 3], [1, 1, 1], [1, 1, 1]).unwrap();
-    let g = y.sum_all().unwrap().backward().unwrap();
-    let gx = g
-        .get(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let gx = max_pool_grad(&x, [3, 3, 3], [1, 1, 1], [1, 1, 1]);
     let mut expect = vec![0f32; t * h * w];
     for a in 0..t {
         for b in 0..h {

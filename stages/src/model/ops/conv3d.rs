@@ -8,7 +8,10 @@
 //! fixed order); grad-input works per *input* frame (race-free): for each temporal tap that
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
-use super::{cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, SendPtr, REDUCE_PARTS};
+use super::{
+    cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, SendPtr,
+    REDUCE_PARTS,
+};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -109,17 +112,6 @@ impl Geo {
     pub fn out_shape(&self) -> Shape {
         Shape::from((self.b, self.cout, self.to, self.ho, self.wo))
     }
-}
-
-/// Output positions `o < n_out` whose input index `o*s + d - p` lies in `[0, n_in)`.
-fn valid_range(n_out: usize, s: usize, d: usize, p: usize, n_in: usize) -> (usize, usize) {
-    let lo = if d >= p { 0 } else { (p - d).div_ceil(s) };
-    let hi = if n_in + p > d {
-        ((n_in - 1 + p - d) / s + 1).min(n_out)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
 }
 
 /// Unfolds rows `r0..r1` of output frame `oti` of one batch item into `col` ([K, P] row-major).

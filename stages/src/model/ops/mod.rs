@@ -215,3 +215,20 @@ pub(crate) fn dims5(shape: &candle_core::Shape, what: &str) -> Result<[usize; 5]
         d => bail!("{what}: expected a 5D tensor [B, C, T, H, W], got {d:?}"),
     }
 }
+
+/// Along one axis of a strided, padded window op (conv3d, pools): the output positions `o < n_out` whose input index `o*s + d - p` lies in `[0, n_in)`.
+pub(crate) fn valid_range(
+    n_out: usize,
+    s: usize,
+    d: usize,
+    p: usize,
+    n_in: usize,
+) -> (usize, usize) {
+    let lo = if d >= p { 0 } else { (p - d).div_ceil(s) };
+    let hi = if n_in + p > d {
+        ((n_in - 1 + p - d) / s + 1).min(n_out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}

@@ -5,7 +5,7 @@
 //! first tap equal to the pass's maximum. The first matching row, then the first matching
 //! column in it, is the first maximum in (t, h, w) scan order, the input a direct scan picks.
 
-use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, SendPtr};
+use super::{cpu_slice, dims5, uninit_vec, use_custom, valid_range, with_cpu_data, SendPtr};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -118,17 +118,6 @@ fn route_axis(
         }
     }
     gin
-}
-
-/// Output positions `o < n_out` whose input index `o*s + d - p` lies in `[0, n_in)`.
-fn valid_range(n_out: usize, s: usize, d: usize, p: usize, n_in: usize) -> (usize, usize) {
-    let lo = if d >= p { 0 } else { (p - d).div_ceil(s) };
-    let hi = if n_in + p > d {
-        ((n_in - 1 + p - d) / s + 1).min(n_out)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
 }
 
 /// The taps of a W pass (windows along rows of length `n`) in the row's phase split: column
@@ -331,9 +320,9 @@ impl PoolGeo {
         let [ot, oh, ow] = self.o;
         let (v1, v2) = self.wh_passes(xp);
         let g2 = if self.t_identity() {
-            g.to_vec()
+            std::borrow::Cow::Borrowed(g)
         } else {
-            route_axis(&v2, y, g, 1, it, oh * ow, self.axis(0), ot)
+            std::borrow::Cow::Owned(route_axis(&v2, y, g, 1, it, oh * ow, self.axis(0), ot))
         };
         let g1 = route_axis(&v1, &v2, &g2, it, ih, ow, self.axis(1), oh);
         route_w(xp, &v1, &g1, it * ih, iw, self.axis(2), ow)
