@@ -16,12 +16,12 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use mpfnet_stages::kinds::features::FeatureParams;
-use mpfnet_stages::model::init::seeded_var_builder;
-use mpfnet_stages::model::sgd::{Sgd, SgdConfig};
 use mpfnet_stages::model::{CaI3d, CaI3dConfig};
 use mpfnet_stages::prep::pattern::{smooth_field, warp_lanczos3, Texture};
 use mpfnet_stages::train::afe::AfeConfig;
+use mpfnet_stages::train::init::{sorted_vars, var_builder};
 use mpfnet_stages::train::meta::MetaConfig;
+use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
 use mpfnet_stages::train::triplet::GfeConfig;
 use std::time::Instant;
 
@@ -66,14 +66,13 @@ fn main() -> Result<()> {
     // 2. training step and eval forward of the paper's CA-I3D on 5 x 10 x 128 x 128
     let cfg = CaI3dConfig::paper();
     let vm = VarMap::new();
-    let model = CaI3d::new(seeded_var_builder(&vm, 1, &dev), &cfg)?;
-    let mut opt = Sgd::new(
-        model.trainable_vars()?,
+    let model = CaI3d::new(var_builder(&vm, 1, &dev), &cfg)?;
+    let mut opt = SgdMomentum::new(
+        sorted_vars(&vm),
         SgdConfig {
             lr: 1e-3,
             momentum: 0.9,
             weight_decay: 5e-4,
-            nesterov: false,
         },
     )?;
     let x = Tensor::randn(0f32, 1.0, (batch, 5, 10, 128, 128), &dev)?;

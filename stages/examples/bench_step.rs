@@ -16,10 +16,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use mpfnet_stages::model::init::seeded_var_builder;
 use mpfnet_stages::model::ops;
-use mpfnet_stages::model::sgd::{Sgd, SgdConfig};
 use mpfnet_stages::model::{CaI3d, CaI3dConfig};
+use mpfnet_stages::train::init::{sorted_vars, var_builder};
+use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
 use std::time::Instant;
 
 extern "C" {
@@ -56,7 +56,7 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 
 fn count(cfg: &CaI3dConfig) -> anyhow::Result<usize> {
     let vm = VarMap::new();
-    Ok(CaI3d::new(seeded_var_builder(&vm, 0, &Device::Cpu), cfg)?.param_count())
+    Ok(CaI3d::new(var_builder(&vm, 0, &Device::Cpu), cfg)?.param_count())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,14 +95,13 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let cfg = CaI3dConfig::facts_bench();
     let vm = VarMap::new();
-    let model = CaI3d::new(seeded_var_builder(&vm, 1, &dev), &cfg)?;
-    let mut opt = Sgd::new(
-        model.trainable_vars()?,
+    let model = CaI3d::new(var_builder(&vm, 1, &dev), &cfg)?;
+    let mut opt = SgdMomentum::new(
+        sorted_vars(&vm),
         SgdConfig {
             lr: 1e-3,
             momentum: 0.9,
             weight_decay: 5e-4,
-            nesterov: false,
         },
     )?;
     let x = Tensor::randn(0f32, 1.0, (b, cfg.in_channels, frames, size, size), &dev)?;

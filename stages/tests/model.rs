@@ -1,17 +1,18 @@
 //! CA-I3D: coordinate attention vs a naive implementation, overfitting, seeded determinism,
-//! checkpoints, cascade widening, SGD.
+//! checkpoints, cascade widening. The model is driven by the training stages' own tools
+//! (`train::init`, `train::sgd`, `train::ckpt`), the ones the pipeline runs.
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use mpfnet_stages::model::checkpoint::{
-    load_checkpoint, read_checkpoint, save_checkpoint, weights_digest,
-};
-use mpfnet_stages::model::init::seeded_var_builder;
 use mpfnet_stages::model::layers::{BnCfg, CoordAttention3d};
-use mpfnet_stages::model::sgd::{Sgd, SgdConfig, StepLr};
 use mpfnet_stages::model::{load_into, CaI3d, CaI3dConfig, InitScheme};
+use mpfnet_stages::train::ckpt::{decode, encode, StateWriter};
+use mpfnet_stages::train::init::{snapshot, sorted_vars, var_builder, weights_digest};
+use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
+use mpfnet_stages::train::state::{read_part, write_part};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 
 fn rand_t(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -141,7 +142,7 @@ fn naive_ca(ca: &CoordAttention3d, x: &Tensor) -> Vec<f32> {
 #[test]
 fn coord_attention3d_matches_naive() {
     let vm = VarMap::new();
-    let vb = seeded_var_builder(&vm, 5, &Device::Cpu);
+    let vb = var_builder(&vm, 5, &Device::Cpu);
     let cfg = BnCfg {
         eps: 1e-3,
         momentum: 0.01,
@@ -181,7 +182,7 @@ fn same_seed_same_weights() {
     let cfg = CaI3dConfig::demo();
     let digest = |seed| {
         let vm = VarMap::new();
-        let _m = CaI3d::new(seeded_var_builder(&vm, seed, &Device::Cpu), &cfg).unwrap();
+        let _m = CaI3d::new(var_builder(&vm, seed, &Device::Cpu), &cfg).unwrap();
         weights_digest(&vm).unwrap()
     };
     let (a, b, c) = (digest(7), digest(7), digest(8));
@@ -193,7 +194,7 @@ fn same_seed_same_weights() {
 fn shapes_and_param_counts() {
     let vm = VarMap::new();
     let cfg = tiny_cfg();
-    let m = CaI3d::new(seeded_var_builder(&vm, 1, &Device::Cpu), &cfg).unwrap();
+    let m = CaI3d::new(var_builder(&vm, 1, &Device::Cpu), &cfg).unwrap();
     let x = rand_t(&[2, 5, 4, 16, 16], 3);
     let fm = m.feature_map(&x, false).unwrap();
     assert_eq!(fm.dims(), &[2, cfg.feature_channels(), 4, 4, 4]);
@@ -209,29 +210,27 @@ fn shapes_and_param_counts() {
         .map(|(_, v)| v.elem_count())
         .sum();
     assert_eq!(m.param_count(), all - running);
-    assert_eq!(m.trainable_vars().unwrap().len(), m.params().len());
 }
 
 #[test]
 fn small_network_overfits() {
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let vb = seeded_var_builder(&vm, 11, &dev);
+    let vb = var_builder(&vm, 11, &dev);
     let cfg = tiny_cfg();
     let m = CaI3d::new(vb.clone(), &cfg).unwrap();
     let cls_w = vb
         .pp("cls")
         .get_with_hints((3, 16), "weight", candle_nn::init::DEFAULT_KAIMING_UNIFORM)
         .unwrap();
-    let mut vars = m.trainable_vars().unwrap();
-    vars.push(Var::from_tensor(&cls_w).unwrap());
-    let mut opt = Sgd::new(
-        vars,
+    // The VarMap holds the encoder and the classifier; BN running statistics get no gradient,
+    // so the optimiser leaves them alone.
+    let mut opt = SgdMomentum::new(
+        sorted_vars(&vm),
         SgdConfig {
             lr: 0.02,
             momentum: 0.9,
             weight_decay: 0.0,
-            nesterov: false,
         },
     )
     .unwrap();
@@ -266,6 +265,13 @@ fn small_network_overfits() {
     assert!(rv.iter().any(|v| (v - 1.0).abs() > 1e-3));
 }
 
+/// The bytes a training stage checkpoints for one model and its optimiser.
+fn ckpt_bytes(vm: &VarMap, opt: &SgdMomentum) -> Vec<u8> {
+    let mut w = StateWriter::default();
+    write_part(&mut w, "enc", vm, opt).unwrap();
+    encode(&w.tensors, "{}").unwrap()
+}
+
 #[test]
 fn checkpoint_roundtrip_with_momentum() {
     let dev = Device::Cpu;
@@ -273,14 +279,13 @@ fn checkpoint_roundtrip_with_momentum() {
     let x = rand_t(&[2, 5, 3, 8, 8], 2);
     let make = |seed| {
         let vm = VarMap::new();
-        let m = CaI3d::new(seeded_var_builder(&vm, seed, &dev), &cfg).unwrap();
-        let opt = Sgd::new(
-            m.trainable_vars().unwrap(),
+        let m = CaI3d::new(var_builder(&vm, seed, &dev), &cfg).unwrap();
+        let opt = SgdMomentum::new(
+            sorted_vars(&vm),
             SgdConfig {
                 lr: 0.01,
                 momentum: 0.9,
                 weight_decay: 5e-4,
-                nesterov: false,
             },
         )
         .unwrap();
@@ -297,20 +302,16 @@ fn checkpoint_roundtrip_with_momentum() {
         .backward()
         .unwrap();
     opt.step(&g).unwrap();
-    let bytes = save_checkpoint(&vm, Some(&opt)).unwrap();
-    assert_eq!(
-        bytes,
-        save_checkpoint(&vm, Some(&opt)).unwrap(),
-        "bytes not deterministic"
-    );
-    let names = read_checkpoint(&bytes, &dev).unwrap();
-    assert!(names.contains_key("stem.bn.running_mean"));
-    assert!(names.keys().any(|k| k.starts_with("__sgd.momentum.")));
+    let bytes = ckpt_bytes(&vm, &opt);
+    assert_eq!(bytes, ckpt_bytes(&vm, &opt), "bytes not deterministic");
+    let (names, _) = decode(&bytes, &dev).unwrap();
+    assert!(names.contains_key("enc/var/stem.bn.running_mean"));
+    assert!(names.keys().any(|k| k.starts_with("enc/mom/")));
 
     let (vm2, m2, mut opt2) = make(2);
     assert_ne!(weights_digest(&vm).unwrap(), weights_digest(&vm2).unwrap());
-    load_checkpoint(&bytes, &vm2, Some(&mut opt2)).unwrap();
-    assert_eq!(save_checkpoint(&vm2, Some(&opt2)).unwrap(), bytes);
+    read_part(&names, "enc", &vm2, &mut opt2).unwrap();
+    assert_eq!(ckpt_bytes(&vm2, &opt2), bytes);
     // One more identical step on both gives identical states (momentum restored).
     for (mm, o) in [(&m, &mut opt), (&m2, &mut opt2)] {
         let g = mm
@@ -324,10 +325,7 @@ fn checkpoint_roundtrip_with_momentum() {
             .unwrap();
         o.step(&g).unwrap();
     }
-    assert_eq!(
-        save_checkpoint(&vm, Some(&opt)).unwrap(),
-        save_checkpoint(&vm2, Some(&opt2)).unwrap()
-    );
+    assert_eq!(ckpt_bytes(&vm, &opt), ckpt_bytes(&vm2, &opt2));
 }
 
 #[test]
@@ -335,17 +333,17 @@ fn load_into_widens_with_zeros_and_cascade_starts_as_source() {
     let dev = Device::Cpu;
     let cfg = tiny_cfg();
     let vm = VarMap::new();
-    let src = CaI3d::new(seeded_var_builder(&vm, 3, &dev), &cfg).unwrap();
+    let src = CaI3d::new(var_builder(&vm, 3, &dev), &cfg).unwrap();
     // Give the running statistics non-trivial values.
     src.forward(&rand_t(&[3, 5, 3, 8, 8], 4), true).unwrap();
-    let tensors = read_checkpoint(&save_checkpoint(&vm, None).unwrap(), &dev).unwrap();
+    let tensors: HashMap<String, Tensor> = snapshot(&vm).unwrap().into_iter().collect();
 
     let ccfg = CaI3dConfig {
         extra_in_channels: 4,
         ..cfg.clone()
     };
     let vm2 = VarMap::new();
-    let cas = CaI3d::new(seeded_var_builder(&vm2, 99, &dev), &ccfg).unwrap();
+    let cas = CaI3d::new(var_builder(&vm2, 99, &dev), &ccfg).unwrap();
     load_into(&vm2, &tensors).unwrap();
     let w = cas.stem.weight.clone();
     assert_eq!(w.dims(), &[8, 9, 3, 3, 3]);
@@ -397,50 +395,6 @@ fn load_into_widens_with_zeros_and_cascade_starts_as_source() {
 }
 
 #[test]
-fn sgd_matches_formula_and_step_lr() {
-    let dev = Device::Cpu;
-    let p = Var::new(&[1.0f32, -2.0], &dev).unwrap();
-    let cfg = SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 0.01,
-        nesterov: false,
-    };
-    let mut opt = Sgd::new(vec![p.clone()], cfg).unwrap();
-    // loss = sum(p^2) -> g = 2p
-    let (mut pe, mut buf) = ([1.0f64, -2.0], [0.0f64; 2]);
-    for step in 0..3 {
-        let g = p
-            .as_tensor()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        opt.step(&g).unwrap();
-        for i in 0..2 {
-            let d = 2.0 * pe[i] + 0.01 * pe[i];
-            buf[i] = if step == 0 { d } else { 0.9 * buf[i] + d };
-            pe[i] -= 0.1 * buf[i];
-        }
-    }
-    let got = p.as_tensor().to_vec1::<f32>().unwrap();
-    for i in 0..2 {
-        assert!((got[i] as f64 - pe[i]).abs() < 1e-6, "{got:?} vs {pe:?}");
-    }
-    let s = StepLr {
-        base: 1e-3,
-        gamma: 0.1,
-        step_size: 10,
-    };
-    assert!((s.lr(0) - 1e-3).abs() < 1e-15 && (s.lr(9) - 1e-3).abs() < 1e-15);
-    assert!((s.lr(10) - 1e-4).abs() < 1e-15 && (s.lr(25) - 1e-5).abs() < 1e-15);
-    opt.set_lr(0.5);
-    assert_eq!(opt.learning_rate(), 0.5);
-}
-
-#[test]
 fn reference_path_model_matches_custom() {
     // The whole network through the stock-op path (what a CUDA build runs) equals the CPU kernels.
     let dev = Device::Cpu;
@@ -448,7 +402,7 @@ fn reference_path_model_matches_custom() {
     let x = rand_t(&[2, 5, 3, 8, 8], 9);
     let run = |reference: bool| {
         let vm = VarMap::new();
-        let m = CaI3d::new(seeded_var_builder(&vm, 4, &dev), &cfg).unwrap();
+        let m = CaI3d::new(var_builder(&vm, 4, &dev), &cfg).unwrap();
         let f = || {
             let y = m.forward(&x, true).unwrap();
             let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();

@@ -7,7 +7,7 @@
 use crate::model::layers::{unit_params, BnCfg, Inception3d, InitScheme, Unit3d};
 use crate::model::ops;
 use anyhow::{bail, Context};
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -178,20 +178,6 @@ impl CaI3d {
     /// Number of trainable scalars.
     pub fn param_count(&self) -> usize {
         self.params().iter().map(|t| t.elem_count()).sum()
-    }
-
-    /// The trainable variables for the optimiser (the model must come from a VarMap-backed
-    /// `VarBuilder`, e.g. `init::seeded_var_builder`).
-    pub fn trainable_vars(&self) -> Result<Vec<Var>> {
-        self.params()
-            .iter()
-            .map(|t| {
-                if !t.is_variable() {
-                    candle_core::bail!("CaI3d::trainable_vars: model was not built from a VarMap");
-                }
-                Var::from_tensor(t)
-            })
-            .collect()
     }
 }
 

@@ -7,29 +7,23 @@
 //!   `Inception3d`; `InitScheme` (Kaiming normal by default: the paper's N(0,1) diverges).
 //! - `ca_i3d`: `CaI3dConfig` (presets `paper()`, `demo()`, `facts_bench()`), `CaI3d`,
 //!   `load_into` (cascade widening with zeros).
-//! - `init`: seeded `VarBuilder` (weights depend only on seed and variable name).
-//! - `sgd`: in-place SGD with momentum / weight decay, `StepLr`.
-//! - `checkpoint`: VarMap (+ momentum buffers) <-> deterministic safetensors bytes.
 //!
+//! Seeded initialisation, the optimiser and checkpoints live in `crate::train` (one of each).
 //! Typical use:
 //! ```ignore
 //! let varmap = VarMap::new();
-//! let model = CaI3d::new(init::seeded_var_builder(&varmap, seed, &device), &cfg)?;
-//! let mut opt = sgd::Sgd::new(model.trainable_vars()?, sgd_cfg)?;
+//! let model = CaI3d::new(train::init::var_builder(&varmap, seed, &device), &cfg)?;
+//! let mut opt = train::sgd::SgdMomentum::new(train::init::sorted_vars(&varmap), sgd_cfg)?;
 //! let loss = /* from model.forward(&x, true)? */;
-//! opt.step(&loss.backward()?)?;
-//! let bytes = checkpoint::save_checkpoint(&varmap, Some(&opt))?;
+//! opt.backward_step(&loss)?;
 //! ```
 //!
 //! Allocator: the training step allocates and frees many buffers of tens to hundreds of MiB;
 //! with glibc malloc each is a fresh mmap (page faults + kernel zeroing dominate). The `mpfnet`
 //! binary (src/main.rs) and `bench_step` use mimalloc with purging off.
 pub mod ca_i3d;
-pub mod checkpoint;
-pub mod init;
 pub mod layers;
 pub mod ops;
-pub mod sgd;
 
 pub use ca_i3d::{load_into, CaI3d, CaI3dConfig};
 pub use layers::InitScheme;

@@ -138,6 +138,26 @@ pub fn restore(map: &VarMap, values: &[(String, Tensor)]) -> Result<()> {
     Ok(())
 }
 
+/// blake3 (hex) over every variable's name, shape and f32 bytes, in name order: equal digests
+/// mean bit-identical weights (BN running statistics included).
+pub fn weights_digest(map: &VarMap) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    for (name, t) in snapshot(map)? {
+        h.update(name.as_bytes());
+        for d in t.dims() {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        h.update(
+            &values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// A new VarMap holding deep copies of `map`'s variables (training mutates variables in place:
 /// copy a pretrained map before handing it to a stage that must not change it).
 pub fn deep_copy(map: &VarMap) -> Result<VarMap> {
