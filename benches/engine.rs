@@ -425,8 +425,8 @@ struct Row {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  {}",
-        "case", "median", "min", "max", "nodes", "computed", ""
+        "{:<47} {:>11} {:>11} {:>11} {:>6} {:>8}  ",
+        "case", "median", "min", "max", "nodes", "computed"
     );
     for r in rows {
         let min = r.times.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -861,7 +861,7 @@ fn cache_throughput(reps: usize) -> Result<()> {
         ),
     ));
 
-    println!("{:<46} {}", "cache", "throughput (median)");
+    println!("{:<46} throughput (median)", "cache");
     for (a, b) in rows {
         println!("{a:<46} {b}");
     }

@@ -26,9 +26,9 @@ fn pipeline_text(parents: &[Vec<usize>]) -> String {
 
 fn descendants(parents: &[Vec<usize>], s: usize) -> BTreeSet<usize> {
     let mut out = BTreeSet::from([s]);
-    for i in 0..parents.len() {
+    for (i, ps) in parents.iter().enumerate() {
         // parents only point backwards, so one forward pass closes the set
-        if parents[i].iter().any(|p| out.contains(p)) {
+        if ps.iter().any(|p| out.contains(p)) {
             out.insert(i);
         }
     }

@@ -397,9 +397,11 @@ pub(crate) mod tests {
             "pool": [1, 1, 1], "embed_dim": 8
         }))
         .unwrap();
-        let mut preprocess = FeatureParams::default();
-        preprocess.size = 16;
-        preprocess.frames = 3;
+        let preprocess = FeatureParams {
+            size: 16,
+            frames: 3,
+            ..Default::default()
+        };
         let meta = BundleMeta {
             format: FORMAT.into(),
             classes: vec!["negative".into(), "positive".into(), "surprise".into()],

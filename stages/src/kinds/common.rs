@@ -29,9 +29,7 @@ pub fn key_of(parts: &[&str]) -> String {
 }
 
 /// All artifacts of a gathered input, loaded lazily, keyed by item id.
-pub fn gathered<'a>(
-    input: &'a Input,
-) -> Result<std::collections::BTreeMap<&'a str, &'a mpfnet_api::Handle>> {
+pub fn gathered(input: &Input) -> Result<std::collections::BTreeMap<&str, &mpfnet_api::Handle>> {
     Ok(input
         .many()?
         .iter()
