@@ -7,6 +7,7 @@
 
 pub mod casme2;
 pub mod classes;
+mod coded;
 pub mod fixtures;
 pub mod folds;
 pub mod frames;

@@ -1,16 +1,26 @@
 //! SAMM: `SAMM_Micro_FACS_Codes_v2.xlsx` (preamble rows, then a header) and grey-scale frames
 //! `SAMM/006/006_1_2/006_05562.jpg`.
 
-use crate::data::casme2::{check_frames, is_blank_frame};
+use crate::data::coded::{read_coded_rows, Columns};
 use crate::data::frames::{list_frames, FrameFinder};
-use crate::data::index::{map_entries, Entry, Origin};
-use crate::data::sheet::{locate, parse_frame};
+use crate::data::index::{map_entries, Entry};
+use crate::data::sheet::parse_frame;
 use crate::data::{ClassMap, DatasetIndex, DatasetKind, FaultPolicy, Task};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const NAME: &str = "samm";
+
+/// The columns of `SAMM_Micro_FACS_Codes_v2.xlsx` (below its preamble rows).
+const COLUMNS: Columns = Columns {
+    subject: "Subject",
+    filename: "Filename",
+    onset: "Onset Frame",
+    apex: "Apex Frame",
+    offset: "Offset Frame",
+    emotion: "Estimated Emotion",
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Options {
@@ -101,101 +111,25 @@ pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
     if !frames.is_dir() {
         bail!("SAMM frame folder not found: {}", frames.display());
     }
-    let t = locate(
-        &sheet,
-        &[
-            "Subject",
-            "Filename",
-            "Onset Frame",
-            "Apex Frame",
-            "Estimated Emotion",
-        ],
-    )?;
     let mut finder = FrameFinder::new("", Some(opts.digits));
-    let mut out = Vec::new();
-    for (row, cells) in t.data_rows() {
-        let origin = Origin {
-            file: sheet.clone(),
-            sheet: t.table.sheet.clone(),
-            row: *row,
-        };
-        let mut faults = Vec::new();
-        let subj_raw = t.get(cells, "Subject");
-        let subject = normalise_subject(subj_raw).unwrap_or_else(|| {
-            faults.push(origin.fault("Subject", format!("not a subject number: {subj_raw:?}")));
-            subj_raw.to_string()
-        });
-        let filename = t.get(cells, "Filename").to_string();
-        if filename.is_empty() {
-            faults.push(origin.fault("Filename", "empty"));
-        }
-        let emotion = t.get(cells, "Estimated Emotion").to_string();
-        let onset_raw = t.get(cells, "Onset Frame");
-        let apex_raw = t.get(cells, "Apex Frame");
-        let offset_raw = t.get(cells, "Offset Frame");
-        let onset = parse_frame(onset_raw);
-        if onset.is_none() {
-            faults.push(origin.fault("Onset Frame", format!("not a frame number: {onset_raw:?}")));
-        }
-        let apex = parse_frame(apex_raw);
-        if apex.is_none() {
-            let what = if is_blank_frame(apex_raw) {
-                "apex missing"
-            } else {
-                "not a frame number"
-            };
-            faults.push(origin.fault("Apex Frame", format!("{what}: {apex_raw:?}")));
-        }
-        let offset = parse_frame(offset_raw);
-        if offset.is_none() && !is_blank_frame(offset_raw) {
-            faults.push(origin.fault(
-                "Offset Frame",
-                format!("not a frame number: {offset_raw:?}"),
-            ));
-        }
-        let frame_dir = frames.join(&subject).join(&filename);
-        let folder_known = !faults
-            .iter()
-            .any(|f| f.field == "Subject" || f.field == "Filename");
-        finder.prefix = format!("{subject}_");
-        let mut find = |d: &Path, n: u32| {
-            finder.find(d, n).or_else(|| {
+    read_coded_rows(
+        NAME,
+        &sheet,
+        &COLUMNS,
+        normalise_subject,
+        &frames,
+        &mut |subject, dir, n| {
+            finder.prefix = format!("{subject}_");
+            finder.find(dir, n).or_else(|| {
                 // Another digit count or prefix: look the number up in the folder listing.
-                list_frames(d)
+                list_frames(dir)
                     .ok()?
                     .into_iter()
                     .find(|(k, _)| *k == n)
                     .map(|(_, p)| p)
             })
-        };
-        let ((onset_path, apex_path), more) = check_frames(
-            &origin,
-            &mut find,
-            &frame_dir,
-            onset,
-            apex,
-            offset,
-            ("Onset Frame", "Apex Frame", "Offset Frame"),
-            folder_known,
-        );
-        faults.extend(more);
-        out.push(Entry {
-            dataset: NAME.to_string(),
-            subject,
-            filename,
-            emotion,
-            emotion_field: "Estimated Emotion".into(),
-            onset_frame: onset.unwrap_or(0),
-            apex_frame: apex.unwrap_or(0),
-            offset_frame: offset,
-            onset_path,
-            apex_path,
-            frame_dir,
-            origin,
-            faults,
-        });
-    }
-    Ok(out)
+        },
+    )
 }
 
 pub fn load(opts: &Options) -> Result<DatasetIndex> {
