@@ -2,69 +2,108 @@
 
 use mpfnet_api::Registry;
 
+pub mod afe;
 pub mod bundle;
 pub mod common;
 pub mod dataset;
 pub mod evaluate;
 pub mod features;
+pub mod gfe;
+pub mod meta;
 pub mod train;
 
 mod source {
     include!(concat!(env!("OUT_DIR"), "/source_digests.rs"));
 }
 
-/// The source files (prefixes of paths under `src/`) each kind's output depends on. A stage's
-/// cache key includes the digests of these files, so editing them never reuses stale results.
-pub const SOURCES: &[(&str, &[&str])] = &[
-    ("dataset", &["data/", "kinds/dataset.rs"]),
+/// What every training kind runs: the network, seeded init, SGD, checkpoints, sample sets,
+/// progress, and the kinds' shared glue. Not `train/meta/`, `train/triplet.rs`, `train/afe.rs`:
+/// each belongs to one kind, so editing the meta-learner never retrains the encoders.
+const TRAIN_CORE: &[&str] = &[
+    "model/",
+    "train/mod.rs",
+    "train/ckpt.rs",
+    "train/data.rs",
+    "train/encoder.rs",
+    "train/init.rs",
+    "train/progress.rs",
+    "train/rng.rs",
+    "train/sgd.rs",
+    "train/state.rs",
+    "kinds/train.rs",
+    "kinds/dataset.rs",
+];
+
+/// The source files (prefixes of paths under `src/`, in groups) each kind's output depends on.
+/// A stage's cache key includes the digests of these files, so editing them never reuses stale
+/// results; files in [`TEST_ONLY`] never count.
+pub const SOURCES: &[(&str, &[&[&str]])] = &[
+    ("dataset", &[&["data/", "kinds/dataset.rs"]]),
     (
         "folds",
-        &["data/folds.rs", "data/index.rs", "kinds/dataset.rs"],
+        &[&["data/folds.rs", "data/index.rs", "kinds/dataset.rs"]],
     ),
-    ("balance", &["prep/magnify.rs", "kinds/dataset.rs"]),
-    ("features", &["prep/", "kinds/features.rs"]),
+    ("balance", &[&["prep/magnify.rs", "kinds/dataset.rs"]]),
+    ("features", &[&["prep/", "kinds/features.rs"]]),
     (
         "gfe",
-        &["model/", "train/", "eval/plots.rs", "kinds/train.rs"],
+        &[
+            TRAIN_CORE,
+            &["train/triplet.rs", "eval/plots.rs", "kinds/gfe.rs"],
+        ],
     ),
     (
         "afe",
         &[
-            "model/",
-            "train/",
-            "eval/plots.rs",
-            "kinds/train.rs",
-            "kinds/dataset.rs",
+            TRAIN_CORE,
+            &["train/afe.rs", "eval/plots.rs", "kinds/afe.rs"],
         ],
     ),
     (
         "meta",
         &[
-            "model/",
-            "train/",
-            "eval/gradcam.rs",
-            "kinds/train.rs",
-            "kinds/dataset.rs",
+            TRAIN_CORE,
+            &[
+                "train/meta/",
+                "eval/gradcam.rs",
+                "eval/plots.rs",
+                "kinds/meta.rs",
+            ],
         ],
     ),
-    ("evaluate", &["eval/", "kinds/evaluate.rs"]),
+    ("evaluate", &[&["eval/", "kinds/evaluate.rs"]]),
     (
         "bundle",
         &[
-            "bundle.rs",
-            "kinds/bundle.rs",
-            "kinds/train.rs",
-            "kinds/features.rs",
-            "model/",
-            "train/",
-            "eval/gradcam.rs",
+            TRAIN_CORE,
+            &[
+                "train/meta/",
+                "bundle.rs",
+                "kinds/bundle.rs",
+                "kinds/features.rs",
+                "eval/gradcam.rs",
+                "eval/plots.rs",
+            ],
         ],
     ),
     (
         "report",
-        &["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"],
+        &[&["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"]],
     ),
 ];
+
+/// Files compiled only into unit tests (declared under `#[cfg(test)]`, checked below): no stage
+/// output depends on them, so editing a test never recomputes a node.
+pub const TEST_ONLY: &[&str] = &[
+    "data/tests/",
+    "eval/tests.rs",
+    "train/tests.rs",
+    "train/testing.rs",
+];
+
+fn is_test_only(path: &str) -> bool {
+    TEST_ONLY.iter().any(|p| path.starts_with(p))
+}
 
 /// Files that no stage output depends on (the CLI, the crate root, this table).
 pub const NOT_STAGE_CODE: &[&str] = &["cli.rs", "lib.rs", "kinds/mod.rs"];
@@ -74,13 +113,34 @@ const SHARED: &[&str] = &["kinds/common.rs"];
 
 /// Fingerprint of a kind's source files.
 pub fn code_of(kind: &str) -> String {
-    let prefixes = SOURCES
+    let table: Vec<(&str, &str)> = source::SOURCE_DIGESTS
+        .iter()
+        .filter(|(p, _)| !is_test_only(p))
+        .copied()
+        .collect();
+    mpfnet_api::code_fingerprint(&table, &prefixes_of(kind))
+}
+
+/// The shared files plus every prefix `SOURCES` lists for `kind`.
+fn prefixes_of(kind: &str) -> Vec<&'static str> {
+    let groups = SOURCES
         .iter()
         .find(|(k, _)| *k == kind)
-        .map(|(_, p)| *p)
+        .map(|(_, g)| *g)
         .unwrap_or_else(|| panic!("no SOURCES entry for {kind}"));
-    let all: Vec<&str> = SHARED.iter().chain(prefixes).copied().collect();
-    mpfnet_api::code_fingerprint(source::SOURCE_DIGESTS, &all)
+    SHARED
+        .iter()
+        .chain(groups.iter().flat_map(|g| g.iter()))
+        .copied()
+        .collect()
+}
+
+/// The source files (under `src/`) whose digests go into `kind`'s code fingerprint.
+pub fn files_of(kind: &str) -> Vec<&'static str> {
+    let prefixes = prefixes_of(kind);
+    source_files()
+        .filter(|f| !is_test_only(f) && prefixes.iter().any(|p| f.starts_with(p)))
+        .collect()
 }
 
 pub fn source_files() -> impl Iterator<Item = &'static str> {
@@ -94,9 +154,9 @@ pub fn registry() -> Registry {
         .add(dataset::Folds)
         .add(dataset::Balance)
         .add(features::Features)
-        .add(train::Gfe)
-        .add(train::Afe)
-        .add(train::Meta)
+        .add(gfe::Gfe)
+        .add(afe::Afe)
+        .add(meta::Meta)
         .add(evaluate::Evaluate)
         .add(evaluate::ReportStage)
         .add(bundle::BundleStage);
@@ -112,16 +172,65 @@ mod tests {
     fn every_source_file_is_claimed_by_a_stage_kind() {
         let claimed = |f: &str| {
             NOT_STAGE_CODE.contains(&f)
-                || SHARED.contains(&f)
-                || SOURCES
-                    .iter()
-                    .any(|(_, ps)| ps.iter().any(|p| f.starts_with(p)))
+                || is_test_only(f)
+                || SOURCES.iter().any(|(k, _)| files_of(k).contains(&f))
         };
         let orphans: Vec<&str> = source_files().filter(|f| !claimed(f)).collect();
         assert!(
             orphans.is_empty(),
             "add these files to kinds::SOURCES (or NOT_STAGE_CODE): {orphans:?}"
         );
+    }
+
+    /// A file listed as test-only must be declared under `#[cfg(test)]` by its parent module,
+    /// or an edit to code the stages run would go unnoticed by the cache.
+    #[test]
+    fn test_only_files_are_compiled_only_for_tests() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for entry in TEST_ONLY {
+            let path = entry.trim_end_matches('/');
+            let (parent, file) = path.rsplit_once('/').unwrap_or(("", path));
+            let name = file.trim_end_matches(".rs");
+            let parent_file = src.join(parent).join("mod.rs");
+            let text = std::fs::read_to_string(&parent_file).unwrap();
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let decl = lines
+                .iter()
+                .position(|l| *l == format!("mod {name};") || *l == format!("pub mod {name};"))
+                .unwrap_or_else(|| panic!("{} declares no module {name}", parent_file.display()));
+            assert!(
+                decl > 0 && lines[decl - 1] == "#[cfg(test)]",
+                "{entry} is in TEST_ONLY but {} does not declare it under #[cfg(test)]",
+                parent_file.display()
+            );
+        }
+    }
+
+    /// Each training kind's fingerprint covers its own code and the shared core, not the
+    /// other kinds' code, and never a test file.
+    #[test]
+    fn training_kinds_fingerprint_their_own_code_only() {
+        let (gfe, afe, meta) = (files_of("gfe"), files_of("afe"), files_of("meta"));
+        for f in ["train/sgd.rs", "model/ca_i3d.rs", "kinds/train.rs"] {
+            assert!(
+                gfe.contains(&f) && afe.contains(&f) && meta.contains(&f),
+                "{f}"
+            );
+        }
+        assert!(gfe.contains(&"train/triplet.rs") && !afe.contains(&"train/triplet.rs"));
+        assert!(afe.contains(&"train/afe.rs") && !gfe.contains(&"train/afe.rs"));
+        for f in ["train/meta/mod.rs", "train/meta/proto.rs", "kinds/meta.rs"] {
+            assert!(
+                meta.contains(&f) && !gfe.contains(&f) && !afe.contains(&f),
+                "{f}"
+            );
+        }
+        for k in ["dataset", "gfe", "meta", "evaluate"] {
+            assert!(
+                !files_of(k).iter().any(|f| is_test_only(f)),
+                "{k} fingerprints a test file"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod progress;
 pub mod rng;
 pub mod sgd;
 pub mod state;
+#[cfg(test)]
 pub mod testing;
 pub mod triplet;
 
