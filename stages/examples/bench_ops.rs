@@ -122,6 +122,20 @@ fn main() -> anyhow::Result<()> {
     });
     let x3 = Var::from_tensor(&Tensor::randn(0f32, 1., (b, 128, 10, s / 2, s / 2), &dev)?)?;
     let a = Var::from_tensor(&Tensor::rand(0f32, 1., (b, 128, 10 + s), &dev)?)?;
+    time("ca_pool 128ch s/2 fwd", || {
+        ops::ca_pool(&x3).unwrap();
+    });
+    time("ca_apply 128ch s/2 fwd", || {
+        ops::ca_apply(&x3, &a).unwrap();
+    });
+    time("ca_apply 128ch s/2 fwd+bwd", || {
+        ops::ca_apply(&x3, &a)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
     time("ca_pool+apply 128ch s/2 fwd+bwd", || {
         let z = ops::ca_pool(&x3).unwrap();
         (ops::ca_apply(&x3, &a).unwrap().sum_all().unwrap() + z.sum_all().unwrap())
