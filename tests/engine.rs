@@ -305,7 +305,7 @@ fn child_run() {
     )
     .unwrap();
     let out = mpfnet::session::run(&mut e, &ws, &[]).unwrap();
-    assert!(out.summary.ok());
+    assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
 }
 
 #[test]
@@ -347,6 +347,61 @@ fn killed_run_resumes_from_checkpoint_with_same_result() {
         .verify()
         .unwrap()
         .is_clean());
+}
+
+/// A write that fails half-way (here: over the file-size limit, as on a full disk) fails only
+/// its node, with an error naming the blob and the OS's reason; it leaves no temp file and no
+/// record, keeps what other nodes stored, and the rerun computes only what is missing.
+#[test]
+#[cfg(unix)]
+fn failed_cache_write_fails_the_node_and_keeps_the_cache_sound() {
+    let env = Env::new();
+    // `small` stores a few hundred bytes; `big` a 4 MB tensor, over the limit below (1 MiB in
+    // 512-byte blocks, 2 MiB where a shell counts KiB).
+    let p = env.write(
+        "big.toml",
+        "[stages.small]\nkind = \"num\"\nvalue = 2\n\
+         [stages.big]\nkind = \"num\"\nwidth = 1000000\ninputs = { ins = \"small\" }\n",
+    );
+    let c = child(&env, &p);
+    // POSIX sh: ignore SIGXFSZ so that an over-limit write fails with EFBIG instead of killing
+    // the process; `ulimit -f` counts 512-byte blocks.
+    let mut limited = Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
+        .arg(c.get_program())
+        .args(c.get_args())
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let res = limited.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(!res.status.success(), "the limited run succeeded: {said}");
+    assert!(
+        said.contains("\"big\"") && said.contains("storing blob") && said.contains("too large"),
+        "the failure names the node, the blob and the reason: {said}"
+    );
+    let tmp = env.ws.cache_dir.join("tmp");
+    assert_eq!(walk_count(&tmp), 0, "temp files left in {}", tmp.display());
+    let store = mpfnet_cache::Store::open(&env.ws.cache_dir).unwrap();
+    assert!(store.verify().unwrap().is_clean());
+
+    let out = env.run(&p, &[]).unwrap();
+    assert!(out.summary.ok(), "{:?}", out.summary.failed);
+    assert_eq!((out.summary.computed, out.summary.cached), (1, 1));
+    let e = {
+        let mut e = env.engine(&p, &[]).unwrap();
+        e.prepare().unwrap();
+        e.run_all().unwrap();
+        e
+    };
+    let big = e.load(e.node_id("big").unwrap()).unwrap();
+    let v = big.tensor("v").unwrap().as_f32().unwrap();
+    assert_eq!((v.len(), v[0], v[999_999]), (1_000_000, 2.0, 2.0));
+    assert!(store.verify().unwrap().is_clean());
 }
 
 fn walk_count(dir: &std::path::Path) -> usize {

@@ -15,8 +15,13 @@ fn scalar(art: &Artifact) -> Result<f32> {
 }
 
 fn out(v: f32) -> Artifact {
+    out_wide(v, 1)
+}
+
+/// `v` repeated `width` times (a large artifact on demand; readers use element 0).
+fn out_wide(v: f32, width: usize) -> Artifact {
     let mut a = Artifact::new();
-    a.insert("v", Array::f32(vec![1], vec![v]).unwrap());
+    a.insert("v", Array::f32(vec![width], vec![v; width]).unwrap());
     a
 }
 
@@ -51,7 +56,7 @@ impl Stage for Num {
         "toy: value + sum of inputs"
     }
     fn defaults(&self) -> Value {
-        json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": ""})
+        json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": "", "width": 1})
     }
     fn inputs(&self) -> &'static [InputDecl] {
         const I: &[InputDecl] = &[
@@ -73,9 +78,8 @@ impl Stage for Num {
             .item
             .and_then(|i| i.attrs["value"].as_f64())
             .unwrap_or(0.0) as f32;
-        Ok(out(p["value"].as_f64().unwrap() as f32
-            + item
-            + sum_inputs(ctx)?))
+        let v = p["value"].as_f64().unwrap() as f32 + item + sum_inputs(ctx)?;
+        Ok(out_wide(v, p["width"].as_u64().unwrap() as usize))
     }
 }
 
