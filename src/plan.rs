@@ -56,6 +56,8 @@ pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
     let prev: BTreeMap<&str, &NodeRecord> = previous
         .map(|r| r.nodes.iter().map(|n| (n.name.as_str(), n)).collect())
         .unwrap_or_default();
+    let no_files = BTreeMap::new();
+    let prev_files = previous.map(|r| &r.code_files).unwrap_or(&no_files);
     let nodes = engine.nodes();
     let store = engine.store();
     let mut entries = Vec::with_capacity(nodes.len());
@@ -114,6 +116,10 @@ pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
                                 &key.to_string(),
                                 &recipe,
                                 &decl.params,
+                                &CodeFiles {
+                                    old: prev_files.get(&decl.kind),
+                                    new: &stage.code_files(),
+                                },
                             ),
                         ),
                     }
@@ -133,7 +139,58 @@ pub fn plan(engine: &Engine, previous: Option<&RunRecord>) -> Result<Plan> {
     })
 }
 
-fn why(prev: Option<&NodeRecord>, key: &str, recipe: &Value, params: &Value) -> String {
+/// A stage kind's source files (path -> digest) in the previous run's record and now.
+struct CodeFiles<'a> {
+    old: Option<&'a BTreeMap<String, String>>,
+    new: &'a [(String, String)],
+}
+
+impl CodeFiles<'_> {
+    /// "stage source code changed", naming the files edited, added or removed when the previous
+    /// record lists them.
+    fn describe(&self) -> String {
+        let base = "stage source code changed";
+        let Some(old) = self.old.filter(|o| !o.is_empty()) else {
+            return base.into();
+        };
+        let new: BTreeMap<&str, &str> = self
+            .new
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_str()))
+            .collect();
+        let mut changed: Vec<String> = Vec::new();
+        for (p, d) in &new {
+            match old.get(*p) {
+                Some(o) if o == d => {}
+                Some(_) => changed.push(p.to_string()),
+                None => changed.push(format!("{p} (new)")),
+            }
+        }
+        for p in old.keys() {
+            if !new.contains_key(p.as_str()) {
+                changed.push(format!("{p} (gone)"));
+            }
+        }
+        const SHOWN: usize = 4;
+        match changed.len() {
+            0 => base.into(),
+            n if n <= SHOWN => format!("{base}: {}", changed.join(", ")),
+            n => format!(
+                "{base}: {} (+{} more)",
+                changed[..SHOWN].join(", "),
+                n - SHOWN
+            ),
+        }
+    }
+}
+
+fn why(
+    prev: Option<&NodeRecord>,
+    key: &str,
+    recipe: &Value,
+    params: &Value,
+    code: &CodeFiles,
+) -> String {
     let Some(p) = prev else {
         return "not in cache (no earlier run of this pipeline has this node)".into();
     };
@@ -164,7 +221,7 @@ fn why(prev: Option<&NodeRecord>, key: &str, recipe: &Value, params: &Value) -> 
             recipe["version"].as_str().unwrap_or("?")
         ));
     } else if recipe["code"].as_str() != Some(p.code.as_str()) {
-        reasons.push("stage source code changed".into());
+        reasons.push(code.describe());
     }
     if let (Value::Object(old), Value::Object(new)) = (
         &p.inputs,
@@ -207,4 +264,50 @@ pub fn render(plan: &Plan, all: bool) -> String {
         plan.count(&Status::RunIfInputsChange)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(p, d)| (p.to_string(), d.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn code_change_names_edited_added_and_removed_files() {
+        let old: BTreeMap<String, String> = files(&[("a.rs", "1"), ("b.rs", "2"), ("c.rs", "3")])
+            .into_iter()
+            .collect();
+        let new = files(&[("a.rs", "1"), ("b.rs", "9"), ("d.rs", "4")]);
+        let c = CodeFiles {
+            old: Some(&old),
+            new: &new,
+        };
+        assert_eq!(
+            c.describe(),
+            "stage source code changed: b.rs, d.rs (new), c.rs (gone)"
+        );
+        // A record from before files were recorded: the plain reason.
+        let c = CodeFiles {
+            old: None,
+            new: &new,
+        };
+        assert_eq!(c.describe(), "stage source code changed");
+        // Many files: the first four and a count.
+        let many_old: BTreeMap<String, String> =
+            (0..7).map(|i| (format!("f{i}.rs"), "0".into())).collect();
+        let many_new: Vec<(String, String)> =
+            (0..7).map(|i| (format!("f{i}.rs"), "1".into())).collect();
+        let c = CodeFiles {
+            old: Some(&many_old),
+            new: &many_new,
+        };
+        assert_eq!(
+            c.describe(),
+            "stage source code changed: f0.rs, f1.rs, f2.rs, f3.rs (+3 more)"
+        );
+    }
 }

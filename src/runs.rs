@@ -45,6 +45,10 @@ pub struct RunRecord {
     /// Set for a partial run (`run --fold X`, `--shared-only`): such a record never becomes `latest`.
     #[serde(default)]
     pub selection: Option<String>,
+    /// Per stage kind, the source files behind its code fingerprint (path -> digest), so that
+    /// the next `plan` can name the files whose edit recomputes a node.
+    #[serde(default)]
+    pub code_files: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub fn pipeline_dir(runs_root: &Path, pipeline: &str) -> PathBuf {

@@ -140,9 +140,13 @@ fn record(
 ) -> RunRecord {
     let nodes = engine.nodes();
     let mut out = Vec::with_capacity(nodes.len());
+    let mut code_files = std::collections::BTreeMap::new();
     for (id, n) in nodes.iter().enumerate() {
         let stage = engine.stage_of(id);
         let decl = &engine.pipeline().stages[&n.stage];
+        code_files
+            .entry(decl.kind.clone())
+            .or_insert_with(|| stage.code_files().into_iter().collect());
         let state = engine.state(id);
         let recipe = engine.key_if_known(id).map(|(_, r)| r);
         let (status, key, digest, dur, error) = match state {
@@ -192,6 +196,7 @@ fn record(
         metrics,
         nodes: out,
         selection: selection.clone(),
+        code_files,
     }
 }
 

@@ -30,6 +30,9 @@ impl Stage for Afe {
     fn code(&self) -> String {
         super::code_of("afe")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("afe")
+    }
     fn about(&self) -> &'static str {
         "AFE prior learning: CA-I3D classifier on the fold's motion-magnified, class-balanced training set"
     }

@@ -37,6 +37,9 @@ impl Stage for BundleStage {
     fn code(&self) -> String {
         super::code_of("bundle")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("bundle")
+    }
     fn about(&self) -> &'static str {
         "the final model (trained on every subject) as one safetensors bundle with its pre-processing, for `mpfnet predict`"
     }

@@ -239,6 +239,9 @@ impl Stage for Dataset {
     fn code(&self) -> String {
         super::code_of("dataset")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("dataset")
+    }
     fn about(&self) -> &'static str {
         "index a dataset (CASME II, SAMM, SMIC-HS, MEGC2019-CD, manifest, synthetic): one axis item per sample"
     }
@@ -380,6 +383,9 @@ impl Stage for Folds {
     fn code(&self) -> String {
         super::code_of("folds")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("folds")
+    }
     fn about(&self) -> &'static str {
         "leave-one-subject-out folds with a seeded validation split of training subjects"
     }
@@ -493,6 +499,9 @@ impl Stage for Balance {
     }
     fn code(&self) -> String {
         super::code_of("balance")
+    }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("balance")
     }
     fn about(&self) -> &'static str {
         "per-fold class balancing: phi ranges from each fold's training counts; one axis item per (sample, phi) any fold needs"

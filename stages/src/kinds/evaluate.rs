@@ -61,6 +61,9 @@ impl Stage for Evaluate {
     fn code(&self) -> String {
         super::code_of("evaluate")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("evaluate")
+    }
     fn about(&self) -> &'static str {
         "pooled LOSO metrics (Acc, F1, UF1, UAR, per-class), per-fold means, confusion matrix, embeddings and Grad-CAM PNGs"
     }
@@ -253,6 +256,9 @@ impl Stage for ReportStage {
     }
     fn code(&self) -> String {
         super::code_of("report")
+    }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("report")
     }
     fn about(&self) -> &'static str {
         "report.md / report.json in the shape of the paper's tables (the paper's figures beside ours), and the results table"

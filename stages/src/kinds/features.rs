@@ -147,6 +147,9 @@ impl Stage for Features {
     fn code(&self) -> String {
         super::code_of("features")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("features")
+    }
     fn about(&self) -> &'static str {
         "crop, (magnify,) interpolate to L frames, TV-L1 flow + frame difference: a 5 x (L-1) x H x W tensor"
     }

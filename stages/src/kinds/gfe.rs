@@ -28,6 +28,9 @@ impl Stage for Gfe {
     fn code(&self) -> String {
         super::code_of("gfe")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("gfe")
+    }
     fn about(&self) -> &'static str {
         "GFE prior learning: CA-I3D trained with a triplet loss on the fold's training subjects"
     }

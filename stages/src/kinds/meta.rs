@@ -95,6 +95,9 @@ impl Stage for Meta {
     fn code(&self) -> String {
         super::code_of("meta")
     }
+    fn code_files(&self) -> Vec<(String, String)> {
+        super::code_files_for("meta")
+    }
     fn about(&self) -> &'static str {
         "multi-prior fusion meta-learning (MPFNet-P / -C, or one prior for ablations); classifies the held-out subject"
     }

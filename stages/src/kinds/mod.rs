@@ -113,12 +113,21 @@ const SHARED: &[&str] = &["kinds/common.rs"];
 
 /// Fingerprint of a kind's source files.
 pub fn code_of(kind: &str) -> String {
-    let table: Vec<(&str, &str)> = source::SOURCE_DIGESTS
+    mpfnet_api::code_fingerprint(&stage_table(), &prefixes_of(kind))
+}
+
+/// The (path, digest) pairs behind [`code_of`] (for `plan` to name changed files).
+pub fn code_files_for(kind: &str) -> Vec<(String, String)> {
+    mpfnet_api::code_files_of(&stage_table(), &prefixes_of(kind))
+}
+
+/// The digest table without the test-only files.
+fn stage_table() -> Vec<(&'static str, &'static str)> {
+    source::SOURCE_DIGESTS
         .iter()
         .filter(|(p, _)| !is_test_only(p))
         .copied()
-        .collect();
-    mpfnet_api::code_fingerprint(&table, &prefixes_of(kind))
+        .collect()
 }
 
 /// The shared files plus every prefix `SOURCES` lists for `kind`.
