@@ -33,7 +33,7 @@ impl Store {
             }
             // Wrong size (a damaged copy) or not ours to touch: rewrite it.
         }
-        fsutil::write_atomic(&self.tmp_dir(), &path, bytes, true)
+        fsutil::write_atomic(&self.tmp_dir(), &path, bytes, true, self.sharing)
             .with_context(|| format!("storing blob {d}"))?;
         Ok(d)
     }
@@ -161,10 +161,10 @@ impl Store {
             let mut perm = dst.metadata()?.permissions();
             perm.set_readonly(true);
             dst.set_permissions(perm)?;
+            self.sharing.fix_file(&dst, true)?;
             drop(dst);
             let parent = dest.parent().expect("blob path has a shard directory");
-            fs::create_dir_all(parent)
-                .with_context(|| format!("creating directory {}", parent.display()))?;
+            self.sharing.create_dir_all(parent)?;
             fs::rename(&tmp, &dest)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
             fsutil::fsync_dir(parent)?;

@@ -71,7 +71,7 @@ impl Store {
         let path = self
             .checkpoint_dir(node_key)
             .join(format!("{step:020}.ckpt"));
-        fsutil::write_atomic(&self.tmp_dir(), &path, &encode(step, bytes), false)?;
+        fsutil::write_atomic(&self.tmp_dir(), &path, &encode(step, bytes), false, self.sharing)?;
         for (old, p) in self.checkpoint_files(node_key)?.into_iter().skip(KEEP) {
             if old < step {
                 fsutil::remove_file_opt(&p)?;
@@ -112,16 +112,24 @@ impl Store {
     }
 
     /// Deletes all checkpoints of `node_key` (call once its output is stored).
+    ///
+    /// Another process may be training the same node into the same folder at this moment, so
+    /// the folder is first renamed out of the lookup path (atomic: the other writer's next
+    /// checkpoint recreates it, and its resume simply finds nothing), then removed under its
+    /// private name. Whatever another process already removed or is still writing is not an
+    /// error: only a folder we cannot move at all is.
     pub fn clear_checkpoints(&self, node_key: &Digest) -> Result<()> {
         let dir = self.checkpoint_dir(node_key);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        let doomed = self.tmp_dir().join(fsutil::unique_name("ckpt-del-"));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
-                Err(anyhow::Error::new(e)
-                    .context(format!("removing checkpoints {}", dir.display())))
+                return Err(anyhow::Error::new(e)
+                    .context(format!("moving checkpoints {} aside", dir.display())))
             }
         }
+        fsutil::remove_tree_racy(&doomed)
     }
 
     /// Checks every checkpoint file (used by `verify`): (ok, damaged) counts.

@@ -36,6 +36,49 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Who may write the store's files: the owner only (the umask decides), or the owner's group
+/// too, in the manner of git's `core.sharedRepository = group` (see `Store::share_with_group`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// Files and folders as the umask makes them.
+    #[default]
+    Private,
+    /// Folders group-writable and setgid, files group-readable (and -writable unless read-only).
+    Group,
+}
+
+impl Sharing {
+    /// Group mode: files group-readable (and group-writable unless read-only).
+    pub(crate) fn fix_file(self, f: &File, readonly: bool) -> io::Result<()> {
+        if self == Sharing::Group {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if readonly { 0o444 } else { 0o664 };
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// Group mode: folders group-writable and setgid, so that what any member creates in them
+    /// belongs to the group.
+    pub(crate) fn fix_dir(self, dir: &Path) -> io::Result<()> {
+        if self == Sharing::Group {
+            use std::os::unix::fs::PermissionsExt;
+            let m = fs::metadata(dir)?.permissions().mode();
+            if m & 0o2070 != 0o2070 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(m | 0o2070))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `create_dir_all`, then [`Self::fix_dir`] on the folder.
+    pub(crate) fn create_dir_all(self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+        self.fix_dir(dir)
+            .with_context(|| format!("making {} group-writable", dir.display()))
+    }
+}
+
 /// Removes the temp file on drop unless disarmed (write failed half-way).
 struct TmpGuard<'a>(Option<&'a Path>);
 
@@ -61,6 +104,9 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) if e.raw_os_error() == Some(22) => Ok(()),
+        // Removed meanwhile by another process (a checkpoint folder cleared because the node's
+        // output is stored): what was renamed into it went with it, which is what they wanted.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("fsync of directory {}", dir.display())),
     }
 }
@@ -69,7 +115,13 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 /// filesystem), fsync, optional read-only bit, rename over `dest`, fsync of
 /// `dest`'s directory. Readers see the old file or the whole new one, never a
 /// torn one; a killed writer leaves only a temp file for `gc` to reclaim.
-pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], readonly: bool) -> Result<()> {
+pub(crate) fn write_atomic(
+    tmp_dir: &Path,
+    dest: &Path,
+    data: &[u8],
+    readonly: bool,
+    sharing: Sharing,
+) -> Result<()> {
     let tmp = tmp_dir.join(unique_name("w-"));
     let mut guard = TmpGuard(Some(&tmp));
     {
@@ -88,6 +140,9 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], readonly: b
             f.set_permissions(perm)
                 .with_context(|| format!("making {} read-only", tmp.display()))?;
         }
+        sharing
+            .fix_file(&f, readonly)
+            .with_context(|| format!("setting group permissions of {}", tmp.display()))?;
     }
     let parent = dest
         .parent()
@@ -98,8 +153,7 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], readonly: b
                 .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()));
         }
         // The shard directory does not exist yet (or was removed meanwhile).
-        fs::create_dir_all(parent)
-            .with_context(|| format!("creating directory {}", parent.display()))?;
+        sharing.create_dir_all(parent)?;
         fs::rename(&tmp, dest)
             .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     }
@@ -162,6 +216,22 @@ pub(crate) fn remove_file_opt(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
+}
+
+/// Removes a folder tree that other processes may still be writing into or removing: files
+/// or folders that vanish meanwhile are fine, and a folder that refills while we empty it is
+/// emptied again (a few rounds; what is left then is a stray temp folder for `gc`).
+pub(crate) fn remove_tree_racy(dir: &Path) -> Result<()> {
+    for _ in 0..8 {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => continue,
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
+    tracing::warn!(dir = %dir.display(), "folder kept refilling while being removed: left for gc");
+    Ok(())
 }
 
 /// Age of a file's mtime relative to `now` (zero if in the future).

@@ -55,6 +55,7 @@ pub use actions::ActionRecord;
 pub use digest::{Digest, KeyHasher, ParseDigestError};
 pub use maintenance::{DuReport, GcOptions, GcReport, Usage, VerifyReport};
 pub use stat::StatCacheStats;
+pub use fsutil::Sharing;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -123,6 +124,7 @@ impl Default for StoreOptions {
 pub struct Store {
     root: PathBuf,
     stat: stat::StatCache,
+    sharing: fsutil::Sharing,
 }
 
 impl Store {
@@ -136,6 +138,8 @@ impl Store {
     pub fn open_with(root: &Path, opts: StoreOptions) -> Result<Store> {
         fs::create_dir_all(root)
             .with_context(|| format!("creating store directory {}", root.display()))?;
+        let sharing = read_sharing(root)?;
+        sharing.fix_dir(root)?;
         for sub in [
             "blobs",
             "actions",
@@ -145,7 +149,16 @@ impl Store {
             "quarantine",
         ] {
             let d = root.join(sub);
-            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            sharing.create_dir_all(&d)?;
+            // A store's areas are its own folders: a symlink would let whoever planted it
+            // redirect writes (and gc's deletions) anywhere the user can write.
+            let meta = fs::symlink_metadata(&d).with_context(|| format!("inspecting {}", d.display()))?;
+            if !meta.is_dir() {
+                anyhow::bail!(
+                    "{} is a symbolic link or not a folder: refusing to use it as part of the cache (point --cache at the real folder instead)",
+                    d.display()
+                );
+            }
         }
         let fmt_path = root.join("FORMAT");
         match fsutil::read_opt(&fmt_path)? {
@@ -171,13 +184,50 @@ impl Store {
             None => {
                 // Concurrent creators write identical content; last rename wins.
                 let line = format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n");
-                fsutil::write_atomic(&root.join("tmp"), &fmt_path, line.as_bytes(), false)?;
+                fsutil::write_atomic(&root.join("tmp"), &fmt_path, line.as_bytes(), false, sharing)?;
             }
         }
         Ok(Store {
             stat: stat::StatCache::new(root.join("stat"), opts.stat_racy_window),
             root: root.to_path_buf(),
+            sharing,
         })
+    }
+
+    /// Whether this store is shared with the owner's group (`SHARING` file at its root).
+    pub fn sharing(&self) -> fsutil::Sharing {
+        self.sharing
+    }
+
+    /// Makes the store shared with its group from now on, as git's
+    /// `core.sharedRepository = group`: a `SHARING` file at the root says so to every process
+    /// that opens it; every folder becomes group-writable and setgid (new files inherit the
+    /// group) and every file group-readable, group-writable unless read-only (blobs). Run it
+    /// once, as the owner, after `chgrp -R <group>` of the cache folder.
+    pub fn share_with_group(&mut self) -> Result<usize> {
+        use std::os::unix::fs::PermissionsExt;
+        let g = fsutil::Sharing::Group;
+        fsutil::write_atomic(&self.tmp_dir(), &self.root.join(SHARING_FILE), b"group\n", false, g)?;
+        self.sharing = g;
+        let mut fixed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            g.fix_dir(&dir).with_context(|| format!("sharing {}", dir.display()))?;
+            fixed += 1;
+            for e in fsutil::list_dir(&dir)? {
+                let Ok(meta) = fs::symlink_metadata(e.path()) else { continue };
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else if meta.is_file() {
+                    let ro = meta.permissions().mode() & 0o200 == 0;
+                    let mode = if ro { 0o444 } else { 0o664 };
+                    fs::set_permissions(e.path(), fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("sharing {}", e.path().display()))?;
+                    fixed += 1;
+                }
+            }
+        }
+        Ok(fixed)
     }
 
     /// The store's root directory.
@@ -187,7 +237,7 @@ impl Store {
 
     /// Saves the stat cache if it changed (also done on drop).
     pub fn flush(&self) -> Result<()> {
-        self.stat.save(&self.tmp_dir())
+        self.stat.save(&self.tmp_dir(), self.sharing)
     }
 
     pub(crate) fn dir(&self, sub: &str) -> PathBuf {
@@ -284,6 +334,21 @@ impl Store {
             }
             .into()),
         }
+    }
+}
+
+const SHARING_FILE: &str = "SHARING";
+
+/// The store's sharing mode from its `SHARING` file (absent: private).
+fn read_sharing(root: &Path) -> Result<fsutil::Sharing> {
+    match fsutil::read_opt(&root.join(SHARING_FILE))? {
+        None => Ok(fsutil::Sharing::Private),
+        Some(b) if b.trim_ascii() == b"group" => Ok(fsutil::Sharing::Group),
+        Some(b) => anyhow::bail!(
+            "{}: unknown sharing mode {:?} (expected `group`)",
+            root.join(SHARING_FILE).display(),
+            String::from_utf8_lossy(&b[..b.len().min(40)])
+        ),
     }
 }
 

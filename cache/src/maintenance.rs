@@ -289,12 +289,14 @@ impl Store {
             }
             let u = usage(&dir.path())?;
             if !opts.dry_run {
-                match fs::remove_dir_all(dir.path()) {
-                    Ok(()) => {}
+                // Same dance as `clear_checkpoints`: out of the lookup path first.
+                let doomed = self.tmp_dir().join(fsutil::unique_name("ckpt-gc-"));
+                match fs::rename(dir.path(), &doomed) {
+                    Ok(()) => fsutil::remove_tree_racy(&doomed)?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {
                         return Err(anyhow::Error::new(e)
-                            .context(format!("removing {}", dir.path().display())))
+                            .context(format!("moving {} aside", dir.path().display())))
                     }
                 }
             }
@@ -317,6 +319,14 @@ impl Store {
 
         for e in fsutil::list_dir(&self.tmp_dir())? {
             let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                // checkpoint folders set aside by a process that died before removing them
+                if !young(&meta) && !opts.dry_run {
+                    fsutil::remove_tree_racy(&e.path())?;
+                    rep.tmp_removed += 1;
+                }
+                continue;
+            }
             if !meta.is_file() {
                 continue;
             }

@@ -335,14 +335,14 @@ impl StatCache {
         Ok(out)
     }
 
-    pub(crate) fn save(&self, tmp_dir: &Path) -> Result<()> {
+    pub(crate) fn save(&self, tmp_dir: &Path, sharing: fsutil::Sharing) -> Result<()> {
         let mut w = self.inner.write().unwrap();
         if !w.dirty {
             return Ok(());
         }
         self.merge_from_disk(&mut w)?;
         let dest = self.dir.join(format!("{}.stc", fsutil::unique_name("")));
-        fsutil::write_atomic(tmp_dir, &dest, &encode(&w.map), false)
+        fsutil::write_atomic(tmp_dir, &dest, &encode(&w.map), false, sharing)
             .context("saving the stat cache")?;
         for old in std::mem::take(&mut w.merged) {
             fsutil::remove_file_opt(&old)?;

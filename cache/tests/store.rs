@@ -863,3 +863,63 @@ fn killed_writer_leaves_no_torn_files() {
     assert_eq!(count_files(&root.join("tmp")), 0);
     assert_eq!(s.list_actions().unwrap().len(), keep.len());
 }
+
+/// Group-shared mode (as git's `core.sharedRepository = group`): folders group-writable and
+/// setgid, files group-readable, group-writable unless read-only; every later opener follows.
+#[test]
+fn group_shared_store_gives_the_group_its_files_and_folders() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    {
+        let mut s = Store::open(&root).unwrap();
+        s.put_blob(&bytes(1, 100)).unwrap(); // written before sharing: fixed by share
+        assert_eq!(s.sharing(), mpfnet_cache::Sharing::Private);
+        assert!(s.share_with_group().unwrap() > 5);
+    }
+    // a later process (a fresh open) follows the SHARING file
+    let s = Store::open(&root).unwrap();
+    assert_eq!(s.sharing(), mpfnet_cache::Sharing::Group);
+    let d = s.put_blob(&bytes(2, 100)).unwrap();
+    let key = Digest::of(b"node");
+    s.put_action(&key, &ActionRecord { output: d, provenance: json!({}) }).unwrap();
+    s.put_checkpoint(&key, 3, b"state").unwrap();
+    let mut dirs = 0;
+    let mut files = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(p) = stack.pop() {
+        for e in fs::read_dir(&p).unwrap().flatten() {
+            let m = mode(&e.path());
+            if e.file_type().unwrap().is_dir() {
+                assert_eq!(m & 0o2070, 0o2070, "{}: {m:o}", e.path().display());
+                stack.push(e.path());
+                dirs += 1;
+            } else {
+                assert_eq!(m & 0o040, 0o040, "{}: {m:o}", e.path().display());
+                let ro = m & 0o200 == 0;
+                if !ro {
+                    assert_eq!(m & 0o060, 0o060, "{}: {m:o}", e.path().display());
+                }
+                files += 1;
+            }
+        }
+    }
+    assert!(dirs >= 8 && files >= 4, "{dirs} folders, {files} files");
+    let blob = s.blob_path(&d);
+    assert_eq!(mode(&blob), 0o444, "blobs stay read-only");
+}
+
+/// A store area replaced by a symbolic link is refused: it would redirect writes and gc.
+#[test]
+fn a_symlinked_store_area_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    Store::open(&root).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::remove_dir_all(root.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("blobs")).unwrap();
+    let e = format!("{:#}", Store::open(&root).err().expect("refused"));
+    assert!(e.contains("symbolic link") && e.contains("blobs"), "{e}");
+}
