@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub states: Mutex<Vec<NodeState>>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Progress,
+    /// Cached nodes whose blob proved missing or corrupt when a dependent loaded it, so they
+    /// ran after all (counted as computed, not cached).
+    pub recomputed_on_load: std::sync::atomic::AtomicUsize,
 }
 
 /// A pipeline bound to a registry and a cache.
@@ -117,6 +120,10 @@ pub struct ExecSummary {
     pub computed: usize,
     pub cached: usize,
     pub failed: Vec<(String, String)>,
+    /// How many of `failed` failed on the user's input (`mpfnet_api::BadInput`: a sheet row, a
+    /// frame file), not on the run itself.
+    #[serde(default)]
+    pub failed_on_input: usize,
     pub skipped: usize,
     pub cancelled: bool,
 }
@@ -159,6 +166,7 @@ impl Engine {
                 states: Mutex::new(Vec::new()),
                 cancel: Arc::new(AtomicBool::new(false)),
                 progress,
+                recomputed_on_load: Default::default(),
             }),
             expanded: BTreeSet::new(),
             by_name: HashMap::new(),
@@ -237,16 +245,22 @@ impl Engine {
                 total.cached += s.cached;
                 total.skipped += s.skipped;
                 total.failed.extend(s.failed.clone());
+                total.failed_on_input += s.failed_on_input;
                 if !s.failed.is_empty() || s.cancelled {
                     total.cancelled |= s.cancelled;
-                    return Err(anyhow!(
+                    let e = anyhow!(
                         "discovery failed: {}",
                         s.failed
                             .iter()
                             .map(|(n, e)| format!("{n}: {e}"))
                             .collect::<Vec<_>>()
                             .join("; ")
-                    ));
+                    );
+                    // the data could not be read: the user's input, exit 2
+                    if !s.failed.is_empty() && s.failed_on_input == s.failed.len() {
+                        return Err(mpfnet_api::BadInput(e).into());
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -477,6 +491,7 @@ impl Shared {
             "warning: cached output of `{name}` missing or corrupt, recomputing"
         ));
         let (_key, art, new_digest, _) = self.compute(id, true)?;
+        self.recomputed_on_load.fetch_add(1, Ordering::Relaxed);
         if new_digest.to_string() != digest {
             tracing::warn!("`{name}` recomputed to a different digest ({} vs {}): the stage is not deterministic", new_digest.short(), &digest[..12]);
         }
@@ -612,7 +627,11 @@ impl Shared {
                 provenance,
             },
         )?;
-        self.store.clear_checkpoints(&key)?;
+        // The output is stored: the node has succeeded whatever happens to its checkpoints
+        // (another process may be clearing the same folder); a leftover is gc's to reclaim.
+        if let Err(e) = self.store.clear_checkpoints(&key) {
+            tracing::warn!(node = %node.name, "could not remove checkpoints: {e:#}");
+        }
         Ok((key, art, digest, secs))
     }
 }
@@ -776,6 +795,7 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
                 }
                 tracing::error!("node {name} failed: {msg}");
                 summary.failed.push((name.clone(), msg.clone()));
+                summary.failed_on_input += mpfnet_api::is_bad_input(&e) as usize;
                 sh.states.lock().unwrap()[n] = NodeState::Failed { error: msg };
                 // everything downstream is skipped, naming the cause
                 let mut stack = dependents.get(&n).cloned().unwrap_or_default();
@@ -796,6 +816,9 @@ async fn execute(sh: Arc<Shared>, targets: Vec<usize>) -> Result<ExecSummary> {
         }
     }
     summary.cancelled = sh.cancel.load(Ordering::Relaxed);
+    let again = sh.recomputed_on_load.swap(0, Ordering::Relaxed);
+    summary.cached = summary.cached.saturating_sub(again);
+    summary.computed += again;
     // nodes never reached because the run stopped
     let mut states = sh.states.lock().unwrap();
     for &n in &set {

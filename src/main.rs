@@ -166,6 +166,13 @@ enum CacheCmd {
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
     },
+    /// Share the cache with your group from now on (as git's core.sharedRepository = group):
+    /// folders group-writable and setgid, files group-readable; run `chgrp -R GROUP` on it first
+    Share {
+        /// The only mode there is; say it so the command reads as what it does
+        #[arg(long, required = true)]
+        group: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,8 +213,12 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
+            // 2: the user's input (pipeline, data, bundle, clip, arguments) is wrong; 1: the run failed
             if e.downcast_ref::<ConfigError>().is_some() {
                 eprintln!("error: {e}");
+                ExitCode::from(2)
+            } else if mpfnet_api::is_bad_input(&e) {
+                eprintln!("error: {e:#}");
                 ExitCode::from(2)
             } else {
                 eprintln!("error: {e:#}");
@@ -268,6 +279,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if s.ok() {
                 ExitCode::SUCCESS
+            } else if !s.failed.is_empty() && s.failed_on_input == s.failed.len() {
+                ExitCode::from(2) // every failure was the input's (a sheet row, a frame file)
             } else {
                 ExitCode::from(1)
             })
@@ -362,9 +375,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cache { cmd } => {
-            let store = mpfnet_cache::Store::open(&ws.cache_dir)
+            let mut store = mpfnet_cache::Store::open(&ws.cache_dir)
                 .with_context(|| format!("opening cache {}", ws.cache_dir.display()))?;
             match cmd {
+                CacheCmd::Share { group: _ } => {
+                    let n = store.share_with_group()?;
+                    println!(
+                        "{}: shared with its group ({n} files and folders set; new ones follow)",
+                        ws.cache_dir.display()
+                    );
+                }
                 CacheCmd::Ls { stage } => {
                     for (k, p) in inspect::list(&store, stage.as_deref())? {
                         println!(
@@ -403,6 +423,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 CacheCmd::Gc { keep, grace_secs } => {
+                    if grace_secs < 600 {
+                        eprintln!("warning: a grace of {grace_secs} s: temp files, checkpoints and fresh results of mpfnet processes writing to this cache right now may be deleted (the default, 3600 s, spares them)");
+                    }
                     let mut keys = std::collections::HashSet::new();
                     for p in &keep {
                         keys.extend(inspect::keys_of_latest(&ws.runs_dir, p)?.into_keys());

@@ -401,6 +401,9 @@ fn merge_params(
         };
         let merged = match (d, v) {
             (Value::Null, v) => v.clone(),
+            // an empty default table is an open map (e.g. `class_map`): its keys are the user's,
+            // and the stage's typed parse checks them
+            (Value::Object(dm), Value::Object(_)) if dm.is_empty() => v.clone(),
             (Value::Object(_), Value::Object(um)) => merge_params(d, um, &path, m, kind)?,
             (Value::Number(dn), Value::Number(un)) if dn.is_f64() || !un.is_f64() => {
                 if dn.is_f64() {
@@ -469,6 +472,10 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into()),
     };
+    // The name becomes a folder under runs/: a shared pipeline file must not write elsewhere.
+    if let Err(why) = check_file_name(&name) {
+        return Err(err(m.loc("name"), "name", format!("pipeline name {name:?} {why}")));
+    }
     let seed = match top.get("seed") {
         None => 0,
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap(),
@@ -590,10 +597,17 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
         }
         let params = merge_params(&stage.defaults(), &user, &base, &m, &kind)?;
         if let Err(e) = stage.validate(&params) {
+            // point at the parameter the message names in backticks, where the user set it
+            let msg = format!("{e:#}");
+            let key = user
+                .keys()
+                .find(|k| msg.contains(&format!("`{k}`")))
+                .map(|k| format!("{base}.{k}"))
+                .unwrap_or_else(|| base.clone());
             return Err(err(
-                m.loc(&base),
-                &base,
-                format!("invalid parameters for `{kind}`: {e:#}"),
+                m.loc(&key),
+                &key,
+                format!("invalid parameters for `{kind}`: {msg}"),
             ));
         }
         stages.insert(
@@ -700,6 +714,18 @@ fn check_cycles(stages: &BTreeMap<String, StageDecl>, m: &Merged) -> anyhow::Res
             key,
             format!("dependency cycle through stages {members:?}"),
         ));
+    }
+    Ok(())
+}
+
+/// A name that becomes one file or folder name: ASCII letters, digits, `.`, `_`, `-`, not
+/// starting with a dot (so never `.`, `..` or hidden), at most 100 characters.
+pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 100 || name.starts_with('.') || !ok_chars {
+        return Err("must be one file name (letters, digits, `.`, `_`, `-`; not starting with `.`; at most 100 characters), not a path".into());
     }
     Ok(())
 }

@@ -72,6 +72,8 @@ pub fn write(
             }
         }));
     }
+    crate::pipeline::check_file_name(&rec.pipeline)
+        .map_err(|why| anyhow::anyhow!("pipeline name {:?} {why}", rec.pipeline))?;
     let base = pipeline_dir(runs_root, &rec.pipeline);
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     // create_dir claims the folder: concurrent runs (array tasks) never share one
@@ -88,7 +90,7 @@ pub fn write(
         }
     }
     for (name, bytes) in files {
-        let p = dir.join(name);
+        let p = confined(&dir, name)?;
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -106,6 +108,19 @@ pub fn write(
         )?;
     }
     Ok(dir)
+}
+
+/// `dir/name` where `name` is a relative path of plain components (stages name their report
+/// files, a pipeline names the bundle): nothing a stage or a pipeline says escapes `dir`.
+fn confined(dir: &Path, name: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let rel = Path::new(name);
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    anyhow::ensure!(
+        plain && !name.is_empty(),
+        "refusing to write run file {name:?}: not a relative path below the run folder"
+    );
+    Ok(dir.join(rel))
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

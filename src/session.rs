@@ -88,6 +88,7 @@ pub fn run_selected(
     summary.cached += s.cached;
     summary.skipped += s.skipped;
     summary.failed.extend(s.failed);
+    summary.failed_on_input += s.failed_on_input;
     summary.cancelled |= s.cancelled;
 
     let mut files = BTreeMap::new();

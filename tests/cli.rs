@@ -53,3 +53,27 @@ fn stages_lists_the_method() {
         );
     }
 }
+
+#[test]
+fn data_and_argument_errors_exit_2_run_failures_1() {
+    let dir = tempfile::tempdir().unwrap();
+    // data that is not there: the user's input, exit 2, naming the folder
+    std::fs::write(
+        dir.path().join("nodata.toml"),
+        "[stages.ds]\nkind = \"dataset\"\nformat = \"casme2\"\nroot = \"no/such/folder\"\n",
+    )
+    .unwrap();
+    let out = mpfnet(dir.path()).args(["run", "nodata.toml"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no/such/folder"), "{err}");
+    // a bundle that is not one
+    std::fs::write(dir.path().join("fake.safetensors"), b"not a bundle").unwrap();
+    let out = mpfnet(dir.path())
+        .args(["predict", "fake.safetensors", "clip"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("fake.safetensors"), "{err}");
+}

@@ -15,6 +15,36 @@ pub use anyhow::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// An error caused by what the user handed in (a data file, a sheet row, a model bundle, a
+/// clip, an argument), as opposed to a failure of the run itself: the CLI exits with status 2
+/// for these, 1 for the others. Wrap with [`BadInputExt::bad_input`]; the message is kept.
+#[derive(Debug)]
+pub struct BadInput(pub anyhow::Error);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Marks an error as the user's input's fault ([`BadInput`]).
+pub trait BadInputExt<T> {
+    fn bad_input(self) -> Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> BadInputExt<T> for std::result::Result<T, E> {
+    fn bad_input(self) -> Result<T> {
+        self.map_err(|e| anyhow::Error::new(BadInput(e.into())))
+    }
+}
+
+/// Whether any error in `e`'s chain is a [`BadInput`].
+pub fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<BadInput>())
+}
+
 /// A dense little-endian array, the unit of data between stages.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {

@@ -11,7 +11,7 @@
 //! fold ~236 training samples of which 2 subjects (~19 samples) validate; AFE on the magnified,
 //! class-balanced set, phi ranges from `prep::magnify::phi_max_per_class` with base 4, cap 14).
 //!
-//! `cargo run --release --example bench_fold [-- --batch 8 --steps 2]`
+//! `cargo run --release --example bench_fold [-- --batch 8 --steps 2 --device cuda:0]`
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -47,7 +47,11 @@ fn hms(s: f64) -> String {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (batch, steps) = (arg(&args, "--batch", 8), arg(&args, "--steps", 2));
-    let dev = Device::Cpu;
+    // `--device cuda:0` (a build with --features cuda) times the training on a GPU
+    let dev = match args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)) {
+        Some(d) if d.starts_with("cuda:") => Device::new_cuda(d[5..].parse()?)?,
+        _ => Device::Cpu,
+    };
 
     // 1. pre-processing of one clip, paper settings
     let prep = FeatureParams::default();
@@ -56,7 +60,7 @@ fn main() -> Result<()> {
     let mut t_prep = Vec::new();
     for _ in 0..3 {
         let t0 = Instant::now();
-        let (o, a) = prep.crop_pair(onset.clone(), apex.clone(), "bench")?;
+        let (o, a) = prep.crop_pair(onset.clone(), apex.clone(), &["onset".into(), "apex".into()])?;
         let p = prep.prepare(o, a, 0)?;
         assert_eq!(p.shape, vec![5, prep.frames - 1, prep.size, prep.size]);
         t_prep.push(t0.elapsed().as_secs_f64());
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
         let t0 = Instant::now();
         let loss = model.forward(&x, true)?.sqr()?.mean_all()?;
         opt.step(&loss.backward()?)?;
+        loss.to_scalar::<f32>()?; // on a GPU: wait for the step to finish
         t_step.push(t0.elapsed().as_secs_f64());
     }
     t_step.remove(0); // warm-up

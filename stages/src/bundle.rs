@@ -30,7 +30,8 @@ use crate::train::init::sorted_vars;
 use crate::train::meta::model::{MetaModel, Variant};
 use crate::train::meta::proto::{class_probs, PredictConfig};
 
-pub const FORMAT: &str = "mpfnet-bundle/1";
+/// 2: the checksum covers the metadata too.
+pub const FORMAT: &str = "mpfnet-bundle/2";
 const META_KEY: &str = "mpfnet.bundle";
 
 /// What a bundle says about itself (the `mpfnet.bundle` metadata entry).
@@ -62,7 +63,82 @@ pub struct BundleMeta {
     pub tensors_blake3: String,
 }
 
+/// Limits on what a bundle's metadata may ask for: generous for any CA-I3D this project trains
+/// (the paper's: widths <= 480, 10 x 128 x 128 inputs), far below what would exhaust memory.
+const MAX_WIDTH: usize = 4096;
+const MAX_CLASSES: usize = 256;
+const MAX_SIDE: usize = 1024;
+const MAX_FRAMES: usize = 128;
+/// Largest activation the forward pass may hold: widest layer x T x H x W scalars (1 GiB of f32).
+const MAX_ACTIVATION: u128 = 1 << 28;
+
 impl BundleMeta {
+    /// Checks every number that sizes an allocation (network widths, input shape, the
+    /// pre-processing's frame size and count) against fixed limits, and the network's variables
+    /// against the file's size: `file_len` bytes cannot hold more than `file_len / 4` scalars.
+    pub fn check_limits(&self, file_len: usize) -> Result<()> {
+        let m = &self.model;
+        let widths = [m.stem_channels, m.embed_dim, self.bridge_channels, m.in_channels, m.extra_in_channels]
+            .into_iter()
+            .chain(m.mixed.iter().flatten().copied());
+        for w in widths {
+            ensure!(w <= MAX_WIDTH, "a network width of {w} exceeds the limit of {MAX_WIDTH}");
+        }
+        ensure!(
+            m.pool.iter().all(|&p| (1..=64).contains(&p)),
+            "pool {:?}: each side must be 1..=64",
+            m.pool
+        );
+        ensure!(
+            (2..=MAX_CLASSES).contains(&self.classes.len()),
+            "{} classes: must be 2..={MAX_CLASSES}",
+            self.classes.len()
+        );
+        let [c, t, h, w] = self.input_shape;
+        ensure!(
+            (1..=5).contains(&c) && (1..MAX_FRAMES).contains(&t) && (1..=MAX_SIDE).contains(&h) && (1..=MAX_SIDE).contains(&w),
+            "input shape {:?} is outside [1..=5, 1..{MAX_FRAMES}, 1..={MAX_SIDE}, 1..={MAX_SIDE}]",
+            self.input_shape
+        );
+        let pp = &self.preprocess;
+        ensure!(
+            pp.size <= MAX_SIDE && pp.frames <= MAX_FRAMES,
+            "pre-processing size {} / frames {} exceed the limits ({MAX_SIDE} px, {MAX_FRAMES} frames)",
+            pp.size,
+            pp.frames
+        );
+        ensure!(
+            [h, w] == [pp.size, pp.size] && t + 1 == pp.frames,
+            "input shape {:?} does not follow from the pre-processing (size {}, {} frames)",
+            self.input_shape,
+            pp.size,
+            pp.frames
+        );
+        let widest = [m.stem_channels, m.mixed_out(0), m.mixed_out(1), c + self.bridge_channels]
+            .into_iter()
+            .max()
+            .unwrap_or(0) as u128;
+        let act = widest * (t * h * w) as u128;
+        ensure!(
+            act <= MAX_ACTIVATION,
+            "the network would hold activations of {act} scalars (widest layer {widest} x {t} x {h} x {w}); the limit is {MAX_ACTIVATION}"
+        );
+        let mut vars = m.variable_count();
+        if !matches!(self.variant()?, Variant::Single) {
+            let mut second = m.clone();
+            if let Variant::C { bridge_channels } = self.variant()? {
+                second.extra_in_channels = bridge_channels;
+            }
+            vars += second.variable_count();
+        }
+        let room = (file_len / 4) as u128;
+        ensure!(
+            vars <= room,
+            "the network it describes has {vars} variables, more than the {file_len}-byte file can hold"
+        );
+        Ok(())
+    }
+
     pub fn variant(&self) -> Result<Variant> {
         Ok(match self.variant.as_str() {
             "p" => Variant::P { gamma: self.gamma },
@@ -81,8 +157,15 @@ pub struct Bundle {
     pub tensors: BTreeMap<String, Array>,
 }
 
-fn checksum(tensors: &BTreeMap<String, Array>) -> String {
+/// blake3 over every tensor (name, dtype, shape, bytes) and the metadata (with this field
+/// blank): a bundle's metadata is as much a part of it as its weights.
+fn checksum(tensors: &BTreeMap<String, Array>, meta: &BundleMeta) -> String {
     let mut h = blake3::Hasher::new();
+    let mut m = meta.clone();
+    m.tensors_blake3.clear();
+    let mj = serde_json::to_vec(&m).expect("bundle metadata serialises");
+    h.update(&(mj.len() as u64).to_le_bytes());
+    h.update(&mj);
     for (name, a) in tensors {
         for part in [name.as_bytes(), a.dtype().as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
@@ -129,7 +212,7 @@ impl Bundle {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut m = self.meta.clone();
-        m.tensors_blake3 = checksum(&self.tensors);
+        m.tensors_blake3 = checksum(&self.tensors, &m);
         let meta =
             std::collections::HashMap::from([(META_KEY.to_string(), serde_json::to_string(&m)?)]);
         Ok(safetensors::serialize(views, Some(meta))?)
@@ -158,6 +241,11 @@ impl Bundle {
         }
         let meta: BundleMeta = serde_json::from_value(probe)
             .with_context(|| format!("{source}: `{META_KEY}` metadata"))?;
+        // Nothing is sized by the metadata before it is checked against sane limits and
+        // against the file itself: bundles are shared, and a crafted one must be refused, not
+        // abort the process on an allocation.
+        meta.check_limits(bytes.len())
+            .with_context(|| format!("{source}: `{META_KEY}` metadata refused"))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
@@ -180,7 +268,7 @@ impl Bundle {
             };
             tensors.insert(name, a);
         }
-        if checksum(&tensors) != meta.tensors_blake3 {
+        if checksum(&tensors, &meta) != meta.tensors_blake3 {
             bail!("{source}: the tensors' checksum does not match the one recorded: the file was modified or corrupted");
         }
         Ok(Bundle { meta, tensors })
@@ -384,79 +472,82 @@ impl Predictor {
     }
 }
 
+/// A bundle of a seeded, untrained tiny MPFNet (P or C), 3 classes, 16 px, L = 3: what the
+/// tests (here and the CLI's hostile-input tests) start from.
+pub fn tiny_example(variant: &str) -> Bundle {
+    use crate::train::meta::MetaConfig;
+    use serde_json::json;
+    let model: CaI3dConfig = serde_json::from_value(json!({
+        "stem_channels": 4, "mixed": [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]],
+        "pool": [1, 1, 1], "embed_dim": 8
+    }))
+    .unwrap();
+    let preprocess = FeatureParams {
+        size: 16,
+        frames: 3,
+        ..Default::default()
+    };
+    let meta = BundleMeta {
+        format: FORMAT.into(),
+        classes: vec!["negative".into(), "positive".into(), "surprise".into()],
+        variant: variant.into(),
+        label: "test".into(),
+        gamma: 0.7,
+        bridge_channels: 2,
+        model: model.clone(),
+        channels: Channels::Both,
+        input_shape: [5, 2, 16, 16],
+        predict: MetaConfig::default().predict_config(),
+        preprocess,
+        recipe: "0".repeat(64),
+        train_subjects: 3,
+        train_samples: 30,
+        tensors_blake3: String::new(),
+    };
+    let dev = Device::Cpu;
+    let fac = factory(&model);
+    let v = meta.variant().unwrap();
+    let m = MetaModel::new(
+        &fac as &EncoderFactory,
+        v,
+        VarMap::new(),
+        Some(VarMap::new()),
+        meta.input_shape,
+        3,
+        &dev,
+    )
+    .unwrap();
+    let mut tensors = BTreeMap::new();
+    for (tag, map) in m.maps() {
+        for (n, var) in sorted_vars(map) {
+            let t = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            tensors.insert(
+                format!("{tag}/{n}"),
+                Array::f32(var.dims().to_vec(), t).unwrap(),
+            );
+        }
+    }
+    for k in 0..m.embed_weights().len() {
+        let p: Vec<f32> = (0..24).map(|i| ((i * 7 + k) % 5) as f32 - 2.0).collect();
+        tensors.insert(format!("proto.{k}"), Array::f32(vec![3, 8], p).unwrap());
+    }
+    tensors.insert(
+        "proto_classes".into(),
+        Array::i64(vec![3], vec![0, 1, 2]).unwrap(),
+    );
+    Bundle { meta, tensors }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::train::meta::MetaConfig;
     use serde_json::json;
 
-    /// A bundle of a seeded, untrained tiny MPFNet (P or C), 3 classes, 16 px, L = 3.
-    pub(crate) fn tiny_bundle(variant: &str) -> Bundle {
-        let model: CaI3dConfig = serde_json::from_value(json!({
-            "stem_channels": 4, "mixed": [[4, 4, 4, 2, 2, 2], [4, 4, 4, 2, 2, 2]],
-            "pool": [1, 1, 1], "embed_dim": 8
-        }))
-        .unwrap();
-        let preprocess = FeatureParams {
-            size: 16,
-            frames: 3,
-            ..Default::default()
-        };
-        let meta = BundleMeta {
-            format: FORMAT.into(),
-            classes: vec!["negative".into(), "positive".into(), "surprise".into()],
-            variant: variant.into(),
-            label: "test".into(),
-            gamma: 0.7,
-            bridge_channels: 2,
-            model: model.clone(),
-            channels: Channels::Both,
-            input_shape: [5, 2, 16, 16],
-            predict: MetaConfig::default().predict_config(),
-            preprocess,
-            recipe: "0".repeat(64),
-            train_subjects: 3,
-            train_samples: 30,
-            tensors_blake3: String::new(),
-        };
-        let dev = Device::Cpu;
-        let fac = factory(&model);
-        let v = meta.variant().unwrap();
-        let m = MetaModel::new(
-            &fac as &EncoderFactory,
-            v,
-            VarMap::new(),
-            Some(VarMap::new()),
-            meta.input_shape,
-            3,
-            &dev,
-        )
-        .unwrap();
-        let mut tensors = BTreeMap::new();
-        for (tag, map) in m.maps() {
-            for (n, var) in sorted_vars(map) {
-                let t = var
-                    .as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                tensors.insert(
-                    format!("{tag}/{n}"),
-                    Array::f32(var.dims().to_vec(), t).unwrap(),
-                );
-            }
-        }
-        for k in 0..m.embed_weights().len() {
-            let p: Vec<f32> = (0..24).map(|i| ((i * 7 + k) % 5) as f32 - 2.0).collect();
-            tensors.insert(format!("proto.{k}"), Array::f32(vec![3, 8], p).unwrap());
-        }
-        tensors.insert(
-            "proto_classes".into(),
-            Array::i64(vec![3], vec![0, 1, 2]).unwrap(),
-        );
-        Bundle { meta, tensors }
-    }
 
     fn err_of<T>(r: Result<T>) -> String {
         match r {
@@ -468,7 +559,7 @@ pub(crate) mod tests {
     #[test]
     fn round_trips_and_classifies_deterministically() {
         for v in ["p", "c"] {
-            let b = tiny_bundle(v);
+            let b = tiny_example(v);
             let bytes = b.to_bytes().unwrap();
             assert_eq!(
                 bytes,
@@ -492,8 +583,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn metadata_edits_break_the_checksum_and_crafted_sizes_hit_the_limits() {
+        // an edit of the metadata alone (the checksum left as it was) is caught
+        let b = tiny_example("p");
+        let mut bytes = b.to_bytes().unwrap();
+        // train_samples 30 -> 31, in place (same length, so the file stays well-formed)
+        let pat = br#"train_samples\":30"#;
+        let at = bytes
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .expect("the metadata holds train_samples");
+        bytes[at + pat.len() - 1] = b'1';
+        let e = err_of(Bundle::from_bytes(&bytes, "m.safetensors"));
+        assert!(e.contains("checksum"), "{e}");
+        // crafted numbers with a recomputed checksum are refused by the limits, not allocated
+        let crafted = |edit: &dyn Fn(&mut Bundle)| {
+            let mut b = tiny_example("c");
+            edit(&mut b);
+            err_of(Bundle::from_bytes(&b.to_bytes().unwrap(), "m.safetensors"))
+        };
+        let e = crafted(&|b| b.meta.model.stem_channels = 1 << 20);
+        assert!(e.contains("width of 1048576"), "{e}");
+        let e = crafted(&|b| b.meta.preprocess.size = 200_000);
+        assert!(e.contains("size 200000"), "{e}");
+        let e = crafted(&|b| b.meta.model.mixed = [[2048; 6], [2048; 6]]);
+        assert!(e.contains("more than the"), "{e}");
+        // the honest bundle is within every limit, with its variables counted exactly
+        let m = &b.meta.model;
+        let vars: usize = b.tensors.iter().filter(|(k, _)| k.starts_with("p/")).map(|(_, a)| a.len()).sum();
+        assert_eq!(m.variable_count(), vars as u128, "variable_count matches the built network");
+    }
+
+    #[test]
     fn truncated_or_flipped_files_are_refused() {
-        let bytes = tiny_bundle("c").to_bytes().unwrap();
+        let bytes = tiny_example("c").to_bytes().unwrap();
         let e = err_of(Bundle::from_bytes(
             &bytes[..bytes.len() - 100],
             "m.safetensors",
@@ -520,7 +643,7 @@ pub(crate) mod tests {
 
     #[test]
     fn wrong_or_missing_tensors_are_named() {
-        let mut b = tiny_bundle("p");
+        let mut b = tiny_example("p");
         let name = b
             .tensors
             .keys()
@@ -533,12 +656,12 @@ pub(crate) mod tests {
         let e = err_of(Predictor::new(&b, &Device::Cpu));
         assert!(e.contains(&name) && e.contains("shape"), "{e}");
 
-        let mut b = tiny_bundle("p");
+        let mut b = tiny_example("p");
         b.tensors.remove(&name);
         let e = err_of(Predictor::new(&b, &Device::Cpu));
         assert!(e.contains(&name) && e.contains("lacks"), "{e}");
 
-        let mut b = tiny_bundle("p");
+        let mut b = tiny_example("p");
         b.tensors.insert(
             "proto.1".into(),
             Array::f32(vec![3, 4], vec![0.0; 12]).unwrap(),
@@ -546,7 +669,7 @@ pub(crate) mod tests {
         let e = err_of(Predictor::new(&b, &Device::Cpu));
         assert!(e.contains("proto.1"), "{e}");
 
-        let mut b = tiny_bundle("p");
+        let mut b = tiny_example("p");
         b.tensors
             .insert("s/extra".into(), Array::f32(vec![1], vec![0.0]).unwrap());
         let e = err_of(Predictor::new(&b, &Device::Cpu));
@@ -555,7 +678,7 @@ pub(crate) mod tests {
 
     #[test]
     fn other_preprocessing_than_asked_is_refused_by_name() {
-        let b = tiny_bundle("c");
+        let b = tiny_example("c");
         let same = serde_json::to_value(&b.meta.preprocess).unwrap();
         b.check_preprocess(&same).unwrap();
         let mut other = same.clone();

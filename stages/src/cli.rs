@@ -109,6 +109,11 @@ const IMAGE_EXT: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 /// A clip argument: `DIR` (frames in natural order; onset/apex positions default to first and
 /// middle) or `ONSET,APEX`.
 pub fn resolve_clip(arg: &str, onset: Option<usize>, apex: Option<usize>) -> Result<Clip> {
+    use mpfnet_api::BadInputExt;
+    resolve_clip_inner(arg, onset, apex).bad_input()
+}
+
+fn resolve_clip_inner(arg: &str, onset: Option<usize>, apex: Option<usize>) -> Result<Clip> {
     use anyhow::{bail, Context};
     let p = std::path::Path::new(arg);
     if p.is_dir() {
@@ -173,81 +178,125 @@ pub struct ClipPrediction {
 }
 
 /// Prepares each clip exactly as the bundle's training data were and classifies it; with
-/// `explain`, writes `<k>_gradcam.png` and `<k>_flow.png` per clip there.
+/// `explain`, writes `<k>_gradcam.png` and `<k>_flow.png` per clip there. Stops at the first
+/// clip that fails (see [`predict_each`] for one result per clip).
 pub fn predict_clips(
     pred: &crate::bundle::Predictor,
     clips: &[Clip],
     detect_face: bool,
     explain: Option<&std::path::Path>,
 ) -> Result<Vec<ClipPrediction>> {
-    use anyhow::Context;
+    predict_each(pred, clips, detect_face, explain)
+        .into_iter()
+        .collect()
+}
+
+/// One result per clip: a bad clip (unreadable frame, no face found) is reported and the
+/// others still run.
+pub fn predict_each(
+    pred: &crate::bundle::Predictor,
+    clips: &[Clip],
+    detect_face: bool,
+    explain: Option<&std::path::Path>,
+) -> Vec<Result<ClipPrediction>> {
     let mut prep = pred.meta.preprocess.clone();
     prep.detect_face |= detect_face;
-    let mut out = Vec::new();
-    for (k, c) in clips.iter().enumerate() {
-        let ctx = || format!("clip {}", c.name);
-        let onset = crate::prep::image::load_frame(&c.onset).with_context(ctx)?;
-        let apex = crate::prep::image::load_frame(&c.apex).with_context(ctx)?;
-        let (onset, apex) = prep.crop_pair(onset, apex, &c.name).with_context(ctx)?;
-        let p = prep.prepare(onset, apex, 0).with_context(ctx)?;
-        let input = pred.input(&p.x, &p.shape).with_context(ctx)?;
-        let probs = pred.classify(&input).with_context(ctx)?;
-        let best = crate::train::meta::proto::argmax(&probs);
-        if let Some(dir) = explain {
-            std::fs::create_dir_all(dir)?;
-            let cam = pred.grad_cam(&input, best).with_context(ctx)?;
-            let title = format!("Grad-CAM {} -> {}", c.name, pred.meta.classes[best]);
-            crate::eval::gradcam::overlay_png(
-                &p.shape,
-                &p.x,
-                &cam,
-                &title,
-                &dir.join(format!("{k:03}_gradcam.png")),
-            )?;
-            let (t, h, w) = (p.shape[1], p.shape[2], p.shape[3]);
-            let plane =
-                |ch: usize| p.x[(ch * t + t / 2) * h * w..(ch * t + t / 2 + 1) * h * w].to_vec();
-            let flow = crate::prep::flow::FlowField {
-                width: w,
-                height: h,
-                u: plane(0),
-                v: plane(1),
-            };
-            std::fs::write(
-                dir.join(format!("{k:03}_flow.png")),
-                crate::kinds::features::png(&crate::prep::viz::flow_to_rgb(&flow, None))?,
-            )?;
-        }
-        out.push(ClipPrediction {
-            clip: c.name.clone(),
-            onset: c.onset.display().to_string(),
-            apex: c.apex.display().to_string(),
-            predicted: pred.meta.classes[best].clone(),
-            probs,
-        });
+    clips
+        .iter()
+        .enumerate()
+        .map(|(k, c)| predict_one(pred, &prep, k, c, explain))
+        .collect()
+}
+
+fn predict_one(
+    pred: &crate::bundle::Predictor,
+    prep: &crate::kinds::features::FeatureParams,
+    k: usize,
+    c: &Clip,
+    explain: Option<&std::path::Path>,
+) -> Result<ClipPrediction> {
+    use anyhow::Context;
+    use mpfnet_api::BadInputExt;
+    let ctx = || format!("clip {}", c.name);
+    // what is wrong with the clip itself is the user's input; the rest is a failure of ours
+    let onset = crate::prep::image::load_frame(&c.onset).bad_input().with_context(ctx)?;
+    let apex = crate::prep::image::load_frame(&c.apex).bad_input().with_context(ctx)?;
+    let names = [c.onset.display().to_string(), c.apex.display().to_string()];
+    let (onset, apex) = prep.crop_pair(onset, apex, &names).bad_input().with_context(ctx)?;
+    let p = prep.prepare(onset, apex, 0).with_context(ctx)?;
+    let input = pred.input(&p.x, &p.shape).with_context(ctx)?;
+    let probs = pred.classify(&input).with_context(ctx)?;
+    let best = crate::train::meta::proto::argmax(&probs);
+    if let Some(dir) = explain {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--explain {}: cannot create the folder", dir.display()))?;
+        let cam = pred.grad_cam(&input, best).with_context(ctx)?;
+        let title = format!("Grad-CAM {} -> {}", c.name, pred.meta.classes[best]);
+        crate::eval::gradcam::overlay_png(
+            &p.shape,
+            &p.x,
+            &cam,
+            &title,
+            &dir.join(format!("{k:03}_gradcam.png")),
+        )?;
+        let (t, h, w) = (p.shape[1], p.shape[2], p.shape[3]);
+        let plane =
+            |ch: usize| p.x[(ch * t + t / 2) * h * w..(ch * t + t / 2 + 1) * h * w].to_vec();
+        let flow = crate::prep::flow::FlowField {
+            width: w,
+            height: h,
+            u: plane(0),
+            v: plane(1),
+        };
+        std::fs::write(
+            dir.join(format!("{k:03}_flow.png")),
+            crate::kinds::features::png(&crate::prep::viz::flow_to_rgb(&flow, None))?,
+        )?;
     }
-    Ok(out)
+    Ok(ClipPrediction {
+        clip: c.name.clone(),
+        onset: c.onset.display().to_string(),
+        apex: c.apex.display().to_string(),
+        predicted: pred.meta.classes[best].clone(),
+        probs,
+    })
 }
 
 /// `mpfnet predict`; `expect` = the `features` parameters of `--pipeline`, resolved by the CLI.
 pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()> {
-    crate::check_device(&a.device)?;
+    use mpfnet_api::BadInputExt;
+    crate::check_device(&a.device).bad_input()?;
+    if let Some(d) = a.explain.as_deref().filter(|d| d.exists() && !d.is_dir()) {
+        return Err(anyhow::anyhow!("--explain {}: exists and is not a folder", d.display()))
+            .bad_input();
+    }
     let t0 = std::time::Instant::now();
-    let bundle = crate::bundle::Bundle::read(&a.bundle)?;
+    let bundle = crate::bundle::Bundle::read(&a.bundle).bad_input()?;
     if let Some(e) = expect {
-        bundle.check_preprocess(e)?;
+        bundle.check_preprocess(e).bad_input()?;
     }
     let dev = crate::kinds::train::device(&a.device)?;
     let pred = crate::bundle::Predictor::new(&bundle, &dev)
-        .map_err(|e| e.context(format!("{}: unusable model bundle", a.bundle.display())))?;
-    let clips = a
-        .clips
-        .iter()
-        .map(|c| resolve_clip(c, a.onset, a.apex))
-        .collect::<Result<Vec<_>>>()?;
+        .map_err(|e| e.context(format!("{}: unusable model bundle", a.bundle.display())))
+        .bad_input()?;
+    // every clip is tried: the bad ones are listed at the end, the good ones still printed
+    let mut failed: Vec<anyhow::Error> = Vec::new();
+    let mut clips = Vec::new();
+    for c in &a.clips {
+        match resolve_clip(c, a.onset, a.apex) {
+            Ok(c) => clips.push(c),
+            Err(e) => failed.push(e),
+        }
+    }
     let loaded = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
-    let res = predict_clips(&pred, &clips, a.detect_face, a.explain.as_deref())?;
+    let mut res = Vec::new();
+    for r in predict_each(&pred, &clips, a.detect_face, a.explain.as_deref()) {
+        match r {
+            Ok(p) => res.push(p),
+            Err(e) => failed.push(e),
+        }
+    }
     let secs = t1.elapsed().as_secs_f64();
     let classes = &pred.meta.classes;
     if a.json {
@@ -284,7 +333,19 @@ pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()
     if let Some(d) = &a.explain {
         eprintln!("Grad-CAM and flow pictures in {}", d.display());
     }
-    Ok(())
+    for e in &failed {
+        eprintln!("error: {e:#}");
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let err = anyhow::anyhow!("{} of {} clip(s) failed (listed above)", failed.len(), a.clips.len());
+    // the clips' own faults are the user's input (exit 2); anything else is ours (exit 1)
+    if failed.iter().all(mpfnet_api::is_bad_input) {
+        Err(err).bad_input()
+    } else {
+        Err(err)
+    }
 }
 
 #[cfg(test)]
@@ -333,7 +394,7 @@ mod tests {
             .to_string();
         assert!(e.contains("no/such/clip"), "{e}");
 
-        let b = crate::bundle::tests::tiny_bundle("c");
+        let b = crate::bundle::tiny_example("c");
         let pred = crate::bundle::Predictor::new(&b, &candle_core::Device::Cpu).unwrap();
         let explain = dir.path().join("explain");
         let a = predict_clips(&pred, &[c.clone(), c2.clone()], false, Some(&explain)).unwrap();

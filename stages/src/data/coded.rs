@@ -135,7 +135,12 @@ fn check_frames(
     let mut apex = apex;
     if let (Some(o), Some(a)) = (onset, apex) {
         let hi = offset.unwrap_or(u32::MAX);
-        if a < o || a > hi {
+        if a == o {
+            // The method's input is the motion from onset to apex: none here. MEGC2019's
+            // composite set leaves such rows out (CASME II CDE: 145 samples, negative 88).
+            apex = None;
+            faults.push(origin.fault(cols.apex, format!("apex {a} equals onset: no motion to learn from")));
+        } else if a < o || a > hi {
             // Already faulty: a missing-frame fault on top would only repeat it.
             apex = None;
             let range = match offset {

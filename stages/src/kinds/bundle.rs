@@ -47,7 +47,17 @@ impl Stage for BundleStage {
         defaults_of::<BundleParams>()
     }
     fn validate(&self, p: &Value) -> Result<()> {
-        validate_as::<BundleParams>(p)
+        validate_as::<BundleParams>(p)?;
+        let p: BundleParams = serde_json::from_value(p.clone())?;
+        // the file lands in the run folder: one plain file name, never a path out of it
+        let ok = !p.file.is_empty()
+            && p.file.len() <= 100
+            && !p.file.starts_with('.')
+            && p.file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            bail!("`file` = {:?} must be one file name (letters, digits, `.`, `_`, `-`; not starting with `.`), not a path", p.file);
+        }
+        Ok(())
     }
     fn inputs(&self) -> &'static [InputDecl] {
         const I: &[InputDecl] = &[

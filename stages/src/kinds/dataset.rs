@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use mpfnet_api::{Artifact, AxisItem, Ctx, InputDecl, Stage};
+use mpfnet_api::{Artifact, AxisItem, BadInputExt, Ctx, InputDecl, Stage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -203,28 +203,69 @@ impl DatasetParams {
 }
 
 /// Writes the synthetic dataset unless `root` already holds one made with the same settings.
+///
+/// Several processes may ask for the same `root` at once (runs sharing a data folder), so the
+/// dataset is generated under a private name beside `root` and renamed into place: whoever
+/// renames first wins, and a loser whose rename finds `root` already holding the same settings
+/// has succeeded too (generation is deterministic). The private folder never outlives the call.
 pub fn ensure_synth(root: &std::path::Path, p: &SynthParams) -> Result<()> {
-    let stamp = root.join("synth.json");
     let want = serde_json::to_string_pretty(p)?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+    if synth_stamp_matches(root, &want) {
         return Ok(());
     }
+    let private = |what: &str| {
+        let mut name = root.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{what}-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        root.with_file_name(name)
+    };
     if root.exists() {
         // only ever replace a folder that we generated ourselves
-        if !stamp.exists() && std::fs::read_dir(root)?.next().is_some() {
+        if !root.join("synth.json").exists() && std::fs::read_dir(root)?.next().is_some() {
             bail!("{} exists and is not a synthetic dataset written by mpfnet (no synth.json): refusing to overwrite it", root.display());
         }
-        std::fs::remove_dir_all(root)
-            .with_context(|| format!("removing stale synthetic dataset {}", root.display()))?;
+        let stale = private("stale");
+        match std::fs::rename(root, &stale) {
+            Ok(()) => remove_dir_quietly(&stale),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("moving the stale synthetic dataset {} aside", root.display())
+                })
+            }
+        }
     }
     tracing::info!("writing the synthetic dataset to {}", root.display());
-    let tmp = root.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    data::synth::generate(&p.config(), &tmp)?;
-    std::fs::write(tmp.join("synth.json"), want)?;
-    std::fs::rename(&tmp, root)
-        .with_context(|| format!("moving the synthetic dataset into {}", root.display()))?;
-    Ok(())
+    let tmp = TempDir(private("tmp"));
+    data::synth::generate(&p.config(), &tmp.0)?;
+    std::fs::write(tmp.0.join("synth.json"), &want)?;
+    match std::fs::rename(&tmp.0, root) {
+        Ok(()) => Ok(()),
+        // another process got there first: fine if it wrote what we would have
+        Err(_) if synth_stamp_matches(root, &want) => Ok(()),
+        Err(e) => Err(e)
+            .with_context(|| format!("moving the synthetic dataset into {}", root.display())),
+    }
+}
+
+fn synth_stamp_matches(root: &std::path::Path, want: &str) -> bool {
+    std::fs::read_to_string(root.join("synth.json")).ok().as_deref() == Some(want)
+}
+
+fn remove_dir_quietly(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("could not remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// A folder removed on drop (whether the call that made it succeeded, failed or unwound).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        remove_dir_quietly(&self.0);
+    }
 }
 
 pub struct Dataset;
@@ -260,13 +301,15 @@ impl Stage for Dataset {
     }
     fn run(&self, ctx: &Ctx) -> Result<Artifact> {
         let p: DatasetParams = ctx.params_as()?;
-        let index = p.load()?;
+        // what the data folder holds (a sheet, a frame) is the user's input: exit status 2
+        let index = p.load().bad_input()?;
         if index.samples.is_empty() {
-            bail!(
+            return Err(anyhow::anyhow!(
                 "dataset {} has no usable sample ({} faults)",
                 p.root,
                 index.faults.len()
-            );
+            ))
+            .bad_input();
         }
         for f in &index.faults {
             tracing::warn!("skipped: {f}");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use mpfnet_api::{Array, Artifact, Ctx, InputDecl, Stage};
+use mpfnet_api::{Array, Artifact, BadInputExt, Ctx, InputDecl, Stage};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -62,15 +62,12 @@ impl FeatureParams {
         Arc::new(TvL1::new(self.flow.clone()))
     }
 
-    /// Crop and resize a clip's two frames.
-    pub fn crop_pair(&self, onset: Frame, apex: Frame, name: &str) -> Result<(Frame, Frame)> {
+    /// Crop and resize a clip's two frames; `names` (the frame files, say) name them in errors.
+    pub fn crop_pair(&self, onset: Frame, apex: Frame, names: &[String; 2]) -> Result<(Frame, Frame)> {
         if self.detect_face {
             let mut fc = self.face.clone();
             fc.size = self.size;
-            let mut v = fc.crop_sample(
-                &[onset, apex],
-                &[format!("{name} onset"), format!("{name} apex")],
-            )?;
+            let mut v = fc.crop_sample(&[onset, apex], names)?;
             let apex = v.pop().unwrap();
             Ok((v.pop().unwrap(), apex))
         } else {
@@ -142,7 +139,8 @@ impl Stage for Features {
         "features"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: no frame paths in the output's metadata
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("features")
@@ -176,14 +174,19 @@ impl Stage for Features {
                 .with_context(|| format!("axis item {} has no `{k}` path", item.id))
         };
         let (onset_p, apex_p) = (path("onset")?, path("apex")?);
-        let onset = load_frame(&onset_p)?;
-        let apex = load_frame(&apex_p)?;
-        let (onset, apex) = p.crop_pair(onset, apex, &item.id)?;
+        // an unreadable frame or a face not found is the data's fault (exit status 2)
+        let onset = load_frame(&onset_p).bad_input()?;
+        let apex = load_frame(&apex_p).bad_input()?;
+        let (onset, apex) = p
+            .crop_pair(onset, apex, &[onset_p.clone(), apex_p.clone()])
+            .bad_input()?;
         let phi = item.attrs.get("phi").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let prep = p.prepare(onset, apex, phi)?;
         let mut art = Artifact::with_meta(
-            // the parameters travel with the output: `bundle` records them for `predict`
-            json!({ "id": item.id, "phi": phi, "onset": onset_p, "apex": apex_p, "params": p }),
+            // the parameters travel with the output: `bundle` records them for `predict`.
+            // No file paths: the node is keyed by the frames' content, so the same clip found
+            // under another folder shares this output, which must not name either folder.
+            json!({ "id": item.id, "phi": phi, "params": p }),
         );
         art.insert("x", Array::f32(prep.shape, prep.x)?);
         art.insert("onset", frame_array(&prep.onset)?);

@@ -103,6 +103,35 @@ impl CaI3dConfig {
     pub fn feature_channels(&self) -> usize {
         self.mixed_out(1)
     }
+
+    /// Scalars the network's variables hold (weights, biases, BatchNorm statistics), computed
+    /// from the config alone, saturating: lets a reader compare a file's claims with its size
+    /// before anything is allocated.
+    pub fn variable_count(&self) -> u128 {
+        let unit = |cin: u128, cout: u128, k: u128| cout * cin * k + 4 * cout;
+        let ca = |c: u128| {
+            let mip = (c / 32).max(8);
+            mip * c + mip + 4 * mip + 3 * (c * mip + c)
+        };
+        let inception = |cin: u128, w: [usize; 6]| {
+            let w = w.map(|v| v as u128);
+            unit(cin, w[0], 1)
+                + unit(cin, w[1], 1)
+                + unit(w[1], w[2], 27)
+                + unit(cin, w[3], 1)
+                + unit(w[3], w[4], 27)
+                + unit(cin, w[5], 1)
+                + ca(w[0] + w[2] + w[4] + w[5])
+        };
+        let cin = (self.in_channels + self.extra_in_channels) as u128;
+        let stem = self.stem_channels as u128;
+        let pool: u128 = self.pool.iter().map(|&v| v as u128).product();
+        let embed = self.embed_dim as u128;
+        unit(cin, stem, 27)
+            + inception(stem, self.mixed[0])
+            + inception(self.mixed_out(0) as u128, self.mixed[1])
+            + embed * (self.feature_channels() as u128 * pool + 1)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -192,3 +192,23 @@ fn user_class_map_overrides() {
         .collect();
     assert_eq!(unknown, [3, 4, 5, 6, 10]);
 }
+
+/// A row whose apex is its onset has no motion for the method to learn from (MEGC2019's
+/// CASME II part leaves it out): a fault naming the row and the ApexFrame field.
+#[test]
+fn apex_equal_to_onset_is_a_fault() {
+    use crate::data::fixtures::{casme2_frames, casme2_header, casme2_row, tiny_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = tiny_frame("jpg", 8, 100, 2).unwrap();
+    let mut rows = vec![casme2_header()];
+    for (k, apex) in [(1u32, 15u32), (2, 10)] {
+        let name = format!("EP0{k}_01");
+        rows.push(casme2_row(1, &name, 10, apex.into(), 20, "disgust"));
+        casme2_frames(dir.path(), Layout::Cropped, "sub01", &name, 10, 20, "jpg", &bytes).unwrap();
+    }
+    write_xlsx(&dir.path().join("CASME2-coding-20140508.xlsx"), "Sheet1", &rows).unwrap();
+    let idx = casme2::load(&Options::new(dir.path(), Layout::Cropped)).unwrap();
+    assert_eq!(idx.samples.len(), 1);
+    assert_eq!(rows_of(&idx), [(3, "ApexFrame".to_string())]);
+    assert!(idx.faults[0].message.contains("equals onset"), "{}", idx.faults[0]);
+}

@@ -1,0 +1,44 @@
+//! Every pipeline snippet of the README (its ```toml blocks) is a valid pipeline: loaded as a
+//! file in `pipelines/` would be (its `extends` resolved from there) and checked against the
+//! real stage registry, so the README cannot drift from what the code accepts.
+
+use std::path::Path;
+
+fn toml_blocks(md: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(usize, String)> = None;
+    for (i, line) in md.lines().enumerate() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l.starts_with("```toml") => cur = Some((i + 1, String::new())),
+            (Some(_), l) if l.starts_with("```") => out.push(cur.take().unwrap()),
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_readme_pipeline_snippet_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let md = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let blocks = toml_blocks(&md);
+    assert!(!blocks.is_empty(), "the README shows at least one pipeline");
+    let reg = mpfnet_stages::registry();
+    let dir = tempfile::tempdir().unwrap();
+    for (line, text) in blocks {
+        // as if saved in pipelines/: `extends` is relative to that folder
+        let text = text.replace(
+            "extends = \"",
+            &format!("extends = \"{}/", root.join("pipelines").display()),
+        );
+        let path = dir.path().join(format!("readme_line_{line}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = mpfnet::pipeline::load(&path, &[], &reg) {
+            panic!("README.md:{line}: the pipeline snippet does not load: {e:#}\n{text}");
+        }
+    }
+}
