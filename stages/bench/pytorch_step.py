@@ -66,13 +66,16 @@ class Inception3d(nn.Module):
 
 
 class CaI3d(nn.Module):
-    def __init__(self):
+    def __init__(self, paper=False):
         super().__init__()
-        wd = [32, 48, 64, 8, 16, 16]
-        self.stem = Unit3d(5, 32, 3)
-        self.mixed_0 = Inception3d(32, wd)
-        self.mixed_1 = Inception3d(self.mixed_0.out_channels, wd)
-        self.embed = nn.Linear(self.mixed_1.out_channels * 16, 128)
+        if paper:  # CaI3dConfig::paper: I3D's stem and Mixed_3b/3c, 512-d embedding
+            stem, wd0, wd1, embed = 64, [64, 96, 128, 16, 32, 32], [128, 128, 192, 32, 96, 64], 512
+        else:  # CaI3dConfig::facts_bench
+            stem, wd0, wd1, embed = 32, [32, 48, 64, 8, 16, 16], [32, 48, 64, 8, 16, 16], 128
+        self.stem = Unit3d(5, stem, 3)
+        self.mixed_0 = Inception3d(stem, wd0)
+        self.mixed_1 = Inception3d(self.mixed_0.out_channels, wd1)
+        self.embed = nn.Linear(self.mixed_1.out_channels * 16, embed)
 
     def forward(self, x):
         pool = lambda y: F.max_pool3d(y, (1, 3, 3), (1, 2, 2), (0, 1, 1))
@@ -87,12 +90,16 @@ def main():
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:0")
+    ap.add_argument("--paper", action="store_true", help="I3D widths (stem 64, Mixed_3b/3c), as CaI3dConfig::paper")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(1)
     torch.set_num_threads(a.threads)
-    model = CaI3d().train()
+    model = (CaI3d(paper=True) if a.paper else CaI3d()).train().to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(a.batch, 5, a.frames, a.size, a.size)
+    x = torch.randn(a.batch, 5, a.frames, a.size, a.size).to(dev)
     times, fwd, cpu = [], [], []
     for _ in range(a.steps + 1):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -101,6 +108,7 @@ def main():
         fwd.append((time.perf_counter() - t0) * 1e3)
         loss.backward()
         opt.step()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
         cpu.append((time.process_time() - c0) * 1e3)
     times, fwd, cpu = times[1:], fwd[1:], cpu[1:]  # drop the warm-up step

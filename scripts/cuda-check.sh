@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# CI's CUDA step: compiles every target of the workspace with `--features cuda` against the
+# CUDA 13.0 toolkit from NVIDIA's wheels (scripts/cuda-toolkit.sh), on a machine with no GPU
+# and no system CUDA. It type-checks and compiles candle's CUDA kernels (nvcc, about 11 of its
+# ~16 minutes on 2 cores); it does not link (that needs libcuda, see scripts/gpu-pack.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+. scripts/cuda-toolkit.sh
+echo "cuda-check: toolkit $(nvcc --version | tail -1) ready in $(( $(date +%s) - t0 )) s"
+cargo check --workspace --all-targets --features cuda
+echo "cuda-check: done in $(( $(date +%s) - t0 )) s"
