@@ -458,7 +458,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                                 r.wall_s,
                                 r.nodes.len(),
                                 computed,
-                                r.metrics.to_string().chars().take(60).collect::<String>()
+                                runs::headline(&r.metrics)
                             );
                         }
                     }

@@ -110,6 +110,22 @@ pub fn write(
     Ok(dir)
 }
 
+/// The headline metrics of a run record, one `variant UF1 x UAR y` column per evaluation
+/// (the report nodes' `meta.metrics`: {report: {eval_p: {variant, uf1, uar, ...}, ...}}).
+pub fn headline(metrics: &Value) -> String {
+    let mut cols = Vec::new();
+    for report in metrics.as_object().into_iter().flat_map(|m| m.values()) {
+        for (name, m) in report.as_object().into_iter().flatten() {
+            let (Some(uf1), Some(uar)) = (m["uf1"].as_f64(), m["uar"].as_f64()) else {
+                continue;
+            };
+            let label = m["variant"].as_str().unwrap_or(name);
+            cols.push(format!("{label:<9} UF1 {uf1:.3} UAR {uar:.3}"));
+        }
+    }
+    cols.join("   ")
+}
+
 /// `dir/name` where `name` is a relative path of plain components (stages name their report
 /// files, a pipeline names the bundle): nothing a stage or a pipeline says escapes `dir`.
 fn confined(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -222,4 +238,23 @@ pub fn diff(a: &RunRecord, b: &RunRecord) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headline_shows_uf1_and_uar_per_variant() {
+        let m = serde_json::json!({"report": {
+            "eval_c": {"variant": "MPFNet-C", "uf1": 0.37, "uar": 0.4028, "acc": 0.45},
+            "eval_p": {"variant": "MPFNet-P", "uf1": 0.4528, "uar": 0.5069},
+            "notes": "not a metric"
+        }});
+        assert_eq!(
+            headline(&m),
+            "MPFNet-C  UF1 0.370 UAR 0.403   MPFNet-P  UF1 0.453 UAR 0.507"
+        );
+        assert_eq!(headline(&serde_json::json!(null)), "");
+    }
 }
