@@ -375,3 +375,32 @@ fn the_estimator_gives_a_flow_field_of_the_frame_size() {
     assert!(f.u.iter().chain(&f.v).all(|v| v.is_finite()));
     assert_eq!(est.name(), "flownet2(weights=twin)");
 }
+
+#[test]
+fn features_refuses_a_missing_or_wrong_checkpoint_naming_it() {
+    use mpfnet_api::Stage;
+    use serde_json::json;
+    let st = mpfnet_stages::kinds::features::Features;
+    let mut p = st.defaults();
+    p["flow_backend"] = json!("flownet2");
+    p["flownet2"]["weights"] = json!("/nonexistent/FlowNet2_checkpoint.pth.tar");
+    let e = format!("{:#}", st.validate(&p).unwrap_err());
+    assert!(
+        e.contains("/nonexistent/FlowNet2_checkpoint.pth.tar"),
+        "{e}"
+    );
+    let twin = fixture("twin.pth.tar").display().to_string();
+    p["flownet2"]["weights"] = json!(twin);
+    let e = format!("{:#}", st.validate(&p).unwrap_err());
+    assert!(
+        e.contains(&twin) && e.contains("flownetc.conv1.0.weight"),
+        "{e}"
+    );
+    p["flownet2"]["weights"] = json!(fixture("shapes_full.pth.tar").display().to_string());
+    st.validate(&p).unwrap();
+    assert_eq!(st.file_params(&p), vec!["/flownet2/weights".to_string()]);
+    p["flow_backend"] = json!("tvl1");
+    assert!(st.file_params(&p).is_empty());
+    p["flow_backend"] = json!("raft");
+    assert!(st.validate(&p).is_err());
+}
