@@ -466,7 +466,7 @@ impl Shared {
             "kind": decl.kind,
             "version": stage.version(),
             "code": stage.code(),
-            "params": decl.params,
+            "params": self.keyed_params(&*stage, &decl.params),
             "item": node.item.as_ref().map(|i| json!([i.id, i.key])),
             "seed": if stage.uses_seed() { json!(node.seed) } else { Value::Null },
             "inputs": inputs,
@@ -474,6 +474,28 @@ impl Shared {
         // serde_json maps are sorted: this string is canonical
         let text = serde_json::to_string(&recipe).unwrap();
         (Digest::of(text.as_bytes()), recipe)
+    }
+
+    /// The parameters as they enter the key: each file parameter ([`Stage::file_params`])
+    /// replaced by the file's content digest (memoised by the stat cache). An unreadable file
+    /// keys on its path; the node then fails when it runs, naming the file.
+    fn keyed_params(&self, stage: &dyn Stage, params: &Value) -> Value {
+        let files = stage.file_params(params);
+        if files.is_empty() {
+            return params.clone();
+        }
+        let mut p = params.clone();
+        for ptr in files {
+            if let Some(v) = p.pointer_mut(&ptr) {
+                if let Some(path) = v.as_str().filter(|s| !s.is_empty()) {
+                    *v = match self.store.file_digest(std::path::Path::new(path)) {
+                        Ok(d) => json!({ "blake3": d.to_string() }),
+                        Err(_) => json!({ "unreadable": path }),
+                    };
+                }
+            }
+        }
+        p
     }
 
     pub fn load(self: &Arc<Self>, id: usize, digest: &str) -> Result<Artifact> {

@@ -368,6 +368,13 @@ pub trait Stage: Send + Sync {
     fn uses_seed(&self) -> bool {
         false
     }
+    /// Parameters (JSON pointers into the merged parameters, e.g. `/flownet2/weights`) that
+    /// name an external file the output depends on (model weights). The node key then holds
+    /// that file's content digest in place of the path: another file recomputes the node, the
+    /// same file at another path does not. Check such files in [`Stage::validate`].
+    fn file_params(&self, _params: &Value) -> Vec<String> {
+        Vec::new()
+    }
     fn run(&self, ctx: &Ctx) -> Result<Artifact>;
     /// PNG renderings of an artifact of this stage for `cache export` (name, PNG bytes).
     fn render_png(&self, _art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod flownet2;
 pub mod kinds;
 pub mod model;
 pub mod prep;

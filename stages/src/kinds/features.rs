@@ -1,7 +1,9 @@
 //! `features`: one sample (or one magnified copy) -> the 5 x (L-1) x H x W input tensor:
 //! face crop, optional motion magnification of the apex, frame interpolation to L frames, TV-L1
-//! flow and frame differences between consecutive frames (SPEC 2, 4.2).
+//! flow and frame differences between consecutive frames (SPEC 2, 4.2). The flow backend is
+//! TV-L1 (default) or FlowNet2 with flownet2-pytorch's checkpoint (`flow_backend`, `flownet2`).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::common::{defaults_of, validate_as};
+use crate::flownet2::FlowNet2Flow;
 use crate::prep::face::FaceCropper;
 use crate::prep::features::{fuse, FeatureMode, FlowNorm};
 use crate::prep::flow::{FlowEstimator, FlowField, TvL1, TvL1Params};
@@ -27,7 +30,13 @@ pub struct FeatureParams {
     /// Run the face detector (rustface) on the onset frame; false for registered crops.
     pub detect_face: bool,
     pub face: FaceCropper,
+    /// TV-L1's settings (used when `flow_backend = "tvl1"`).
     pub flow: TvL1Params,
+    /// Which estimator computes every flow of pre-processing (interpolation, magnification and
+    /// the flow channels alike).
+    pub flow_backend: FlowBackend,
+    /// FlowNet2's weights (used when `flow_backend = "flownet2"`).
+    pub flownet2: FlowNet2Params,
     pub flow_norm: FlowNorm,
     pub consistency: ConsistencyParams,
     /// Used for axis items that carry a `phi` (the `balance` axis).
@@ -42,11 +51,33 @@ impl Default for FeatureParams {
             detect_face: false,
             face: FaceCropper::default(),
             flow: TvL1Params::default(),
+            flow_backend: FlowBackend::default(),
+            flownet2: FlowNet2Params::default(),
             flow_norm: FlowNorm::default(),
             consistency: ConsistencyParams::default(),
             magnify: MagnifyMethod::default(),
         }
     }
+}
+
+/// The optical flow estimator of pre-processing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowBackend {
+    /// Our TV-L1 (`crate::prep::flow::TvL1`), settings in `flow`.
+    #[default]
+    Tvl1,
+    /// FlowNet2 (Ilg et al. 2017) with NVIDIA flownet2-pytorch's weights, `flownet2.weights`.
+    Flownet2,
+}
+
+/// `features.flownet2`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowNet2Params {
+    /// flownet2-pytorch's `FlowNet2_checkpoint.pth.tar` (relative to the working directory).
+    /// Its content digest, not the path, enters the node key.
+    pub weights: String,
 }
 
 /// Everything `features` computes for one clip (also what `predict` runs on new clips).
@@ -58,8 +89,35 @@ pub struct Prepared {
 }
 
 impl FeatureParams {
-    pub fn estimator(&self) -> Arc<dyn FlowEstimator> {
-        Arc::new(TvL1::new(self.flow.clone()))
+    pub fn estimator(&self) -> Result<Arc<dyn FlowEstimator>> {
+        let est: Arc<dyn FlowEstimator> = match self.flow_backend {
+            FlowBackend::Tvl1 => Arc::new(TvL1::new(self.flow.clone())),
+            FlowBackend::Flownet2 => FlowNet2Flow::shared(Path::new(&self.flownet2.weights))?,
+        };
+        Ok(est)
+    }
+
+    /// Refuses a FlowNet2 backend without a readable checkpoint of the right names and shapes
+    /// (reads the file's tensor table, not its weights).
+    pub fn check_weights(&self) -> Result<()> {
+        if self.flow_backend != FlowBackend::Flownet2 {
+            return Ok(());
+        }
+        let w = &self.flownet2.weights;
+        anyhow::ensure!(
+            !w.is_empty(),
+            "`flow_backend = \"flownet2\"` needs `flownet2.weights`, the path of flownet2-pytorch's FlowNet2_checkpoint.pth.tar"
+        );
+        anyhow::ensure!(
+            Path::new(w).is_file(),
+            "`flownet2.weights`: no file {w} (from {})",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+        let ck = crate::flownet2::Checkpoint::open(w)?;
+        ck.check(&crate::flownet2::param_specs(&Default::default())?)
+            .with_context(|| format!("`flownet2.weights` = {w} is not a FlowNet2 checkpoint"))
     }
 
     /// Crop and resize a clip's two frames; `names` (the frame files, say) name them in errors.
@@ -80,7 +138,7 @@ impl FeatureParams {
 
     /// The full per-clip pre-processing on already cropped frames.
     pub fn prepare(&self, onset: Frame, apex: Frame, phi: usize) -> Result<Prepared> {
-        let est = self.estimator();
+        let est = self.estimator()?;
         let apex = if phi > 0 {
             Magnifier::new(self.magnify.clone(), est.clone()).magnify(&onset, &apex, phi as f32)?
         } else {
@@ -139,8 +197,8 @@ impl Stage for Features {
         "features"
     }
     fn version(&self) -> &'static str {
-        // 2: no frame paths in the output's metadata
-        "2"
+        // 3: the flow backend (TV-L1 or FlowNet2) recorded; no frame paths in the metadata
+        "3"
     }
     fn code(&self) -> String {
         super::code_of("features")
@@ -149,7 +207,7 @@ impl Stage for Features {
         super::code_files_for("features")
     }
     fn about(&self) -> &'static str {
-        "crop, (magnify,) interpolate to L frames, TV-L1 flow + frame difference: a 5 x (L-1) x H x W tensor"
+        "crop, (magnify,) interpolate to L frames, TV-L1 or FlowNet2 flow + frame difference: a 5 x (L-1) x H x W tensor"
     }
     fn defaults(&self) -> Value {
         defaults_of::<FeatureParams>()
@@ -159,7 +217,16 @@ impl Stage for Features {
         let p: FeatureParams = serde_json::from_value(p.clone())?;
         anyhow::ensure!(p.frames >= 2, "`frames` must be at least 2");
         anyhow::ensure!(p.size >= 16, "`size` must be at least 16");
+        p.check_weights()?;
         Ok(())
+    }
+    fn file_params(&self, p: &Value) -> Vec<String> {
+        // the checkpoint's content keys the node, not its path
+        if p.get("flow_backend").and_then(|v| v.as_str()) == Some("flownet2") {
+            vec!["/flownet2/weights".into()]
+        } else {
+            Vec::new()
+        }
     }
     fn inputs(&self) -> &'static [InputDecl] {
         &[]
@@ -183,10 +250,11 @@ impl Stage for Features {
         let phi = item.attrs.get("phi").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         let prep = p.prepare(onset, apex, phi)?;
         let mut art = Artifact::with_meta(
-            // the parameters travel with the output: `bundle` records them for `predict`.
-            // No file paths: the node is keyed by the frames' content, so the same clip found
-            // under another folder shares this output, which must not name either folder.
-            json!({ "id": item.id, "phi": phi, "params": p }),
+            // the parameters travel with the output: `bundle` records them for `predict`, and
+            // which estimator (for FlowNet2: with the weights' digest) made the flows. No frame
+            // paths: the node is keyed by the frames' content, so the same clip found under
+            // another folder shares this output, which must not name either folder.
+            json!({ "id": item.id, "phi": phi, "flow_estimator": p.estimator()?.name(), "params": p }),
         );
         art.insert("x", Array::f32(prep.shape, prep.x)?);
         art.insert("onset", frame_array(&prep.onset)?);

@@ -44,7 +44,7 @@ pub const SOURCES: &[(&str, &[&[&str]])] = &[
         &[&["data/folds.rs", "data/index.rs", "kinds/dataset.rs"]],
     ),
     ("balance", &[&["prep/magnify.rs", "kinds/dataset.rs"]]),
-    ("features", &[&["prep/", "kinds/features.rs"]]),
+    ("features", &[&["prep/", "flownet2/", "kinds/features.rs"]]),
     (
         "gfe",
         &[
