@@ -58,6 +58,10 @@ pub struct BundleMeta {
     pub recipe: String,
     pub train_subjects: usize,
     pub train_samples: usize,
+    /// the flow estimator that made the training data (`FlowEstimator::name`: for FlowNet2 the
+    /// checkpoint's digest); `predict` refuses other weights at the recorded path
+    #[serde(default)]
+    pub flow_estimator: String,
     /// set when writing: see the module docs
     #[serde(default)]
     pub tensors_blake3: String,
@@ -282,6 +286,21 @@ impl Bundle {
 
     /// Refuses clips prepared otherwise than the model was trained on: `asked` are `features`
     /// parameters (JSON); every one that differs from the bundle's is named.
+    /// Refuses a flow estimator other than the one that made the training data: for FlowNet2,
+    /// a checkpoint at the recorded path whose content is not the one trained with.
+    pub fn check_flow_estimator(&self) -> Result<()> {
+        if self.meta.flow_estimator.is_empty() {
+            return Ok(());
+        }
+        let got = self.meta.preprocess.estimator()?.name();
+        ensure!(
+            got == self.meta.flow_estimator,
+            "the model was trained on flows from {}, but this machine's is {got}: point `flownet2.weights` at the same checkpoint",
+            self.meta.flow_estimator
+        );
+        Ok(())
+    }
+
     pub fn check_preprocess(&self, asked: &Value) -> Result<()> {
         let mine = serde_json::to_value(&self.meta.preprocess)?;
         let mut diffs = Vec::new();
@@ -502,6 +521,7 @@ pub fn tiny_example(variant: &str) -> Bundle {
         recipe: "0".repeat(64),
         train_subjects: 3,
         train_samples: 30,
+        flow_estimator: String::new(),
         tensors_blake3: String::new(),
     };
     let dev = Device::Cpu;

@@ -275,6 +275,7 @@ pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()
     if let Some(e) = expect {
         bundle.check_preprocess(e).bad_input()?;
     }
+    bundle.check_flow_estimator().bad_input()?;
     let dev = crate::kinds::train::device(&a.device)?;
     let pred = crate::bundle::Predictor::new(&bundle, &dev)
         .map_err(|e| e.context(format!("{}: unusable model bundle", a.bundle.display())))

@@ -32,7 +32,8 @@ impl Stage for BundleStage {
         "bundle"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: format mpfnet-bundle/2 (checksum over the metadata), the flow estimator recorded
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("bundle")
@@ -109,6 +110,7 @@ impl Stage for BundleStage {
             recipe: ctx.key.to_string(),
             train_subjects: serde_json::from_value(field("train_subjects"))?,
             train_samples: serde_json::from_value(field("train_samples"))?,
+            flow_estimator: f.meta["flow_estimator"].as_str().unwrap_or_default().to_string(),
             tensors_blake3: String::new(),
         };
         let tensors = m
