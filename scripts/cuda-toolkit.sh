@@ -7,21 +7,23 @@
 # Pin: CUDA 13.0, the toolkit the GPU machines' driver runs (PTX from a newer toolkit than the
 # driver's is refused at load time). cudarc 0.19 (candle 0.11's) accepts toolkits up to 13.4;
 # the CUDA 12 wheels ship no `nvcc` driver.
+# The metapackage leaves NVVM and the CRT headers unpinned: left alone, pip takes the newest
+# (13.5), whose PTX (.version 9.5) the 13.0 ptxas refuses; so they are pinned to 13.0 too.
 # Nothing is cached outside the clone: pip runs with its cache off.
 set -euo pipefail
-CUDA_WHEELS_VERSION="${CUDA_WHEELS_VERSION:-13.0.2}"
+PINS=("cuda-toolkit[nvcc,cccl,cudart,cublas,curand,nvrtc]==13.0.2" "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88")
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 top="$repo/target/cuda"
 venv="$top/venv"
 root="$top/root"
 stamp="$top/stamp"
 
-if [ "$(cat "$stamp" 2>/dev/null)" != "$CUDA_WHEELS_VERSION" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "${PINS[*]}" ]; then
     rm -rf "$top"
     mkdir -p "$top"
     python3 -m venv "$venv"
     PIP_NO_CACHE_DIR=1 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "cuda-toolkit[nvcc,cccl,cudart,cublas,curand,nvrtc]==$CUDA_WHEELS_VERSION"
+        "${PINS[@]}"
     cu="$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)"
     [ -x "$cu/bin/nvcc" ] || { echo "cuda-toolkit.sh: no nvcc in $cu" >&2; exit 1; }
     mkdir -p "$root/lib64"
@@ -33,7 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$CUDA_WHEELS_VERSION" ]; then
         base="$(basename "$f" | sed -E 's/\.so(\.[0-9]+)+$/.so/')"
         [ "$base" != "$(basename "$f")" ] && ln -sf "$f" "$root/lib64/$base"
     done
-    echo "$CUDA_WHEELS_VERSION" > "$stamp"
+    echo "${PINS[*]}" > "$stamp"
 fi
 
 export CUDA_HOME="$root" CUDA_PATH="$root" CUDA_ROOT="$root"
