@@ -107,7 +107,7 @@ impl Stage for Afe {
         let mut art = Artifact::with_meta(json!({
             "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject,
             "phi_max": phi, "class_counts_after_balancing": counts, "train_samples": set.len(),
-            "train_subjects": subjects_of(&set, &set.all_indices()),
+            "trained_subjects": subjects_of(&set, &set.all_indices()),
         }));
         // the classification head is not part of the AFE encoder the meta stage reuses
         weights_to_artifact(&map, "afe.", &mut art)?;

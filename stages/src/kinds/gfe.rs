@@ -79,7 +79,7 @@ impl Stage for Gfe {
         )?;
         let mut art = Artifact::with_meta(
             json!({ "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject, "train_samples": set.len(),
-                "train_subjects": super::train::subjects_of(&set, &set.all_indices()) }),
+                "trained_subjects": super::train::subjects_of(&set, &set.all_indices()) }),
         );
         weights_to_artifact(&map, "gfe.", &mut art)?;
         art.files.insert(

@@ -266,7 +266,7 @@ impl Stage for Meta {
             "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
             "ids": pred.ids, "log": log, "classes": info.classes,
             "gfe_log": gfe.meta.get("log"), "afe_log": afe.meta.get("log"),
-            "train_subjects": super::train::subjects_of(&set, &proto_pool),
+            "trained_subjects": super::train::subjects_of(&set, &proto_pool),
         }));
         art.insert(
             "y_true",
@@ -340,7 +340,7 @@ fn ncm_artifact(
     let proto_pool: Vec<usize> = (0..nt).collect();
     let test_pool: Vec<usize> = (nt..set.len()).collect();
     let pred = crate::train::meta::ncm::predict_ncm(&set, &proto_pool, &test_pool, 8)?;
-    art.meta["train_subjects"] = json!(super::train::subjects_of(&set, &proto_pool));
+    art.meta["trained_subjects"] = json!(super::train::subjects_of(&set, &proto_pool));
     let (n, c) = (pred.y_true.len(), info.classes.len());
     let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
     art.meta["ids"] = json!(pred.ids);
@@ -384,6 +384,7 @@ fn final_model_artifact(
         "classes": info.classes, "log": log, "model": cfg, "gamma": p.gamma,
         "bridge_channels": p.bridge_channels, "predict": pc, "input_shape": set.shape,
         "train_subjects": set.subjects.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        "trained_subjects": super::train::subjects_of(set, proto_pool),
         "train_samples": set.len(),
         "final_model": true,
     }));
