@@ -1,8 +1,8 @@
 //! The meta-learning network: one encoder (Single), two in parallel (P) or a cascade (C).
 //!
-//! Cascade (MPFNet-C), the reading chosen for SPEC 4.3's open point: the GFE's last feature map
-//! [B, C', T', H', W'] goes through a 1x1x1 projection to `k` channels (the "bridge", seeded
-//! fan-in init, zero bias) and nearest-neighbour upsampling to x's T, H, W grid (PyTorch's
+//! Cascade (MPFNet-C), the reading chosen for the paper's open point (section 3.5): the GFE's last
+//! feature map [B, C', T', H', W'] goes through a 1x1x1 projection to `k` channels (the "bridge",
+//! seeded fan-in init, zero bias), a per-sample RMS normalisation, and nearest-neighbour upsampling to x's T, H, W grid (PyTorch's
 //! `nearest`: src = floor(dst * in / out)); `concat(x, bridge)` along channels feeds an AFE built
 //! with `extra_in_channels = k`. The AFE's variables are copied from the pretrained AFE; a variable
 //! whose input-channel dimension (dim 1) grew gets the pretrained values in its first channels and
@@ -62,6 +62,13 @@ impl Bridge {
             .contiguous()?
             .reshape((b * t * h * w, c))?;
         let y = rows.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?; // [B*T'*H'*W', k]
+                                                                            // per-sample RMS normalisation: the GFE's feature maps are orders of magnitude larger
+                                                                            // than the flow/difference channels beside which the bridge is concatenated; unnormalised,
+                                                                            // the first updates of the AFE's new input weights swamped its pretrained path and the
+                                                                            // cascade collapsed (query loss pinned at ln N)
+        let y = y.reshape((b, t * h * w * k))?;
+        let rms = (y.sqr()?.mean_keepdim(1)? + 1e-6)?.sqrt()?;
+        let y = y.broadcast_div(&rms)?;
         let mut y = y.reshape((b, t, h, w, k))?.permute((0, 4, 1, 2, 3))?;
         for (dim, out) in [(2, grid.0), (3, grid.1), (4, grid.2)] {
             y = nearest(&y, dim, out)?;
