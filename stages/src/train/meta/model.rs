@@ -2,7 +2,7 @@
 //!
 //! Cascade (MPFNet-C), the reading chosen for the paper's open point (section 3.5): the GFE's last
 //! feature map [B, C', T', H', W'] goes through a 1x1x1 projection to `k` channels (the "bridge",
-//! seeded fan-in init, zero bias), a per-sample RMS normalisation, and nearest-neighbour upsampling to x's T, H, W grid (PyTorch's
+//! seeded fan-in init, zero bias), a per-sample RMS normalisation to the input's RMS, and nearest-neighbour upsampling to x's T, H, W grid (PyTorch's
 //! `nearest`: src = floor(dst * in / out)); `concat(x, bridge)` along channels feeds an AFE built
 //! with `extra_in_channels = k`. The AFE's variables are copied from the pretrained AFE; a variable
 //! whose input-channel dimension (dim 1) grew gets the pretrained values in its first channels and
@@ -255,9 +255,16 @@ impl MetaModel {
         let train = self.bn_train(train);
         match &self.bridge {
             Some(b) => {
-                let (_, _, t, h, w) = x.dims5()?;
+                let (n, c, t, h, w) = x.dims5()?;
                 let fm = self.enc1.feature_map(x, train)?;
-                Tensor::cat(&[x, &b.forward(&fm, (t, h, w))?], 1)
+                // the bridge (RMS 1) brought to the input's own scale, per sample: flow and
+                // difference channels are small, the AFE's first BatchNorm statistics reflect
+                // that, and anything larger is amplified by 1/std there
+                let rms = (x.reshape((n, c * t * h * w))?.sqr()?.mean_keepdim(1)? + 1e-12)?
+                    .sqrt()?
+                    .reshape((n, 1, 1, 1, 1))?;
+                let br = b.forward(&fm, (t, h, w))?.broadcast_mul(&rms)?;
+                Tensor::cat(&[x, &br], 1)
             }
             None => Ok(x.clone()),
         }
