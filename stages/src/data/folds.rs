@@ -100,6 +100,47 @@ pub fn loso_folds(index: &DatasetIndex, n_val: usize, seed: u64) -> Vec<Fold> {
         .collect()
 }
 
+/// Subject-wise k-fold (for budgets where LOSO does not fit): subjects in natural order, fold
+/// `j` tests subjects j, j+k, j+2k, ... (no randomness: every seed sees the same folds); the
+/// validation split inside the training subjects is drawn as in [`loso_folds`]. Fold ids
+/// `fold1`..`foldk`. `k` is capped at the number of subjects.
+pub fn kfold_folds(index: &DatasetIndex, k: usize, n_val: usize, seed: u64) -> Vec<Fold> {
+    let subjects = index.subjects();
+    let k = k.clamp(1, subjects.len().max(1));
+    (0..k)
+        .map(|j| {
+            let test_subjects: Vec<String> = subjects.iter().skip(j).step_by(k).cloned().collect();
+            let mut others: Vec<String> = subjects
+                .iter()
+                .filter(|s| !test_subjects.contains(s))
+                .cloned()
+                .collect();
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut shuffled = others.clone();
+            shuffled.shuffle(&mut rng);
+            let nv = n_val.min(others.len().saturating_sub(1));
+            let mut val_subjects: Vec<String> = shuffled[..nv].to_vec();
+            val_subjects.sort_by(|a, b| natural_cmp(a, b));
+            others.retain(|s| !val_subjects.contains(s));
+            let pick = |subj: &[String]| -> Vec<usize> {
+                (0..index.samples.len())
+                    .filter(|&i| subj.contains(&index.samples[i].subject))
+                    .collect()
+            };
+            Fold {
+                index: j,
+                test_subject: format!("fold{}", j + 1),
+                train: pick(&others),
+                val: pick(&val_subjects),
+                test: pick(&test_subjects),
+                train_subjects: others,
+                val_subjects,
+            }
+        })
+        .collect()
+}
+
 /// The id of the split that trains the final model on every subject (no test subject).
 pub const FINAL_FOLD: &str = "final";
 

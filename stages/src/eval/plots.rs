@@ -327,3 +327,106 @@ pub fn gradcam_png(fr: &Frame, cam: &Cam, title: &str, zoom: u32, path: &Path) -
     }
     root.present().map_err(err("writing", path))
 }
+
+/// One training stage's curves over folds: loss (top) and training accuracy (bottom) per epoch
+/// or step, a line per fold (validation accuracy, where logged, as dots of the fold's colour).
+pub fn fold_curves_png(curves: &[(String, TrainLog)], title: &str, path: &Path) -> Result<()> {
+    fonts();
+    let curves: Vec<&(String, TrainLog)> = curves
+        .iter()
+        .filter(|(_, l)| !l.entries.is_empty())
+        .collect();
+    if curves.is_empty() {
+        bail!("fold_curves_png: no curve for {}", path.display());
+    }
+    let xs = curves
+        .iter()
+        .map(|(_, l)| l.entries.len())
+        .max()
+        .unwrap_or(1) as f64;
+    let lmax = curves
+        .iter()
+        .flat_map(|(_, l)| l.entries.iter().map(|e| e.loss))
+        .filter(|v| v.is_finite())
+        .fold(1e-9, f64::max)
+        * 1.05;
+    let root = BitMapBackend::new(path, (820, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(err("drawing", path))?;
+    let root = root
+        .titled(title, ("sans-serif", 18))
+        .map_err(err("drawing", path))?;
+    let (top, bottom) = root.split_vertically(300);
+    let color = |k: usize| {
+        let c = PALETTE[k % PALETTE.len()];
+        // past 8 folds the palette repeats; a lighter shade tells the repeats apart
+        if (k / PALETTE.len()) % 2 == 1 {
+            RGBColor(
+                ((c.0 as u16 + 255) / 2) as u8,
+                ((c.1 as u16 + 255) / 2) as u8,
+                ((c.2 as u16 + 255) / 2) as u8,
+            )
+        } else {
+            c
+        }
+    };
+    let mut ch = ChartBuilder::on(&top)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..xs, 0f64..lmax)
+        .map_err(err("drawing", path))?;
+    ch.configure_mesh()
+        .y_desc("loss")
+        .draw()
+        .map_err(err("drawing", path))?;
+    for (k, (fold, log)) in curves.iter().enumerate() {
+        let pts = log
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as f64 + 1.0, e.loss));
+        let c = color(k);
+        ch.draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err("drawing", path))?
+            .label(fold.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], c.stroke_width(2)));
+    }
+    if curves.len() <= 16 {
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(err("drawing", path))?;
+    }
+    let mut ch = ChartBuilder::on(&bottom)
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..xs, 0f64..1.02)
+        .map_err(err("drawing", path))?;
+    ch.configure_mesh()
+        .x_desc("epoch / step")
+        .y_desc("train acc (dots: val acc)")
+        .draw()
+        .map_err(err("drawing", path))?;
+    for (k, (_, log)) in curves.iter().enumerate() {
+        let c = color(k);
+        let acc: Vec<(f64, f64)> = log
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.acc.map(|a| (i as f64 + 1.0, a)))
+            .collect();
+        ch.draw_series(LineSeries::new(acc, c.stroke_width(1)))
+            .map_err(err("drawing", path))?;
+        let val = log
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.val_acc.map(|a| (i as f64 + 1.0, a)));
+        ch.draw_series(val.map(|p| Circle::new(p, 3, c.filled())))
+            .map_err(err("drawing", path))?;
+    }
+    root.present().map_err(err("writing", path))
+}

@@ -11,7 +11,7 @@ use super::common::{defaults_of, validate_as};
 use super::dataset::{fold_phi, IndexInfo};
 use super::train::{
     curve_png, device, factory, fold_of, load_set, model_cfg, progress_fn, skipped_final,
-    weights_to_artifact, EncoderParams, ServiceCheckpoints,
+    subjects_of, weights_to_artifact, EncoderParams, ServiceCheckpoints,
 };
 use crate::train::data::SampleSet;
 use crate::train::encoder::EncoderFactory;
@@ -25,7 +25,8 @@ impl Stage for Afe {
         "afe"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: no `resumed_from` in the log (a resumed node's bytes equal an uninterrupted run's)
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("afe")
@@ -106,6 +107,7 @@ impl Stage for Afe {
         let mut art = Artifact::with_meta(json!({
             "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject,
             "phi_max": phi, "class_counts_after_balancing": counts, "train_samples": set.len(),
+            "trained_subjects": subjects_of(&set, &set.all_indices()),
         }));
         // the classification head is not part of the AFE encoder the meta stage reuses
         weights_to_artifact(&map, "afe.", &mut art)?;

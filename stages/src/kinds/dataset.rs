@@ -384,6 +384,8 @@ impl IndexInfo {
 pub struct FoldParams {
     /// Training subjects held out per fold for model selection (never the test subject).
     pub n_val: usize,
+    /// 0: leave-one-subject-out; k > 0: subject-wise k-fold (`data::folds::kfold_folds`)
+    pub k_folds: usize,
     /// Also emit the `final` split (every subject trains, none is tested) so the fold stages
     /// train a final model for `bundle`; evaluation ignores it.
     pub final_model: bool,
@@ -393,6 +395,7 @@ impl Default for FoldParams {
     fn default() -> Self {
         FoldParams {
             n_val: 2,
+            k_folds: 0,
             final_model: false,
         }
     }
@@ -473,7 +476,10 @@ impl Stage for Folds {
                 .collect(),
             faults: Vec::new(),
         };
-        let mut folds = data::loso_folds(&index, p.n_val, ctx.seed);
+        let mut folds = match p.k_folds {
+            0 => data::loso_folds(&index, p.n_val, ctx.seed),
+            k => data::folds::kfold_folds(&index, k, p.n_val, ctx.seed),
+        };
         if p.final_model {
             if index
                 .subjects()

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::common::{defaults_of, validate_as};
 use crate::eval::metrics::{summarize, Summary};
 use crate::eval::report::{self, Report, RunResult, Task};
+use crate::train::progress::TrainLog;
 
 fn png_of(f: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
@@ -56,7 +57,8 @@ impl Stage for Evaluate {
         "evaluate"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: learning curves per training stage, a line per fold
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("evaluate")
@@ -93,6 +95,20 @@ impl Stage for Evaluate {
         let mut classes: Vec<String> = Vec::new();
         let (mut label, mut channels) = (String::new(), String::new());
         let mut cams = Vec::new();
+        // per training stage, (fold, log)
+        let mut curves: [(&str, &str, Vec<(String, TrainLog)>); 3] = [
+            ("gfe", "GFE triplet prior learning", Vec::new()),
+            (
+                "afe",
+                "AFE prior learning (magnified, balanced)",
+                Vec::new(),
+            ),
+            (
+                "meta",
+                "meta-learning (query loss; val acc dots)",
+                Vec::new(),
+            ),
+        ];
         for (fold, h) in ctx.input("predictions")?.many()? {
             let a = h.load()?;
             let yt: Vec<usize> = a
@@ -128,6 +144,13 @@ impl Stage for Evaluate {
                         input.clone(),
                         a.meta["ids"][0].as_str().unwrap_or("").to_string(),
                     ));
+                }
+            }
+            for (key, (_, _, list)) in ["gfe_log", "afe_log", "log"].iter().zip(curves.iter_mut()) {
+                if let Some(l) = a.meta.get(*key).filter(|v| !v.is_null()) {
+                    if let Ok(log) = serde_json::from_value::<TrainLog>(l.clone()) {
+                        list.push((fold.clone(), log));
+                    }
                 }
             }
             folds.push((yt, yp));
@@ -170,6 +193,20 @@ impl Stage for Evaluate {
                 )
             })?,
         );
+        for (stage, what, list) in &curves {
+            if list.iter().any(|(_, l)| !l.entries.is_empty()) {
+                art.files.insert(
+                    format!("curves_{stage}_{name}.png"),
+                    png_of(|path| {
+                        crate::eval::plots::fold_curves_png(
+                            list,
+                            &format!("{label}: {what}, a line per fold"),
+                            path,
+                        )
+                    })?,
+                );
+            }
+        }
         if emb.len() >= 3 {
             let proj = if p.tsne {
                 crate::eval::embed2d::Projection::Tsne(Default::default())

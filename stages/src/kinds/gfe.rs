@@ -23,7 +23,8 @@ impl Stage for Gfe {
         "gfe"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: no `resumed_from` in the log (a resumed node's bytes equal an uninterrupted run's)
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("gfe")
@@ -77,7 +78,8 @@ impl Stage for Gfe {
             &mut ServiceCheckpoints(ctx.services),
         )?;
         let mut art = Artifact::with_meta(
-            json!({ "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject, "train_samples": set.len() }),
+            json!({ "model": cfg, "channels": p.channels, "log": log, "fold": fold.test_subject, "train_samples": set.len(),
+                "trained_subjects": super::train::subjects_of(&set, &set.all_indices()) }),
         );
         weights_to_artifact(&map, "gfe.", &mut art)?;
         art.files.insert(

@@ -34,7 +34,8 @@ fn load_encoder(ctx: &Ctx, input: &str) -> Result<Artifact> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaParams {
-    /// p (parallel, weighted similarities), c (cascade), gfe (PLTN only), afe (PLSM only)
+    /// p (parallel, weighted similarities), c (cascade), gfe (PLTN only), afe (PLSM only), ncm
+    /// (the nearest-class-mean baseline on the same input and folds: nothing is trained)
     pub variant: String,
     /// false: encoders start from random weights ("without prior learning")
     pub pretrained: bool,
@@ -66,14 +67,18 @@ impl Default for MetaParams {
 
 impl MetaParams {
     fn check(&self) -> Result<()> {
-        if !["p", "c", "gfe", "afe"].contains(&self.variant.as_str()) {
-            bail!("`variant` = {:?}: expected p, c, gfe or afe", self.variant);
+        if !["p", "c", "gfe", "afe", "ncm"].contains(&self.variant.as_str()) {
+            bail!(
+                "`variant` = {:?}: expected p, c, gfe, afe or ncm",
+                self.variant
+            );
         }
         Ok(())
     }
     /// The name the paper's tables use.
     pub fn label(&self) -> &'static str {
         match (self.variant.as_str(), self.pretrained) {
+            ("ncm", _) => "NCM",
             (_, false) => "w/o PL",
             ("gfe", _) => "PLTN",
             ("afe", _) => "PLSM",
@@ -90,7 +95,8 @@ impl Stage for Meta {
         "meta"
     }
     fn version(&self) -> &'static str {
-        "1"
+        // 2: frozen/fine-tuned encoders, no `resumed_from` in the log
+        "2"
     }
     fn code(&self) -> String {
         super::code_of("meta")
@@ -138,6 +144,9 @@ impl Stage for Meta {
             return Ok(art);
         }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
+        if p.variant == "ncm" {
+            return ncm_artifact(ctx, &p, &fold, &info);
+        }
         let gfe = load_encoder(ctx, "gfe")?;
         let afe = load_encoder(ctx, "afe")?;
         let g_cfg: CaI3dConfig = serde_json::from_value(gfe.meta["model"].clone())?;
@@ -206,12 +215,18 @@ impl Stage for Meta {
             ctx.seed,
             &dev,
         )?;
+        // without prior learning there is no prior to keep: the random encoders always train
+        let mut tcfg = p.train.clone();
+        if !p.pretrained {
+            tcfg.encoders = crate::train::meta::model::EncoderMode::Finetune;
+            tcfg.encoder_lr = 1.0;
+        }
         let log = crate::train::meta::train_meta(
             &model,
             &set,
             &train_pool,
             &val_pool,
-            &p.train,
+            &tcfg,
             ctx.seed,
             &dev,
             &mut progress_fn(ctx),
@@ -245,9 +260,13 @@ impl Stage for Meta {
         let n = pred.y_true.len();
         let c = info.classes.len();
         let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
+        // the encoders' curves travel with the fold's predictions, so that `evaluate` can plot
+        // every training stage per fold
         let mut art = Artifact::with_meta(json!({
             "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
             "ids": pred.ids, "log": log, "classes": info.classes,
+            "gfe_log": gfe.meta.get("log"), "afe_log": afe.meta.get("log"),
+            "trained_subjects": super::train::subjects_of(&set, &proto_pool),
         }));
         art.insert(
             "y_true",
@@ -288,6 +307,59 @@ impl Stage for Meta {
     }
 }
 
+/// The nearest-class-mean baseline of the fold (see `train::meta::ncm`), on the input channels
+/// of the fold's gfe.
+fn ncm_artifact(
+    ctx: &Ctx,
+    p: &MetaParams,
+    fold: &super::dataset::FoldInfo,
+    info: &IndexInfo,
+) -> Result<Artifact> {
+    let gfe = ctx.input("gfe")?.one()?.load()?;
+    let channels: Channels =
+        serde_json::from_value(gfe.meta.get("channels").cloned().unwrap_or(json!("both")))?;
+    let mut art = Artifact::with_meta(json!({
+        "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
+        "classes": info.classes,
+    }));
+    if fold.test.is_empty() {
+        art.meta["skipped"] = json!("the nearest-class-mean baseline has no final model");
+        art.insert("y_true", i64_array(Vec::new()));
+        art.insert("y_pred", i64_array(Vec::new()));
+        return Ok(art);
+    }
+    let wanted: Vec<(String, String)> = fold
+        .train
+        .iter()
+        .chain(&fold.val)
+        .chain(&fold.test)
+        .map(|id| (id.clone(), id.clone()))
+        .collect();
+    let set = load_set(ctx.input("features")?, &wanted, info, channels, ctx)?;
+    let nt = fold.train.len() + fold.val.len();
+    let proto_pool: Vec<usize> = (0..nt).collect();
+    let test_pool: Vec<usize> = (nt..set.len()).collect();
+    let pred = crate::train::meta::ncm::predict_ncm(&set, &proto_pool, &test_pool, 8)?;
+    art.meta["trained_subjects"] = json!(super::train::subjects_of(&set, &proto_pool));
+    let (n, c) = (pred.y_true.len(), info.classes.len());
+    let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
+    art.meta["ids"] = json!(pred.ids);
+    art.insert(
+        "y_true",
+        i64_array(pred.y_true.iter().map(|&v| v as i64).collect()),
+    );
+    art.insert(
+        "y_pred",
+        i64_array(pred.y_pred.iter().map(|&v| v as i64).collect()),
+    );
+    art.insert("probs", Array::f32(vec![n, c], pred.probs.concat())?);
+    art.insert(
+        "embeddings",
+        Array::f32(vec![n, d], pred.embeddings.concat())?,
+    );
+    Ok(art)
+}
+
 /// The final-model split (no test subject): the trained weights (`p/…`, `s/…` as in
 /// [`MetaModel::maps`]) and the class prototypes from every training sample, for `bundle`.
 #[allow(clippy::too_many_arguments)]
@@ -312,6 +384,7 @@ fn final_model_artifact(
         "classes": info.classes, "log": log, "model": cfg, "gamma": p.gamma,
         "bridge_channels": p.bridge_channels, "predict": pc, "input_shape": set.shape,
         "train_subjects": set.subjects.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        "trained_subjects": super::train::subjects_of(set, proto_pool),
         "train_samples": set.len(),
         "final_model": true,
     }));

@@ -262,3 +262,10 @@ pub(super) fn skipped_final(fold: &FoldInfo) -> Artifact {
 pub(super) fn fold_of(ctx: &Ctx) -> Result<FoldInfo> {
     FoldInfo::from_item(ctx.item()?)
 }
+
+/// The distinct subjects of `idx` in `set`, sorted: what a training node trained on, recorded in
+/// its artifact so that a test can check that no fold's test subject reaches its training.
+pub fn subjects_of(set: &SampleSet, idx: &[usize]) -> Vec<String> {
+    let s: std::collections::BTreeSet<&String> = idx.iter().map(|&i| &set.subjects[i]).collect();
+    s.into_iter().cloned().collect()
+}

@@ -126,7 +126,8 @@ pub fn train_afe(
         state::read_part(&t, "afe", varmap, &mut opt)
             .with_context(|| format!("resuming at {e}"))?;
         (start, log) = (e, st.log);
-        log.resumed_from = Some(e);
+        // logged, not stored: a resumed node's artifact must equal an uninterrupted run's
+        tracing::info!("AFE: resuming from the checkpoint at epoch {e}");
     }
     let pool = set.all_indices();
     for epoch in start..cfg.epochs {

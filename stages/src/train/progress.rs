@@ -26,11 +26,6 @@ pub struct EpochLog {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainLog {
     pub entries: Vec<EpochLog>,
-    /// the epoch/step a checkpoint resumed from, if any: run history, not content, so never
-    /// serialised into an artifact (a resumed node must give the same bytes as an
-    /// uninterrupted one)
-    #[serde(skip)]
-    pub resumed_from: Option<usize>,
     /// meta only: the step whose state was kept (best validation accuracy) and that accuracy
     pub best_step: Option<usize>,
     pub best_val_acc: Option<f64>,

@@ -17,6 +17,8 @@ pub struct SgdConfig {
 pub struct SgdMomentum {
     vars: Vec<(String, Var)>,
     bufs: Vec<Var>,
+    /// per variable, an element-wise multiplier of the learning rate (None: 1)
+    scales: Vec<Option<Tensor>>,
     cfg: SgdConfig,
     inplace: bool,
 }
@@ -28,17 +30,38 @@ impl SgdMomentum {
             .iter()
             .map(|(_, v)| Var::zeros(v.shape(), v.dtype(), v.device()))
             .collect::<Result<Vec<_>>>()?;
+        let scales = vec![None; vars.len()];
         Ok(Self {
             vars,
             bufs,
+            scales,
             cfg,
             inplace: true,
         })
     }
 
+    /// Element-wise learning-rate multipliers for the variable `name` (a tensor of its shape;
+    /// 0 freezes an entry: `w -= lr * scale * buf` leaves it bit-identical). Unknown names are
+    /// an error.
+    pub fn set_lr_scale(&mut self, name: &str, scale: Tensor) -> Result<()> {
+        let Some(i) = self.vars.iter().position(|(n, _)| n == name) else {
+            candle_core::bail!("sgd: no variable {name}")
+        };
+        if scale.dims() != self.vars[i].1.dims() {
+            candle_core::bail!("sgd: lr scale of {name} has shape {:?}", scale.dims());
+        }
+        self.scales[i] = Some(scale);
+        Ok(())
+    }
+
     /// Off: always use the tensor-op path (the one non-CPU devices take); for tests and benches.
     pub fn set_inplace(&mut self, on: bool) {
         self.inplace = on
+    }
+
+    /// The variables this optimiser updates, in its order.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
     }
 
     pub fn lr(&self) -> f64 {
@@ -61,10 +84,18 @@ impl SgdMomentum {
     /// Updates every variable for which `grad_of` gives a gradient; others are left untouched
     /// (no weight decay either: a variable without gradient is not trained).
     pub fn step_with(&mut self, grad_of: impl Fn(&Var) -> Option<Tensor>) -> Result<()> {
-        for ((_, var), buf) in self.vars.iter().zip(self.bufs.iter()) {
+        for (((_, var), buf), scale) in self.vars.iter().zip(self.bufs.iter()).zip(&self.scales) {
             let Some(g) = grad_of(var) else { continue };
             let g = g.contiguous()?;
-            update(var, buf, &g, &self.cfg, self.inplace)?;
+            match scale {
+                None => update(var, buf, &g, &self.cfg, self.inplace)?,
+                Some(s) => {
+                    let d = (g + (var.as_tensor() * self.cfg.weight_decay)?)?;
+                    let nb = ((buf.as_tensor() * self.cfg.momentum)? + d)?;
+                    buf.set(&nb)?;
+                    var.set(&(var.as_tensor() - ((nb * self.cfg.lr)? * s)?)?)?;
+                }
+            }
         }
         Ok(())
     }

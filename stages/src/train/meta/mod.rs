@@ -9,6 +9,7 @@
 //! episode so only one episode's graph is alive at a time. Logits are `scale * similarity`.
 pub mod episode;
 pub mod model;
+pub mod ncm;
 pub mod proto;
 
 use crate::train::ckpt::{section_sorted, Checkpointer, StateWriter};
@@ -21,7 +22,7 @@ use crate::train::state;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use episode::{sample_episode, Episode};
-use model::{Distance, MetaModel};
+use model::{Distance, EncoderMode, MetaModel};
 use proto::{group_means, logits, predict, PredictConfig, PrototypeMode};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,10 @@ pub struct MetaConfig {
     /// logits = scale * similarity (temperature 1/scale)
     pub scale: f64,
     pub distance: Distance,
+    /// the pretrained encoders: frozen, or fine-tuned (see [`EncoderMode`])
+    pub encoders: EncoderMode,
+    /// fine-tuned encoders' learning rate as a multiple of `lr`
+    pub encoder_lr: f64,
     pub eval_every: usize,
     pub checkpoint_every: usize,
     /// samples per forward pass when embedding pools
@@ -64,6 +69,8 @@ impl Default for MetaConfig {
             weight_decay: 5e-4,
             scale: 10.0,
             distance: Distance::Cosine,
+            encoders: EncoderMode::Finetune,
+            encoder_lr: 1.0,
             eval_every: 25,
             checkpoint_every: 50,
             eval_batch: 16,
@@ -127,7 +134,7 @@ fn meta_step(
     dev: &Device,
 ) -> Result<(f64, f64)> {
     let n = cfg.episodes_per_step.max(1);
-    let vars = model.vars();
+    let vars = opt.vars();
     let mut acc_g = GradAccum::default();
     let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
     for e in 0..n {
@@ -139,7 +146,9 @@ fn meta_step(
         if !l.is_finite() {
             bail!("episode loss is {l} (diverged)");
         }
-        acc_g.add(&(loss / n as f64)?.backward()?, &vars)?;
+        if !vars.is_empty() {
+            acc_g.add(&(loss / n as f64)?.backward()?, vars)?;
+        }
         (loss_sum, acc_sum) = (loss_sum + l, acc_sum + acc);
     }
     opt.step_with(|v| acc_g.get(v))?;
@@ -159,9 +168,7 @@ fn validate(
     if val_pool.is_empty() {
         return Ok(None);
     }
-    crate::train::recalibrate(set, train_pool, cfg.eval_batch, dev, |x| {
-        Ok(model.embed(x, true)?.remove(0).0)
-    })?;
+    recalibrate(model, set, train_pool, cfg, dev)?;
     let p = predict(
         model,
         set,
@@ -173,6 +180,22 @@ fn validate(
     )
     .context("validation")?;
     Ok(Some(p.accuracy()))
+}
+
+/// Precise BN on the training pool, unless the encoders are frozen (their statistics stay).
+fn recalibrate(
+    model: &MetaModel,
+    set: &SampleSet,
+    pool: &[usize],
+    cfg: &MetaConfig,
+    dev: &Device,
+) -> Result<()> {
+    if cfg.encoders == EncoderMode::Frozen {
+        return Ok(());
+    }
+    crate::train::recalibrate(set, pool, cfg.eval_batch, dev, |x| {
+        Ok(model.embed(x, true)?.remove(0).0)
+    })
 }
 
 type Snapshot = Vec<(String, Vec<(String, Tensor)>)>;
@@ -233,7 +256,20 @@ pub fn train_meta(
         momentum: cfg.momentum,
         weight_decay: cfg.weight_decay,
     };
-    let mut opt = SgdMomentum::new(model.vars(), sgd)?;
+    let groups = model.param_groups(cfg.encoders, cfg.encoder_lr)?;
+    let mut opt = SgdMomentum::new(
+        groups
+            .iter()
+            .map(|(n, v, _)| (n.clone(), v.clone()))
+            .collect(),
+        sgd,
+    )?;
+    for (n, _, scale) in groups {
+        if let Some(t) = scale {
+            opt.set_lr_scale(&n, t)?;
+        }
+    }
+    model.set_frozen_bn(cfg.encoders == EncoderMode::Frozen);
     let mut log = TrainLog::default();
     let mut best: Snapshot = Vec::new();
     let mut start = 0;
@@ -248,7 +284,8 @@ pub fn train_meta(
         }
         opt.load_buffers(&crate::train::ckpt::section(&t, "opt", "mom"))?;
         (start, log) = (e, st.log);
-        log.resumed_from = Some(e);
+        // logged, not stored: a resumed node's artifact must equal an uninterrupted run's
+        tracing::info!("meta: resuming from the checkpoint at step {e}");
     } else if let Some(a) = validate(model, set, train_pool, val_pool, cfg, seed, dev)? {
         (log.best_step, log.best_val_acc, best) = (Some(0), Some(a), take_snapshot(model)?);
     }
@@ -289,14 +326,13 @@ pub fn train_meta(
     }
     if best.is_empty() {
         // no validation subjects: the last state, with recalibrated statistics
-        crate::train::recalibrate(set, train_pool, cfg.eval_batch, dev, |x| {
-            Ok(model.embed(x, true)?.remove(0).0)
-        })?;
+        recalibrate(model, set, train_pool, cfg, dev)?;
     }
     for (tag, vals) in &best {
         if let Some((_, map)) = model.maps().into_iter().find(|(t, _)| t == tag) {
             restore(map, vals).with_context(|| format!("restoring the best {tag} state"))?;
         }
     }
+    model.set_frozen_bn(false);
     Ok(log)
 }

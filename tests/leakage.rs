@@ -1,0 +1,99 @@
+//! No subject of a fold's test split reaches any of that fold's training stages, in any fold
+//! configuration (leave-one-subject-out or subject-wise k-fold, with or without validation
+//! subjects): checked over the expanded graph (every gfe / afe / meta node's fold item) and over
+//! what each of those nodes records it trained on (`trained_subjects` in its artifact).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mpfnet::session::{self, Workspace};
+use mpfnet::Options;
+use serde_json::Value;
+
+const TINY: &str = include_str!("tiny_pipeline.toml");
+
+fn check(sets: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let text = TINY
+        .replace("PIPELINES", &pipelines.display().to_string())
+        .replace("DATA", &dir.path().join("synth").display().to_string());
+    let p = dir.path().join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    let ws = Workspace {
+        cache_dir: dir.path().join("cache"),
+        runs_dir: dir.path().join("runs"),
+    };
+    let reg = mpfnet_stages::registry();
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let mut e = session::open(&p, &sets, &reg, &ws, Options::default()).unwrap();
+    let out = session::run(&mut e, &ws, &[]).unwrap();
+    assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
+    let ds = e.load(e.instances("dataset")[0]).unwrap();
+    let subject: BTreeMap<String, String> = ds.meta["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let subjects_of = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|id| subject[id.as_str().unwrap()].clone())
+            .collect()
+    };
+    let mut checked = 0;
+    for (id, node) in e.nodes().iter().enumerate() {
+        let kind = &e.pipeline().stages[&node.stage].kind;
+        if !["gfe", "afe", "meta"].contains(&kind.as_str()) {
+            continue;
+        }
+        let item = node
+            .item
+            .as_ref()
+            .expect("training nodes fan out over the folds");
+        let test = subjects_of(&item.attrs["test"]);
+        let train = subjects_of(&item.attrs["train"]);
+        let val = subjects_of(&item.attrs["val"]);
+        assert!(
+            test.is_disjoint(&train) && test.is_disjoint(&val),
+            "{}: test subjects {test:?} in the fold's training or validation split",
+            node.name
+        );
+        let art = e.load(id).unwrap();
+        if art.meta.get("skipped").is_some() {
+            continue;
+        }
+        let trained: BTreeSet<String> = art.meta["trained_subjects"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no trained_subjects", node.name))
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        assert!(!trained.is_empty(), "{}", node.name);
+        assert!(
+            trained.is_disjoint(&test),
+            "{}: trained on test subjects {:?}",
+            node.name,
+            trained.intersection(&test).collect::<Vec<_>>()
+        );
+        assert!(trained.is_subset(&train.union(&val).cloned().collect()));
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} training nodes checked");
+}
+
+#[test]
+fn no_test_subject_reaches_training_loso_with_validation() {
+    check(&["stages.folds.n_val=1"]);
+}
+
+#[test]
+fn no_test_subject_reaches_training_kfold_without_validation() {
+    check(&["stages.folds.n_val=0", "stages.folds.k_folds=2"]);
+}
