@@ -1,6 +1,6 @@
 //! The pipelines shipped under `pipelines/`: every file loads and validates against the real
 //! stage registry; the ablations share the demo's cached nodes (identical parameters for every
-//! stage they inherit); the paper pipelines carry the paper's hyper-parameters (SPEC 4, 7); and a
+//! stage they inherit); the paper pipelines carry the paper's hyper-parameters (paper Sec. 3.3-3.5, 7); and a
 //! mistyped parameter is reported at the line where it was written.
 
 use std::path::{Path, PathBuf};
@@ -505,7 +505,7 @@ fn paper_pipelines_carry_the_papers_settings() {
         assert_eq!(
             params(&p, "meta_p")["gamma"].as_f64(),
             Some(gamma),
-            "{file}: SPEC 4.3 gamma"
+            "{file}: paper Sec. 3.4-3.5 gamma"
         );
         // P and C trained alike, but for what meta-learning does to their encoders (README:
         // P frozen, C fine-tuned at a tenth of the rate)

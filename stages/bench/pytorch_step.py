@@ -1,4 +1,4 @@
-"""PyTorch twin of `stages/examples/bench_step.rs` (CaI3dConfig::facts_bench): one CA-I3D
+"""PyTorch twin of `stages/examples/bench_step.rs` (CaI3dConfig::bench): one CA-I3D
 training step (forward, backward, SGD-momentum update), median wall ms and peak RSS, so the
 Rust figures can be measured beside PyTorch on the same machine and shapes.
 
@@ -70,7 +70,7 @@ class CaI3d(nn.Module):
         super().__init__()
         if paper:  # CaI3dConfig::paper: I3D's stem and Mixed_3b/3c, 512-d embedding
             stem, wd0, wd1, embed = 64, [64, 96, 128, 16, 32, 32], [128, 128, 192, 32, 96, 64], 512
-        else:  # CaI3dConfig::facts_bench
+        else:  # CaI3dConfig::bench
             stem, wd0, wd1, embed = 32, [32, 48, 64, 8, 16, 16], [32, 48, 64, 8, 16, 16], 128
         self.stem = Unit3d(5, stem, 3)
         self.mixed_0 = Inception3d(stem, wd0)

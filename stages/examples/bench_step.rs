@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         for (name, cfg) in [
             ("paper", CaI3dConfig::paper()),
             ("demo", CaI3dConfig::demo()),
-            ("facts_bench", CaI3dConfig::facts_bench()),
+            ("bench", CaI3dConfig::bench()),
         ] {
             println!("params {name}: {}", count(&cfg)?);
         }
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let dev = Device::Cpu;
-    let cfg = CaI3dConfig::facts_bench();
+    let cfg = CaI3dConfig::bench();
     let vm = VarMap::new();
     let model = CaI3d::new(var_builder(&vm, 1, &dev), &cfg)?;
     let mut opt = SgdMomentum::new(

@@ -211,7 +211,7 @@ fn main() -> Result<()> {
     if steps > 0 {
         let cfg = match arg(&args, "--widths", "bench".to_string()).as_str() {
             "paper" => CaI3dConfig::paper(),
-            _ => CaI3dConfig::facts_bench(),
+            _ => CaI3dConfig::bench(),
         };
         let shape = (
             arg(&args, "--step-batch", 4),

@@ -84,7 +84,7 @@ impl ClassMap {
         m
     }
 
-    /// The default map for a dataset and task (see SPEC section 1).
+    /// The default map for a dataset and task (see paper Sec. 4.1-4.2).
     pub fn default_for(kind: DatasetKind, task: Task) -> Self {
         use DatasetKind::*;
         match (kind, task) {

@@ -1,4 +1,4 @@
-//! Classification metrics over LOSO folds (SPEC 5).
+//! Classification metrics over LOSO folds (paper Sec. 4.2.3).
 //!
 //! Headline convention (MEGC2019): the confusion matrices of all folds are summed ("pooled"), then
 //! per class F1_c = 2TP/(2TP+FP+FN) and recall_c = TP/(TP+FN) are taken. Acc = trace / total;

@@ -45,7 +45,7 @@ fn key(s: &str) -> String {
     s.to_lowercase().replace(['-', ' ', '_'], "")
 }
 
-/// SPEC 7, SDE: (Acc, F1) of the paper for dataset and variant.
+/// paper Sec. 5, SDE: (Acc, F1) of the paper for dataset and variant.
 pub fn paper_sde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
     match (key(dataset).as_str(), key(variant).as_str()) {
         ("smic", "mpfnetc") => Some((0.811, 0.811)),
@@ -58,7 +58,7 @@ pub fn paper_sde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
     }
 }
 
-/// SPEC 7, CDE (MPFNet-C): (UF1, UAR).
+/// paper Sec. 5, CDE (MPFNet-C): (UF1, UAR).
 pub fn paper_cde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
     if key(variant) != "mpfnetc" {
         return None;
@@ -72,7 +72,7 @@ pub fn paper_cde(dataset: &str, variant: &str) -> Option<(f64, f64)> {
     }
 }
 
-/// SPEC 7, ablations on CASME II 3-class: Acc.
+/// paper Sec. 5, ablations on CASME II 3-class: Acc.
 pub fn paper_ablation(variant: &str) -> Option<f64> {
     match key(variant).as_str() {
         "w/opl" | "wopl" | "withoutpl" => Some(0.621),
@@ -84,7 +84,7 @@ pub fn paper_ablation(variant: &str) -> Option<f64> {
     }
 }
 
-/// SPEC 7, input features with MPFNet-C on CASME II 3-class: Acc.
+/// paper Sec. 5, input features with MPFNet-C on CASME II 3-class: Acc.
 pub fn paper_features(features: &str) -> Option<f64> {
     match key(features).as_str() {
         "flow" => Some(0.865),
@@ -127,7 +127,7 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-/// All of SPEC 7's figures, whatever was run.
+/// All of paper Sec. 5's figures, whatever was run.
 fn paper_reference(s: &mut String) {
     let _ = writeln!(s, "## The paper's figures (paper, on its data)\n\n| task | dataset | MPFNet-P | MPFNet-C |\n| --- | --- | --- | --- |");
     for (d, name) in [

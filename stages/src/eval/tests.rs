@@ -337,7 +337,7 @@ fn report_tables_carry_paper_figures() {
     };
     let md = markdown(&r);
     assert!(md.contains("![confusion](confusion.png)"));
-    // SPEC 7 reference figures are always listed
+    // paper Sec. 5 reference figures are always listed
     assert!(
         md.contains("0.719 / 0.718") && md.contains("0.840 / 0.846") && md.contains("diff 0.662")
     );
@@ -352,7 +352,7 @@ fn report_tables_carry_paper_figures() {
     );
     assert!(md.contains("paper, on its data"));
     assert!(md.contains("![confusion](confusion.png)"));
-    // SPEC 7 reference figures are always listed
+    // paper Sec. 5 reference figures are always listed
     assert!(
         md.contains("0.719 / 0.718") && md.contains("0.840 / 0.846") && md.contains("diff 0.662")
     );

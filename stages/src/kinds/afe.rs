@@ -1,4 +1,4 @@
-//! `afe`: action-specialised feature extractor prior learning (SPEC 4.2): CA-I3D classifier on
+//! `afe`: action-specialised feature extractor prior learning (paper Sec. 3.3.3): CA-I3D classifier on
 //! the fold's motion-magnified, class-balanced training set. A heavy stage; it never sees the
 //! fold's test subject.
 
@@ -71,7 +71,7 @@ impl Stage for Afe {
         let balance = ctx.input("balance")?.one()?.load()?;
         let phi = fold_phi(&balance, &fold.test_subject)?;
         let class_of = info.class_of();
-        // the original plus one magnified copy per phi in 1..=phi_max of its class (SPEC 4.2)
+        // the original plus one magnified copy per phi in 1..=phi_max of its class (paper Sec. 3.3.3)
         let mut originals = Vec::new();
         let mut magnified = Vec::new();
         for id in &fold.train {

@@ -522,7 +522,7 @@ impl Stage for Folds {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalanceParams {
-    /// phi range of the majority class; rarer classes get wider ranges (SPEC 4.2).
+    /// phi range of the majority class; rarer classes get wider ranges (paper Sec. 3.3.3).
     pub base_phi: usize,
     /// Largest magnification factor (faces distort above 15).
     pub cap: usize,

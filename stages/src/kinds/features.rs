@@ -1,6 +1,6 @@
 //! `features`: one sample (or one magnified copy) -> the 5 x (L-1) x H x W input tensor:
 //! face crop, optional motion magnification of the apex, frame interpolation to L frames, TV-L1
-//! flow and frame differences between consecutive frames (SPEC 2, 4.2). The flow backend is
+//! flow and frame differences between consecutive frames (paper Sec. 3.2, 4.2). The flow backend is
 //! TV-L1 (default) or FlowNet2 with flownet2-pytorch's checkpoint (`flow_backend`, `flownet2`).
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! `gfe`: general feature extractor prior learning (SPEC 4.1): CA-I3D trained with a triplet
+//! `gfe`: general feature extractor prior learning (paper Sec. 3.3.2): CA-I3D trained with a triplet
 //! loss on the fold's training subjects. A heavy stage; it never sees the fold's test subject.
 
 use anyhow::Result;

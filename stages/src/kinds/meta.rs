@@ -1,4 +1,4 @@
-//! `meta`: multi-prior fusion meta-learning (SPEC 4.3): MPFNet-P / -C, or one prior for the
+//! `meta`: multi-prior fusion meta-learning (paper Sec. 3.4-3.5): MPFNet-P / -C, or one prior for the
 //! ablations, trained episodically on the fold's training subjects; then classifies the held-out
 //! subject (or, on the `final` split, keeps the model and class prototypes for `bundle`).
 

@@ -1,4 +1,4 @@
-//! What the training kinds (`gfe`, `afe`, `meta`; SPEC 4) share: input channels, devices, the
+//! What the training kinds (`gfe`, `afe`, `meta`; paper Sec. 3.3-3.5) share: input channels, devices, the
 //! CA-I3D factory, engine checkpoints and progress, sample sets from gathered features, weights
 //! in artifacts. Each kind lives in its own file, so that its code fingerprint (`kinds::SOURCES`)
 //! covers its own code: editing `meta` does not retrain the encoders.

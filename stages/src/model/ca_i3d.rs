@@ -1,4 +1,4 @@
-//! CA-I3D backbone (SPEC section 3): Conv3d 3x3x3 stem -> MaxPool 1x3x3 s(1,2,2) ->
+//! CA-I3D backbone (paper Sec. 3.3.1, Fig. 5): Conv3d 3x3x3 stem -> MaxPool 1x3x3 s(1,2,2) ->
 //! Inception+CA -> MaxPool 1x3x3 s(1,2,2) -> Inception+CA -> adaptive avg pool -> Linear.
 //!
 //! The paper flattens the last feature map into the Linear; over 480x10x32x32 that is hundreds of
@@ -79,8 +79,8 @@ impl CaI3dConfig {
         }
     }
 
-    /// The network measured in FACTS.md (stem 5->32, two Inception+CA blocks of 128 channels).
-    pub fn facts_bench() -> Self {
+    /// The benchmark network of bench_step and stages/bench/pytorch_step.py (stem 5->32, two Inception+CA blocks of 128 channels).
+    pub fn bench() -> Self {
         Self {
             in_channels: 5,
             extra_in_channels: 0,

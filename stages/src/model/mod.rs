@@ -1,11 +1,11 @@
-//! CA-I3D backbone of MPFNet (SPEC section 3) on candle 0.11.1, with custom CPU kernels.
+//! CA-I3D backbone of MPFNet (paper Sec. 3.3.1, Fig. 5) on candle 0.11.1, with custom CPU kernels.
 //!
 //! - `ops`: conv3d, max_pool3d, adaptive_avg_pool3d, BatchNorm(+ReLU), the fused parts of 3D
 //!   coordinate attention; candle custom ops with analytic backward on CPU, stock candle ops on
 //!   other devices (so a CUDA build runs the same model) and as the tests' reference.
 //! - `layers`: `BatchNorm3d`, `Unit3d`, `CoordAttention3d` (T/H/W extension documented there),
 //!   `Inception3d`; `InitScheme` (Kaiming normal by default: the paper's N(0,1) diverges).
-//! - `ca_i3d`: `CaI3dConfig` (presets `paper()`, `demo()`, `facts_bench()`), `CaI3d`,
+//! - `ca_i3d`: `CaI3dConfig` (presets `paper()`, `demo()`, `bench()`), `CaI3d`,
 //!   `load_into` (cascade widening with zeros).
 //!
 //! Seeded initialisation, the optimiser and checkpoints live in `crate::train` (one of each).

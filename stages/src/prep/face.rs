@@ -1,4 +1,4 @@
-//! Face crop (SPEC 2.1) with the SeetaFace frontal detector (`rustface`, BSD-2; the model ships
+//! Face crop (paper Sec. 3.2) with the SeetaFace frontal detector (`rustface`, BSD-2; the model ships
 //! in `assets/`, see `assets/LICENSE-rustface`). The face is found on the onset frame only and
 //! the same square box is cut from every frame of the sample, so the crop adds no motion.
 

@@ -1,4 +1,4 @@
-//! Motion features of an interpolated sequence (SPEC 2.3-2.5): optical flow between consecutive
+//! Motion features of an interpolated sequence (paper Sec. 3.2.2): optical flow between consecutive
 //! frames (u, v) and per-RGB-channel absolute frame differences, fused along channels into a
 //! `[C, L-1, H, W]` tensor (C x T x H x W, row-major).
 

@@ -1,4 +1,4 @@
-//! Video frame interpolation (SPEC 2.2): `L` frames from onset to apex, both ends included.
+//! Video frame interpolation (paper Sec. 3.2.1): `L` frames from onset to apex, both ends included.
 //! The default is flow-based (Super-SloMo's intermediate-flow approximation with visibility
 //! from forward-backward consistency), a weight-free stand-in for EMA-VFI.
 

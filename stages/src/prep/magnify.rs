@@ -1,4 +1,4 @@
-//! Motion magnification of the onset -> apex motion (SPEC 4.2) and the per-class ranges of the
+//! Motion magnification of the onset -> apex motion (paper Sec. 3.3.3) and the per-class ranges of the
 //! magnification factor phi that balance the classes.
 //!
 //! Lagrangian (default): `w = flow(apex -> onset)`, `I_mag(x) = I_onset(x + (1 + phi) w(x))`
@@ -273,10 +273,10 @@ pub fn magnify_eulerian(
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PhiRounding {
-    /// Round up: every class reaches at least the majority's count (SPEC's SMIC-HS row).
+    /// Round up: every class reaches at least the majority's count (the paper's SMIC-HS row, Sec. 3.3.3).
     #[default]
     Ceil,
-    /// Round down: no class exceeds the majority's count (SPEC's CASME II row).
+    /// Round down: no class exceeds the majority's count (the paper's CASME II row, Sec. 3.3.3).
     Floor,
 }
 
@@ -285,7 +285,7 @@ pub enum PhiRounding {
 /// `N_c (phi_c + 1)` (original + one copy per integer phi in 1..=phi_c) matches the majority's
 /// `N_max (base_phi + 1)`. An empty class gets 0.
 ///
-/// Against SPEC 4.2's table: reproduces SMIC-HS (70, 51, 43, base 8 -> 8, 12, 14) and CASME II's
+/// Against paper Sec. 3.3.3's table: reproduces SMIC-HS (70, 51, 43, base 8 -> 8, 12, 14) and CASME II's
 /// majority and surprise rows (88 -> 4, 25 -> 14) but gives 13 instead of 12 for CASME II positive
 /// (32; `Floor` gives 12 there but 11 and 13 on SMIC), and 14 instead of 9 for SAMM positive (26,
 /// base 3: the paper's 9 fits no rounding). No single rule reproduces all three rows.

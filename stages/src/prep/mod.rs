@@ -1,4 +1,4 @@
-//! Pre-processing (SPEC 2, 4.2): face crop, optical flow (TV-L1), frame interpolation, flow and
+//! Pre-processing (paper Sec. 3.2, 4.2): face crop, optical flow (TV-L1), frame interpolation, flow and
 //! difference fusion, motion magnification and pictures. Pure algorithms on in-memory frames:
 //! no I/O beyond `image::{load_frame, save_png}`, no caching; deterministic, rayon-parallel.
 pub mod face;

@@ -1,4 +1,4 @@
-//! AFE prior learning on the sample-balanced, motion-amplified set (SPEC 4.2). The paper does not
+//! AFE prior learning on the sample-balanced, motion-amplified set (paper Sec. 3.3.3). The paper does not
 //! state the objective; this is the natural reading: a Linear(D -> n_classes) head on the
 //! embedding, cross-entropy, SGD with a step schedule lr * gamma^(epoch / lr_step).
 //! The head's variables live in the same VarMap under `HEAD_PREFIX`; the meta stage ignores them.

@@ -1,4 +1,4 @@
-//! GFE prior learning with a triplet network (SPEC 4.1).
+//! GFE prior learning with a triplet network (paper Sec. 3.3.2).
 //!
 //! Triplets are formed inside each batch of `batch` samples (the batch is embedded once):
 //! every sample with a same-class partner and an other-class sample in the batch is an anchor.

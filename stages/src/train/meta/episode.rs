@@ -1,4 +1,4 @@
-//! N-way K-shot episode sampling (SPEC 4.3). Support: K samples per class; queries: up to
+//! N-way K-shot episode sampling (paper Sec. 3.4-3.5). Support: K samples per class; queries: up to
 //! `n_query` of the class's remaining samples (0: all of them); support and query never overlap
 //! and every index comes from the given pool. A class with fewer than K+1 samples in the pool gives
 //! K' = n-1 supports and one query; a class with fewer than 2 samples is left out of episodes.

@@ -1,4 +1,4 @@
-//! Multi-prior fusion meta-learning (SPEC 4.3): prototypical episodes, MPFNet-P and MPFNet-C.
+//! Multi-prior fusion meta-learning (paper Sec. 3.4-3.5): prototypical episodes, MPFNet-P and MPFNet-C.
 //!
 //! Pools: `train_pool` (episodes and validation prototypes) and `val_pool` (validation subjects of
 //! the fold) are index lists into one `SampleSet`; the test subject must be in neither. Every

@@ -1,6 +1,6 @@
 //! Prototypes, similarities and test-time prediction.
 //!
-//! Test time (SPEC 4.3 open point): by default the prototype of class c is the mean embedding of
+//! Test time (paper Sec. 3.4-3.5 open point): by default the prototype of class c is the mean embedding of
 //! ALL samples of class c in the prototype pool (the fold's training subjects), computed in eval
 //! mode. `PrototypeMode::Draws` instead averages the class means of several seeded K-shot draws.
 //! A class with no sample in the pool has no prototype and gets probability 0.
