@@ -192,3 +192,72 @@ fn predict_reports_each_bad_clip_and_runs_the_good_ones() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not a folder"), "{}", text(&o));
 }
+
+/// A checkpoint file in the store's own framing (magic, step, length, blake3, payload), as
+/// anyone who can write the cache folder could plant one.
+fn framed_checkpoint(step: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"MPFCKPT1".to_vec();
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(payload).as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn crafted_checkpoints_and_action_records_are_refused_cleanly_under_a_memory_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tiny = tiny_pipeline(d);
+    let tiny = tiny.to_str().unwrap();
+    // the reference, and the keys of its training nodes
+    let o = capped(d, &["run", tiny, "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let cache = d.join("cache");
+    let mut training = Vec::new();
+    let mut actions = Vec::new();
+    for shard in std::fs::read_dir(cache.join("actions")).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            let key = format!(
+                "{}{}",
+                shard.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy().trim_end_matches(".json")
+            );
+            if matches!(v["provenance"]["kind"].as_str(), Some("gfe" | "afe" | "meta")) {
+                training.push(key);
+            }
+            actions.push(f.path());
+        }
+    }
+    assert!(training.len() >= 10, "{training:?}");
+    // every action record replaced by something hostile: a lie, deep nesting, garbage, nothing
+    let hostile: [Vec<u8>; 4] = [
+        br#"{"format":1,"output":"ff","provenance":{},"check":"x"}"#.to_vec(),
+        "[".repeat(1 << 20).into_bytes(),
+        vec![0xff; 4096],
+        Vec::new(),
+    ];
+    for (k, p) in actions.iter().enumerate() {
+        std::fs::write(p, &hostile[k % hostile.len()]).unwrap();
+    }
+    // and a checkpoint for every training node: well framed, its payload not a checkpoint
+    for (k, key) in training.iter().enumerate() {
+        let ck = cache.join("checkpoints").join(key);
+        std::fs::create_dir_all(&ck).unwrap();
+        let payload: Vec<u8> = if k % 2 == 0 {
+            // a safetensors header claiming a tensor far larger than the file
+            let h = br#"{"x":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4398046511104]}}"#;
+            let mut v = (h.len() as u64).to_le_bytes().to_vec();
+            v.extend_from_slice(h);
+            v
+        } else {
+            b"not a checkpoint at all".to_vec()
+        };
+        std::fs::write(ck.join(format!("{:020}.ckpt", 1)), framed_checkpoint(1, &payload)).unwrap();
+    }
+    let o = capped(d, &["run", tiny, "--quiet"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "hostile records are misses, hostile checkpoints ignored: {t}");
+    assert!(!t.contains("memory allocation") && !t.contains("panicked"), "{t}");
+}

@@ -32,10 +32,19 @@ pub fn load<S: DeserializeOwned>(
     let Some((epoch, bytes)) = ckpt.load_latest().context("loading latest checkpoint")? else {
         return Ok(None);
     };
-    let (tensors, json) = decode(&bytes, dev).with_context(|| format!("checkpoint at {epoch}"))?;
-    let state: S =
-        serde_json::from_str(&json).with_context(|| format!("checkpoint state at {epoch}"))?;
-    Ok(Some((epoch, state, tensors)))
+    // The store verified the file's own hash, but a checkpoint is a file from a shared folder:
+    // one that does not parse is ignored (training starts over), never a failed node.
+    let parsed = decode(&bytes, dev).and_then(|(tensors, json)| {
+        let state: S = serde_json::from_str(&json).context("checkpoint state")?;
+        Ok((state, tensors))
+    });
+    match parsed {
+        Ok((state, tensors)) => Ok(Some((epoch, state, tensors))),
+        Err(e) => {
+            tracing::warn!("checkpoint at {epoch} unusable, training from the start: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// Writes one VarMap and its optimiser under `tag`.
