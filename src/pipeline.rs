@@ -474,7 +474,11 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     };
     // The name becomes a folder under runs/: a shared pipeline file must not write elsewhere.
     if let Err(why) = check_file_name(&name) {
-        return Err(err(m.loc("name"), "name", format!("pipeline name {name:?} {why}")));
+        return Err(err(
+            m.loc("name"),
+            "name",
+            format!("pipeline name {name:?} {why}"),
+        ));
     }
     let seed = match top.get("seed") {
         None => 0,

@@ -63,7 +63,10 @@ fn data_and_argument_errors_exit_2_run_failures_1() {
         "[stages.ds]\nkind = \"dataset\"\nformat = \"casme2\"\nroot = \"no/such/folder\"\n",
     )
     .unwrap();
-    let out = mpfnet(dir.path()).args(["run", "nodata.toml"]).output().unwrap();
+    let out = mpfnet(dir.path())
+        .args(["run", "nodata.toml"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no/such/folder"), "{err}");

@@ -99,10 +99,18 @@ fn kinds_by_key(cache: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for shard in std::fs::read_dir(cache.join("actions")).unwrap().flatten() {
         for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
-            let name = f.file_name().to_string_lossy().trim_end_matches(".json").to_string();
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            let name = f
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string();
             let key = format!("{}{name}", shard.file_name().to_string_lossy());
-            out.insert(key, v["provenance"]["kind"].as_str().unwrap_or("").to_string());
+            out.insert(
+                key,
+                v["provenance"]["kind"].as_str().unwrap_or("").to_string(),
+            );
         }
     }
     out
@@ -113,7 +121,10 @@ fn training_now(cache: &Path, kinds: &BTreeMap<String, String>) -> Option<String
     for d in std::fs::read_dir(cache.join("checkpoints")).ok()?.flatten() {
         let name = d.file_name().to_string_lossy().into_owned();
         let has_ckpt = std::fs::read_dir(d.path())
-            .map(|r| r.flatten().any(|f| f.file_name().to_string_lossy().ends_with(".ckpt")))
+            .map(|r| {
+                r.flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".ckpt"))
+            })
             .unwrap_or(false);
         if has_ckpt {
             if let Some(k) = kinds.get(&name) {
@@ -209,11 +220,22 @@ fn concurrent_writers_never_fail_a_node_and_agree_with_a_serial_run() {
         let sets: [&[&str]; 3] = [
             &[],
             &[],
-            &["--set", "stages.meta_p.gamma=0.4", "--set", "stages.gfe.train.lr=0.02"],
+            &[
+                "--set",
+                "stages.meta_p.gamma=0.4",
+                "--set",
+                "stages.gfe.train.lr=0.02",
+            ],
         ];
         let children: Vec<Child> = (0..3)
             .map(|k| {
-                let mut args = vec!["run", p.as_str(), "--quiet", "--jobs", if k == 0 { "1" } else { "2" }];
+                let mut args = vec![
+                    "run",
+                    p.as_str(),
+                    "--quiet",
+                    "--jobs",
+                    if k == 0 { "1" } else { "2" },
+                ];
                 args.extend_from_slice(sets[k]);
                 mpfnet(&cache, &runs[k], &args).spawn().unwrap()
             })
@@ -236,18 +258,35 @@ fn concurrent_writers_never_fail_a_node_and_agree_with_a_serial_run() {
         }
         // the serial reference: one process at a time, on a cache of its own
         for k in [0, 2] {
-            let (rc, rr) = (d.join(format!("ref-cache{round}-{k}")), d.join(format!("ref-runs{round}-{k}")));
+            let (rc, rr) = (
+                d.join(format!("ref-cache{round}-{k}")),
+                d.join(format!("ref-runs{round}-{k}")),
+            );
             let mut args = vec!["run", p.as_str(), "--quiet", "--jobs", "1"];
             args.extend_from_slice(sets[k]);
             run_ok(&rc, &rr, &args);
             let want = digests(&rr, "slow");
             for j in if k == 0 { vec![0, 1] } else { vec![2] } {
-                assert_same(&want, &digests(&runs[j], "slow"), &format!("round {round}, process {j}"));
+                assert_same(
+                    &want,
+                    &digests(&runs[j], "slow"),
+                    &format!("round {round}, process {j}"),
+                );
             }
             std::fs::remove_dir_all(&rc).unwrap();
         }
-        assert_eq!(leftovers(&cache, &data_parent), Vec::<String>::new(), "round {round}");
+        assert_eq!(
+            leftovers(&cache, &data_parent),
+            Vec::<String>::new(),
+            "round {round}"
+        );
     }
-    let o = mpfnet(&cache, &d.join("r"), &["cache", "verify"]).output().unwrap();
-    assert!(o.status.success(), "cache verify: {}", String::from_utf8_lossy(&o.stderr));
+    let o = mpfnet(&cache, &d.join("r"), &["cache", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cache verify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

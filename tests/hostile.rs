@@ -17,7 +17,11 @@ fn capped(dir: &Path, args: &[&str]) -> Output {
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
     Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v 2097152; exec '{}' {}", mpfnet_bin(), quoted.join(" ")))
+        .arg(format!(
+            "ulimit -v 2097152; exec '{}' {}",
+            mpfnet_bin(),
+            quoted.join(" ")
+        ))
         .current_dir(dir)
         .env("MPFNET_CACHE", dir.join("cache"))
         .env("MPFNET_RUNS", dir.join("runs"))
@@ -52,11 +56,35 @@ fn paths_a_pipeline_controls_stay_below_the_runs_folder() {
     let outside = dir.path().join("outside.safetensors");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--set".into(), "name=../../x".into()], "name"),
-        (vec!["--set".into(), format!("name={}", dir.path().join("abs").display())], "name"),
+        (
+            vec![
+                "--set".into(),
+                format!("name={}", dir.path().join("abs").display()),
+            ],
+            "name",
+        ),
         (vec!["--set".into(), "name=..".into()], "name"),
-        (vec!["--set".into(), "stages.bundle.file=../../../b.safetensors".into()], "stages.bundle"),
-        (vec!["--set".into(), format!("stages.bundle.file={}", outside.display())], "stages.bundle"),
-        (vec!["--set".into(), "stages.bundle.file=sub/model.safetensors".into()], "stages.bundle"),
+        (
+            vec![
+                "--set".into(),
+                "stages.bundle.file=../../../b.safetensors".into(),
+            ],
+            "stages.bundle",
+        ),
+        (
+            vec![
+                "--set".into(),
+                format!("stages.bundle.file={}", outside.display()),
+            ],
+            "stages.bundle",
+        ),
+        (
+            vec![
+                "--set".into(),
+                "stages.bundle.file=sub/model.safetensors".into(),
+            ],
+            "stages.bundle",
+        ),
     ];
     for (sets, key) in cases {
         for cmd in ["plan", "run"] {
@@ -73,7 +101,10 @@ fn paths_a_pipeline_controls_stay_below_the_runs_folder() {
     let named = work.join("named.toml");
     std::fs::write(
         &named,
-        format!("extends = \"{}\"\nname = \"../../escaped\"\n", tiny.display()),
+        format!(
+            "extends = \"{}\"\nname = \"../../escaped\"\n",
+            tiny.display()
+        ),
     )
     .unwrap();
     let o = capped(&work, &["plan", named.to_str().unwrap()]);
@@ -107,33 +138,83 @@ fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
     let clip = d.join("clip");
     std::fs::create_dir_all(&clip).unwrap();
     for k in 0..3 {
-        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([(x * 16) as u8, (y * 16) as u8, (k * 40) as u8]));
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, (k * 40) as u8])
+        });
         img.save(clip.join(format!("img{k}.png"))).unwrap();
     }
     let good = d.join("good.safetensors");
     std::fs::write(&good, crafted(|_| {})).unwrap();
-    let o = capped(d, &["predict", good.to_str().unwrap(), clip.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "the untouched bundle predicts: {}", text(&o));
+    let o = capped(
+        d,
+        &["predict", good.to_str().unwrap(), clip.to_str().unwrap()],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the untouched bundle predicts: {}",
+        text(&o)
+    );
 
     let mut header_lie = std::fs::read(&good).unwrap();
     header_lie[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     let mut truncated = std::fs::read(&good).unwrap();
     truncated.truncate(truncated.len() / 2);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("stem", crafted(|b| b.meta.model.stem_channels = 1 << 20), "width"),
-        ("embed", crafted(|b| b.meta.model.embed_dim = 1 << 40), "width"),
-        ("mixed", crafted(|b| b.meta.model.mixed[1][2] = 1 << 30), "width"),
-        ("pool", crafted(|b| b.meta.model.pool = [1 << 20, 1, 1]), "pool"),
-        ("input", crafted(|b| b.meta.input_shape = [5, 1 << 20, 1 << 20, 1 << 20]), "input shape"),
-        ("size", crafted(|b| b.meta.preprocess.size = 200_000), "size"),
-        ("frames", crafted(|b| b.meta.preprocess.frames = 1 << 30), "frames"),
-        ("classes", crafted(|b| b.meta.classes = (0..100_000).map(|i| i.to_string()).collect()), "classes"),
+        (
+            "stem",
+            crafted(|b| b.meta.model.stem_channels = 1 << 20),
+            "width",
+        ),
+        (
+            "embed",
+            crafted(|b| b.meta.model.embed_dim = 1 << 40),
+            "width",
+        ),
+        (
+            "mixed",
+            crafted(|b| b.meta.model.mixed[1][2] = 1 << 30),
+            "width",
+        ),
+        (
+            "pool",
+            crafted(|b| b.meta.model.pool = [1 << 20, 1, 1]),
+            "pool",
+        ),
+        (
+            "input",
+            crafted(|b| b.meta.input_shape = [5, 1 << 20, 1 << 20, 1 << 20]),
+            "input shape",
+        ),
+        (
+            "size",
+            crafted(|b| b.meta.preprocess.size = 200_000),
+            "size",
+        ),
+        (
+            "frames",
+            crafted(|b| b.meta.preprocess.frames = 1 << 30),
+            "frames",
+        ),
+        (
+            "classes",
+            crafted(|b| b.meta.classes = (0..100_000).map(|i| i.to_string()).collect()),
+            "classes",
+        ),
         // within every limit, yet more variables than the file can hold
-        ("big-but-legal", crafted(|b| {
-            b.meta.model.stem_channels = 2048;
-            b.meta.model.mixed = [[2048; 6], [2048; 6]];
-        }), "more than the"),
-        ("bridge", crafted(|b| b.meta.bridge_channels = 1 << 33), "width"),
+        (
+            "big-but-legal",
+            crafted(|b| {
+                b.meta.model.stem_channels = 2048;
+                b.meta.model.mixed = [[2048; 6], [2048; 6]];
+            }),
+            "more than the",
+        ),
+        (
+            "bridge",
+            crafted(|b| b.meta.bridge_channels = 1 << 33),
+            "width",
+        ),
         ("header", header_lie, "safetensors"),
         ("truncated", truncated, ""),
         ("empty", Vec::new(), ""),
@@ -145,8 +226,14 @@ fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
         let o = capped(d, &["predict", f.to_str().unwrap(), clip.to_str().unwrap()]);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {t}");
-        assert!(!t.contains("memory allocation") && !t.contains("panicked"), "{name}: {t}");
-        assert!(t.contains(f.to_str().unwrap()), "{name}: names the file: {t}");
+        assert!(
+            !t.contains("memory allocation") && !t.contains("panicked"),
+            "{name}: {t}"
+        );
+        assert!(
+            t.contains(f.to_str().unwrap()),
+            "{name}: names the file: {t}"
+        );
         assert!(t.contains(expect), "{name}: expected `{expect}` in: {t}");
         tried += 1;
     }
@@ -160,7 +247,9 @@ fn predict_reports_each_bad_clip_and_runs_the_good_ones() {
     let good = d.join("good");
     std::fs::create_dir_all(&good).unwrap();
     for k in 0..3 {
-        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([(x * 9) as u8, (y * 5) as u8, (k * 70) as u8]));
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 9) as u8, (y * 5) as u8, (k * 70) as u8])
+        });
         img.save(good.join(format!("f{k}.png"))).unwrap();
     }
     let broken = d.join("broken");
@@ -181,7 +270,10 @@ fn predict_reports_each_bad_clip_and_runs_the_good_ones() {
     assert_eq!(o.status.code(), Some(2), "{t}");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains(g), "the good clip is predicted: {t}");
-    assert!(t.contains(&format!("{x}/f0.png")), "names the bad frame file: {t}");
+    assert!(
+        t.contains(&format!("{x}/f0.png")),
+        "names the bad frame file: {t}"
+    );
     assert!(t.contains(&missing), "names the missing clip: {t}");
     assert!(t.contains("2 of 3 clip(s) failed"), "{t}");
 
@@ -218,13 +310,17 @@ fn crafted_checkpoints_and_action_records_are_refused_cleanly_under_a_memory_cap
     let mut actions = Vec::new();
     for shard in std::fs::read_dir(cache.join("actions")).unwrap().flatten() {
         for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
             let key = format!(
                 "{}{}",
                 shard.file_name().to_string_lossy(),
                 f.file_name().to_string_lossy().trim_end_matches(".json")
             );
-            if matches!(v["provenance"]["kind"].as_str(), Some("gfe" | "afe" | "meta")) {
+            if matches!(
+                v["provenance"]["kind"].as_str(),
+                Some("gfe" | "afe" | "meta")
+            ) {
                 training.push(key);
             }
             actions.push(f.path());
@@ -254,10 +350,21 @@ fn crafted_checkpoints_and_action_records_are_refused_cleanly_under_a_memory_cap
         } else {
             b"not a checkpoint at all".to_vec()
         };
-        std::fs::write(ck.join(format!("{:020}.ckpt", 1)), framed_checkpoint(1, &payload)).unwrap();
+        std::fs::write(
+            ck.join(format!("{:020}.ckpt", 1)),
+            framed_checkpoint(1, &payload),
+        )
+        .unwrap();
     }
     let o = capped(d, &["run", tiny, "--quiet"]);
     let t = text(&o);
-    assert_eq!(o.status.code(), Some(0), "hostile records are misses, hostile checkpoints ignored: {t}");
-    assert!(!t.contains("memory allocation") && !t.contains("panicked"), "{t}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "hostile records are misses, hostile checkpoints ignored: {t}"
+    );
+    assert!(
+        !t.contains("memory allocation") && !t.contains("panicked"),
+        "{t}"
+    );
 }

@@ -73,8 +73,14 @@ impl Store {
         };
         let mut json = serde_json::to_vec(&file).context("serializing action record")?;
         json.push(b'\n');
-        fsutil::write_atomic(&self.tmp_dir(), &self.action_path(key), &json, false, self.sharing)
-            .with_context(|| format!("storing action {key}"))
+        fsutil::write_atomic(
+            &self.tmp_dir(),
+            &self.action_path(key),
+            &json,
+            false,
+            self.sharing,
+        )
+        .with_context(|| format!("storing action {key}"))
     }
 
     /// The record of action `key`, or `None` on a miss. A damaged record is

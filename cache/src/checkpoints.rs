@@ -71,7 +71,13 @@ impl Store {
         let path = self
             .checkpoint_dir(node_key)
             .join(format!("{step:020}.ckpt"));
-        fsutil::write_atomic(&self.tmp_dir(), &path, &encode(step, bytes), false, self.sharing)?;
+        fsutil::write_atomic(
+            &self.tmp_dir(),
+            &path,
+            &encode(step, bytes),
+            false,
+            self.sharing,
+        )?;
         for (old, p) in self.checkpoint_files(node_key)?.into_iter().skip(KEEP) {
             if old < step {
                 fsutil::remove_file_opt(&p)?;

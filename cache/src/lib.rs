@@ -53,9 +53,9 @@ use anyhow::{Context, Result};
 
 pub use actions::ActionRecord;
 pub use digest::{Digest, KeyHasher, ParseDigestError};
+pub use fsutil::Sharing;
 pub use maintenance::{DuReport, GcOptions, GcReport, Usage, VerifyReport};
 pub use stat::StatCacheStats;
-pub use fsutil::Sharing;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -152,7 +152,8 @@ impl Store {
             sharing.create_dir_all(&d)?;
             // A store's areas are its own folders: a symlink would let whoever planted it
             // redirect writes (and gc's deletions) anywhere the user can write.
-            let meta = fs::symlink_metadata(&d).with_context(|| format!("inspecting {}", d.display()))?;
+            let meta =
+                fs::symlink_metadata(&d).with_context(|| format!("inspecting {}", d.display()))?;
             if !meta.is_dir() {
                 anyhow::bail!(
                     "{} is a symbolic link or not a folder: refusing to use it as part of the cache (point --cache at the real folder instead)",
@@ -184,7 +185,13 @@ impl Store {
             None => {
                 // Concurrent creators write identical content; last rename wins.
                 let line = format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n");
-                fsutil::write_atomic(&root.join("tmp"), &fmt_path, line.as_bytes(), false, sharing)?;
+                fsutil::write_atomic(
+                    &root.join("tmp"),
+                    &fmt_path,
+                    line.as_bytes(),
+                    false,
+                    sharing,
+                )?;
             }
         }
         Ok(Store {
@@ -207,15 +214,24 @@ impl Store {
     pub fn share_with_group(&mut self) -> Result<usize> {
         use std::os::unix::fs::PermissionsExt;
         let g = fsutil::Sharing::Group;
-        fsutil::write_atomic(&self.tmp_dir(), &self.root.join(SHARING_FILE), b"group\n", false, g)?;
+        fsutil::write_atomic(
+            &self.tmp_dir(),
+            &self.root.join(SHARING_FILE),
+            b"group\n",
+            false,
+            g,
+        )?;
         self.sharing = g;
         let mut fixed = 0;
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            g.fix_dir(&dir).with_context(|| format!("sharing {}", dir.display()))?;
+            g.fix_dir(&dir)
+                .with_context(|| format!("sharing {}", dir.display()))?;
             fixed += 1;
             for e in fsutil::list_dir(&dir)? {
-                let Ok(meta) = fs::symlink_metadata(e.path()) else { continue };
+                let Ok(meta) = fs::symlink_metadata(e.path()) else {
+                    continue;
+                };
                 if meta.is_dir() {
                     stack.push(e.path());
                 } else if meta.is_file() {

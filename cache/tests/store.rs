@@ -883,7 +883,14 @@ fn group_shared_store_gives_the_group_its_files_and_folders() {
     assert_eq!(s.sharing(), mpfnet_cache::Sharing::Group);
     let d = s.put_blob(&bytes(2, 100)).unwrap();
     let key = Digest::of(b"node");
-    s.put_action(&key, &ActionRecord { output: d, provenance: json!({}) }).unwrap();
+    s.put_action(
+        &key,
+        &ActionRecord {
+            output: d,
+            provenance: json!({}),
+        },
+    )
+    .unwrap();
     s.put_checkpoint(&key, 3, b"state").unwrap();
     let mut dirs = 0;
     let mut files = 0;

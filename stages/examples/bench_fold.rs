@@ -48,7 +48,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (batch, steps) = (arg(&args, "--batch", 8), arg(&args, "--steps", 2));
     // `--device cuda:0` (a build with --features cuda) times the training on a GPU
-    let dev = match args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)) {
+    let dev = match args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+    {
         Some(d) if d.starts_with("cuda:") => Device::new_cuda(d[5..].parse()?)?,
         _ => Device::Cpu,
     };
@@ -60,7 +64,11 @@ fn main() -> Result<()> {
     let mut t_prep = Vec::new();
     for _ in 0..3 {
         let t0 = Instant::now();
-        let (o, a) = prep.crop_pair(onset.clone(), apex.clone(), &["onset".into(), "apex".into()])?;
+        let (o, a) = prep.crop_pair(
+            onset.clone(),
+            apex.clone(),
+            &["onset".into(), "apex".into()],
+        )?;
         let p = prep.prepare(o, a, 0)?;
         assert_eq!(p.shape, vec![5, prep.frames - 1, prep.size, prep.size]);
         t_prep.push(t0.elapsed().as_secs_f64());

@@ -39,7 +39,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
     let b = b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
     anyhow::ensure!(a.len() == b.len(), "lengths {} and {}", a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     Ok(diff / scale)
 }
 
@@ -56,7 +59,13 @@ struct Case {
 
 /// Output, the gradient of every input, and the state after the op, on `dev`. On the CPU the
 /// custom kernels run unless `reference` (the stock-op path that every other device takes).
-fn run_case(c: &Case, xs: &[Tensor], r: &Tensor, dev: &Device, reference: bool) -> Result<Vec<Tensor>> {
+fn run_case(
+    c: &Case,
+    xs: &[Tensor],
+    r: &Tensor,
+    dev: &Device,
+    reference: bool,
+) -> Result<Vec<Tensor>> {
     let vars: Vec<Var> = xs
         .iter()
         .map(|x| Var::from_tensor(&x.to_device(dev)?))
@@ -72,7 +81,11 @@ fn run_case(c: &Case, xs: &[Tensor], r: &Tensor, dev: &Device, reference: bool) 
         let loss = (&y * r.to_device(dev)?)?.sum_all()?;
         Ok((y.clone(), loss.backward()?))
     };
-    let (y, grads) = if reference { ops::with_reference(go)? } else { go()? };
+    let (y, grads) = if reference {
+        ops::with_reference(go)?
+    } else {
+        go()?
+    };
     let mut out = vec![y];
     for v in &vars {
         out.push(grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?));
@@ -147,14 +160,25 @@ fn cases() -> Vec<Case> {
 
 fn parity(dev: &Device, tol: f32) -> Result<bool> {
     let mut ok = true;
-    println!("{:<26} {:>12} {:>12} {:>12}", "op", "output", "max grad", "max state");
+    println!(
+        "{:<26} {:>12} {:>12} {:>12}",
+        "op", "output", "max grad", "max state"
+    );
     for c in cases() {
         let xs: Vec<Tensor> = c
             .inputs
             .iter()
             .map(|s| Tensor::randn(0f32, 1.0, s.as_slice(), &Device::Cpu))
             .collect::<candle_core::Result<_>>()?;
-        let y_shape = (c.op)(&xs, &c.state.iter().map(|&(n, v)| Var::from_tensor(&Tensor::full(v, n, &Device::Cpu)?)).collect::<candle_core::Result<Vec<_>>>()?)?.shape().clone();
+        let y_shape = (c.op)(
+            &xs,
+            &c.state
+                .iter()
+                .map(|&(n, v)| Var::from_tensor(&Tensor::full(v, n, &Device::Cpu)?))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        )?
+        .shape()
+        .clone();
         let r = Tensor::randn(0f32, 1.0, &y_shape, &Device::Cpu)?;
         let want = run_case(&c, &xs, &r, &Device::Cpu, false)?;
         let got = run_case(&c, &xs, &r, dev, true)?;
@@ -180,11 +204,20 @@ fn parity(dev: &Device, tol: f32) -> Result<bool> {
 }
 
 /// Median ms of `steps` CA-I3D training steps (forward, backward, SGD with momentum) on `dev`.
-fn step_time(dev: &Device, cfg: &CaI3dConfig, shape: (usize, usize, usize), steps: usize) -> Result<f64> {
+fn step_time(
+    dev: &Device,
+    cfg: &CaI3dConfig,
+    shape: (usize, usize, usize),
+    steps: usize,
+) -> Result<f64> {
     let (b, frames, size) = shape;
     let vm = VarMap::new();
     let model = CaI3d::new(var_builder(&vm, 1, dev), cfg)?;
-    let sgd = SgdConfig { lr: 1e-3, momentum: 0.9, weight_decay: 5e-4 };
+    let sgd = SgdConfig {
+        lr: 1e-3,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    };
     let mut opt = SgdMomentum::new(sorted_vars(&vm), sgd)?;
     let x = Tensor::randn(0f32, 1.0, (b, cfg.in_channels, frames, size, size), dev)?;
     let mut times = Vec::new();
@@ -219,7 +252,10 @@ fn main() -> Result<()> {
             arg(&args, "--step-size", 128),
         );
         let ms = step_time(&dev, &cfg, shape, steps)?;
-        println!("training step, batch {} x 5 x {} x {} x {}: {ms:.1} ms (median of {steps})", shape.0, shape.1, shape.2, shape.2);
+        println!(
+            "training step, batch {} x 5 x {} x {} x {}: {ms:.1} ms (median of {steps})",
+            shape.0, shape.1, shape.2, shape.2
+        );
     }
     if !ok {
         anyhow::bail!("parity above {tol:e}");

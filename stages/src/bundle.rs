@@ -82,11 +82,20 @@ impl BundleMeta {
     /// against the file's size: `file_len` bytes cannot hold more than `file_len / 4` scalars.
     pub fn check_limits(&self, file_len: usize) -> Result<()> {
         let m = &self.model;
-        let widths = [m.stem_channels, m.embed_dim, self.bridge_channels, m.in_channels, m.extra_in_channels]
-            .into_iter()
-            .chain(m.mixed.iter().flatten().copied());
+        let widths = [
+            m.stem_channels,
+            m.embed_dim,
+            self.bridge_channels,
+            m.in_channels,
+            m.extra_in_channels,
+        ]
+        .into_iter()
+        .chain(m.mixed.iter().flatten().copied());
         for w in widths {
-            ensure!(w <= MAX_WIDTH, "a network width of {w} exceeds the limit of {MAX_WIDTH}");
+            ensure!(
+                w <= MAX_WIDTH,
+                "a network width of {w} exceeds the limit of {MAX_WIDTH}"
+            );
         }
         ensure!(
             m.pool.iter().all(|&p| (1..=64).contains(&p)),
@@ -100,7 +109,10 @@ impl BundleMeta {
         );
         let [c, t, h, w] = self.input_shape;
         ensure!(
-            (1..=5).contains(&c) && (1..MAX_FRAMES).contains(&t) && (1..=MAX_SIDE).contains(&h) && (1..=MAX_SIDE).contains(&w),
+            (1..=5).contains(&c)
+                && (1..MAX_FRAMES).contains(&t)
+                && (1..=MAX_SIDE).contains(&h)
+                && (1..=MAX_SIDE).contains(&w),
             "input shape {:?} is outside [1..=5, 1..{MAX_FRAMES}, 1..={MAX_SIDE}, 1..={MAX_SIDE}]",
             self.input_shape
         );
@@ -118,10 +130,15 @@ impl BundleMeta {
             pp.size,
             pp.frames
         );
-        let widest = [m.stem_channels, m.mixed_out(0), m.mixed_out(1), c + self.bridge_channels]
-            .into_iter()
-            .max()
-            .unwrap_or(0) as u128;
+        let widest = [
+            m.stem_channels,
+            m.mixed_out(0),
+            m.mixed_out(1),
+            c + self.bridge_channels,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as u128;
         let act = widest * (t * h * w) as u128;
         ensure!(
             act <= MAX_ACTIVATION,
@@ -568,7 +585,6 @@ pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-
     fn err_of<T>(r: Result<T>) -> String {
         match r {
             Ok(_) => panic!("expected an error"),
@@ -630,8 +646,17 @@ pub(crate) mod tests {
         assert!(e.contains("more than the"), "{e}");
         // the honest bundle is within every limit, with its variables counted exactly
         let m = &b.meta.model;
-        let vars: usize = b.tensors.iter().filter(|(k, _)| k.starts_with("p/")).map(|(_, a)| a.len()).sum();
-        assert_eq!(m.variable_count(), vars as u128, "variable_count matches the built network");
+        let vars: usize = b
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("p/"))
+            .map(|(_, a)| a.len())
+            .sum();
+        assert_eq!(
+            m.variable_count(),
+            vars as u128,
+            "variable_count matches the built network"
+        );
     }
 
     #[test]

@@ -219,10 +219,17 @@ fn predict_one(
     use mpfnet_api::BadInputExt;
     let ctx = || format!("clip {}", c.name);
     // what is wrong with the clip itself is the user's input; the rest is a failure of ours
-    let onset = crate::prep::image::load_frame(&c.onset).bad_input().with_context(ctx)?;
-    let apex = crate::prep::image::load_frame(&c.apex).bad_input().with_context(ctx)?;
+    let onset = crate::prep::image::load_frame(&c.onset)
+        .bad_input()
+        .with_context(ctx)?;
+    let apex = crate::prep::image::load_frame(&c.apex)
+        .bad_input()
+        .with_context(ctx)?;
     let names = [c.onset.display().to_string(), c.apex.display().to_string()];
-    let (onset, apex) = prep.crop_pair(onset, apex, &names).bad_input().with_context(ctx)?;
+    let (onset, apex) = prep
+        .crop_pair(onset, apex, &names)
+        .bad_input()
+        .with_context(ctx)?;
     let p = prep.prepare(onset, apex, 0).with_context(ctx)?;
     let input = pred.input(&p.x, &p.shape).with_context(ctx)?;
     let probs = pred.classify(&input).with_context(ctx)?;
@@ -267,8 +274,11 @@ pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()
     use mpfnet_api::BadInputExt;
     crate::check_device(&a.device).bad_input()?;
     if let Some(d) = a.explain.as_deref().filter(|d| d.exists() && !d.is_dir()) {
-        return Err(anyhow::anyhow!("--explain {}: exists and is not a folder", d.display()))
-            .bad_input();
+        return Err(anyhow::anyhow!(
+            "--explain {}: exists and is not a folder",
+            d.display()
+        ))
+        .bad_input();
     }
     let t0 = std::time::Instant::now();
     let bundle = crate::bundle::Bundle::read(&a.bundle).bad_input()?;
@@ -340,7 +350,11 @@ pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()
     if failed.is_empty() {
         return Ok(());
     }
-    let err = anyhow::anyhow!("{} of {} clip(s) failed (listed above)", failed.len(), a.clips.len());
+    let err = anyhow::anyhow!(
+        "{} of {} clip(s) failed (listed above)",
+        failed.len(),
+        a.clips.len()
+    );
     // the clips' own faults are the user's input (exit 2); anything else is ours (exit 1)
     if failed.iter().all(mpfnet_api::is_bad_input) {
         Err(err).bad_input()

@@ -139,7 +139,10 @@ fn check_frames(
             // The method's input is the motion from onset to apex: none here. MEGC2019's
             // composite set leaves such rows out (CASME II CDE: 145 samples, negative 88).
             apex = None;
-            faults.push(origin.fault(cols.apex, format!("apex {a} equals onset: no motion to learn from")));
+            faults.push(origin.fault(
+                cols.apex,
+                format!("apex {a} equals onset: no motion to learn from"),
+            ));
         } else if a < o || a > hi {
             // Already faulty: a missing-frame fault on top would only repeat it.
             apex = None;

@@ -54,7 +54,9 @@ impl Stage for BundleStage {
         let ok = !p.file.is_empty()
             && p.file.len() <= 100
             && !p.file.starts_with('.')
-            && p.file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            && p.file
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !ok {
             bail!("`file` = {:?} must be one file name (letters, digits, `.`, `_`, `-`; not starting with `.`), not a path", p.file);
         }
@@ -110,7 +112,10 @@ impl Stage for BundleStage {
             recipe: ctx.key.to_string(),
             train_subjects: serde_json::from_value(field("train_subjects"))?,
             train_samples: serde_json::from_value(field("train_samples"))?,
-            flow_estimator: f.meta["flow_estimator"].as_str().unwrap_or_default().to_string(),
+            flow_estimator: f.meta["flow_estimator"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             tensors_blake3: String::new(),
         };
         let tensors = m

@@ -23,7 +23,12 @@ fn shortest_f32(v: &mut Value) {
             let f = n.as_f64().unwrap_or_default();
             let g = f as f32;
             if g as f64 == f {
-                if let Some(m) = g.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                if let Some(m) = g
+                    .to_string()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
                     *n = m;
                 }
             }
@@ -89,6 +94,9 @@ mod defaults_tests {
         assert!(text.contains("\"lambda\":0.15"), "{text}");
         assert!(!text.contains("0.15000000596"), "{text}");
         let back: crate::kinds::features::FeatureParams = serde_json::from_value(d).unwrap();
-        assert_eq!(back.flow.lambda, crate::kinds::features::FeatureParams::default().flow.lambda);
+        assert_eq!(
+            back.flow.lambda,
+            crate::kinds::features::FeatureParams::default().flow.lambda
+        );
     }
 }

@@ -215,7 +215,11 @@ pub fn ensure_synth(root: &std::path::Path, p: &SynthParams) -> Result<()> {
     }
     let private = |what: &str| {
         let mut name = root.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{what}-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        name.push(format!(
+            ".{what}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         root.with_file_name(name)
     };
     if root.exists() {
@@ -229,7 +233,10 @@ pub fn ensure_synth(root: &std::path::Path, p: &SynthParams) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("moving the stale synthetic dataset {} aside", root.display())
+                    format!(
+                        "moving the stale synthetic dataset {} aside",
+                        root.display()
+                    )
                 })
             }
         }
@@ -242,13 +249,17 @@ pub fn ensure_synth(root: &std::path::Path, p: &SynthParams) -> Result<()> {
         Ok(()) => Ok(()),
         // another process got there first: fine if it wrote what we would have
         Err(_) if synth_stamp_matches(root, &want) => Ok(()),
-        Err(e) => Err(e)
-            .with_context(|| format!("moving the synthetic dataset into {}", root.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("moving the synthetic dataset into {}", root.display()))
+        }
     }
 }
 
 fn synth_stamp_matches(root: &std::path::Path, want: &str) -> bool {
-    std::fs::read_to_string(root.join("synth.json")).ok().as_deref() == Some(want)
+    std::fs::read_to_string(root.join("synth.json"))
+        .ok()
+        .as_deref()
+        == Some(want)
 }
 
 fn remove_dir_quietly(dir: &std::path::Path) {

@@ -121,7 +121,12 @@ impl FeatureParams {
     }
 
     /// Crop and resize a clip's two frames; `names` (the frame files, say) name them in errors.
-    pub fn crop_pair(&self, onset: Frame, apex: Frame, names: &[String; 2]) -> Result<(Frame, Frame)> {
+    pub fn crop_pair(
+        &self,
+        onset: Frame,
+        apex: Frame,
+        names: &[String; 2],
+    ) -> Result<(Frame, Frame)> {
         if self.detect_face {
             let mut fc = self.face.clone();
             fc.size = self.size;

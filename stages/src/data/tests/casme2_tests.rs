@@ -204,11 +204,30 @@ fn apex_equal_to_onset_is_a_fault() {
     for (k, apex) in [(1u32, 15u32), (2, 10)] {
         let name = format!("EP0{k}_01");
         rows.push(casme2_row(1, &name, 10, apex.into(), 20, "disgust"));
-        casme2_frames(dir.path(), Layout::Cropped, "sub01", &name, 10, 20, "jpg", &bytes).unwrap();
+        casme2_frames(
+            dir.path(),
+            Layout::Cropped,
+            "sub01",
+            &name,
+            10,
+            20,
+            "jpg",
+            &bytes,
+        )
+        .unwrap();
     }
-    write_xlsx(&dir.path().join("CASME2-coding-20140508.xlsx"), "Sheet1", &rows).unwrap();
+    write_xlsx(
+        &dir.path().join("CASME2-coding-20140508.xlsx"),
+        "Sheet1",
+        &rows,
+    )
+    .unwrap();
     let idx = casme2::load(&Options::new(dir.path(), Layout::Cropped)).unwrap();
     assert_eq!(idx.samples.len(), 1);
     assert_eq!(rows_of(&idx), [(3, "ApexFrame".to_string())]);
-    assert!(idx.faults[0].message.contains("equals onset"), "{}", idx.faults[0]);
+    assert!(
+        idx.faults[0].message.contains("equals onset"),
+        "{}",
+        idx.faults[0]
+    );
 }
