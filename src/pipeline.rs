@@ -4,6 +4,7 @@
 //! ```toml
 //! name = "demo"                  # defaults to the file stem
 //! extends = "base.toml"          # relative to this file; tables merge key by key
+//!                                # (or a list, merged left to right: ["paper.toml", "cpu.toml"])
 //! seed = 7
 //! report = ["evaluate"]          # nodes whose files/summary form the run's report
 //! [stages.features]
@@ -11,6 +12,8 @@
 //! over = "dataset"               # fan out over the axis that stage `dataset` declares
 //! inputs = { magnified = "magnify[*]" }   # `[*]` gathers every instance of a fanned stage
 //! flow = "tvl1"                  # every other key is a parameter of the stage
+//! [stages.bundle]                # ... or `stages.bundle = false`: drop a stage a base declares
+//! [sweeps.gamma]                 # copies of stages, one per row (see `sweep.rs`)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use mpfnet_api::Registry;
 use serde_json::{Map, Value};
+
+mod sweep;
 
 /// Where a key was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,22 +290,36 @@ fn load_merged(path: &Path, depth: usize) -> anyhow::Result<Merged> {
             value: Value::Object(Map::new()),
             origin: HashMap::new(),
         },
-        Some(Value::String(base)) => {
-            let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-            if !base_path.exists() {
-                return Err(err(
-                    file_loc("extends"),
-                    "extends",
-                    format!("no such file {}", base_path.display()),
-                ));
+        Some(Value::String(base)) => load_base(path, base, depth, &file_loc)?,
+        // several bases merge left to right: a paper configuration, then an overlay that
+        // resizes it for a CPU, for example
+        Some(Value::Array(bases)) if bases.iter().all(Value::is_string) => {
+            let mut merged = Merged {
+                value: Value::Object(Map::new()),
+                origin: HashMap::new(),
+            };
+            for base in bases {
+                let b = load_base(path, base.as_str().unwrap(), depth, &file_loc)?;
+                let origins = b.origin;
+                merge_into(
+                    &mut merged.value,
+                    b.value,
+                    "",
+                    &|_: &str| Loc {
+                        file: String::new(),
+                        line: 0,
+                    },
+                    &mut HashMap::new(),
+                );
+                merged.origin.extend(origins);
             }
-            load_merged(&base_path, depth + 1)?
+            merged
         }
         Some(_) => {
             return Err(err(
                 file_loc("extends"),
                 "extends",
-                "must be a string (a path)",
+                "must be a path or an array of paths",
             ))
         }
     };
@@ -317,6 +336,23 @@ fn load_merged(path: &Path, depth: usize) -> anyhow::Result<Merged> {
     );
     merge_into(&mut merged.value, value, "", &file_loc, &mut merged.origin);
     Ok(merged)
+}
+
+fn load_base(
+    path: &Path,
+    base: &str,
+    depth: usize,
+    file_loc: &dyn Fn(&str) -> Loc,
+) -> anyhow::Result<Merged> {
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    if !base_path.exists() {
+        return Err(err(
+            file_loc("extends"),
+            "extends",
+            format!("no such file {}", base_path.display()),
+        ));
+    }
+    load_merged(&base_path, depth + 1)
 }
 
 /// Applies `--set a.b.c=value` (value parsed as TOML, else taken as a string).
@@ -453,6 +489,7 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     for s in sets {
         apply_set(&mut m, s)?;
     }
+    sweep::expand(&mut m)?;
     let top = m.value.as_object().cloned().unwrap_or_default();
     const TOP_KEYS: [&str; 5] = ["name", "seed", "report", "stages", "description"];
     for k in top.keys() {
@@ -512,6 +549,10 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
 
     let mut stages = BTreeMap::new();
     for (sname, sval) in &stage_tables {
+        // `stages.NAME = false` in an overlay (or `--set`) drops a stage its base declares
+        if sval == &Value::Bool(false) {
+            continue;
+        }
         let base = format!("stages.{sname}");
         let Value::Object(t) = sval else {
             return Err(err(m.loc(&base), &base, "a stage must be a table"));

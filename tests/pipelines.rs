@@ -1,6 +1,6 @@
 //! The pipelines shipped under `pipelines/`: every file loads and validates against the real
-//! stage registry; the ablations share the demo's cached nodes (identical parameters for every
-//! stage they inherit); the paper pipelines carry the paper's hyper-parameters (paper Sec. 3.3-3.5, 7); and a
+//! stage registry; the ablations are their paper configuration plus row copies (every stage of
+//! the base unchanged, so its cached nodes are shared); the paper pipelines carry the paper's hyper-parameters (paper Sec. 3.3-3.5, 7); and a
 //! mistyped parameter is reported at the line where it was written.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,8 @@ fn tomls(dir: &Path, out: &mut Vec<PathBuf>) {
         .collect();
     entries.sort();
     for p in entries {
-        if p.is_dir() {
+        // an overlay is no pipeline of its own (tested through the files that extend it)
+        if p.is_dir() && !p.ends_with("overlays") {
             tomls(&p, out);
         } else if p.extension().is_some_and(|x| x == "toml") {
             out.push(p);
@@ -48,20 +49,9 @@ fn flownet2_weights(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn demo() -> Pipeline {
-    load_ok(&root().join("demo.toml"))
+fn paper_cde() -> Pipeline {
+    load_ok(&root().join("paper/casme2_cde.toml"))
 }
-
-/// The stages an ablation inherits from the demo and whose cached nodes it must reuse.
-const SHARED: [&str; 7] = [
-    "dataset",
-    "folds",
-    "features",
-    "balance",
-    "features_mag",
-    "gfe",
-    "afe",
-];
 
 fn params<'a>(p: &'a Pipeline, stage: &str) -> &'a Value {
     &p.stages
@@ -105,6 +95,9 @@ fn every_pipeline_validates() {
         "ablations/prior_learning.toml",
         "ablations/features.toml",
         "ablations/gamma_sweep.toml",
+        "ablations/frames.toml",
+        "bench/learning.toml",
+        "bench/ablations.toml",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -149,89 +142,47 @@ fn ablation(name: &str) -> Pipeline {
     load_ok(&root().join("ablations").join(name))
 }
 
-/// What every ablation must keep from the demo: seed (node seeds and keys depend on it), the
-/// shared stages' kind, axis, inputs and parameters, and the same model and training settings
-/// for its own gfe/afe/meta/evaluate stages, so only the ablated factor differs.
-fn assert_shares_demo(p: &Pipeline) {
-    let d = demo();
+/// An ablation is its paper configuration plus row copies: every stage of the base is there
+/// unchanged (so its cached nodes are the base's), every other stage is `ORIGINAL_ROW`, a copy
+/// of a base stage of the same kind whose parameters differ from the original's only in
+/// `row_keys(copy)`.
+fn assert_rows_of(p: &Pipeline, base: &Pipeline, row_keys: &dyn Fn(&str) -> Vec<&'static str>) {
     let f = p.path.display();
-    assert_eq!(p.seed, d.seed, "{f}: seed differs from demo's");
-    for s in SHARED {
-        let (a, b) = (&p.stages[s], &d.stages[s]);
-        assert_eq!(a.kind, b.kind, "{f}: stages.{s}.kind");
-        assert_eq!(a.over, b.over, "{f}: stages.{s}.over");
-        assert_eq!(a.inputs, b.inputs, "{f}: stages.{s}.inputs");
-        assert_eq!(
-            a.params, b.params,
-            "{f}: stages.{s} parameters differ from demo.toml's, so its cache would not be shared"
-        );
-    }
-    for kind in ["gfe", "afe"] {
-        for s in of_kind(p, kind) {
-            let skip = |v: &Value| without(&without(v, "channels"), "final_model");
+    assert_eq!(p.seed, base.seed, "{f}: seed differs from its base's");
+    for (s, b) in &base.stages {
+        let a = &p.stages[s];
+        assert_eq!((&a.kind, &a.over), (&b.kind, &b.over), "{f}: stages.{s}");
+        if s != "report" {
+            assert_eq!(a.inputs, b.inputs, "{f}: stages.{s}.inputs");
             assert_eq!(
-                skip(params(p, s)),
-                skip(params(&d, kind)),
-                "{f}: stages.{s} differs from demo's {kind} in more than its channels"
-            );
-            // only the demo's own encoders feed a bundle; the ablation's skip the final split
-            if s != kind {
-                assert_eq!(
-                    params(p, s)["final_model"],
-                    false,
-                    "{f}: stages.{s} trains a final model nobody reads"
-                );
-            }
-            assert_eq!(
-                p.stages[s].over.as_deref(),
-                Some("folds"),
-                "{f}: stages.{s}.over"
+                a.params, b.params,
+                "{f}: stages.{s} differs from its base's"
             );
         }
     }
-    let meta_p = params(&d, "meta_p");
-    for s in of_kind(p, "meta") {
-        let m = params(p, s);
-        for k in ["train", "bridge_channels", "gradcam_samples"] {
-            // what meta-learning does to the encoders is chosen per variant (P frozen, C
-            // fine-tuned): the rest of the schedule is shared
-            let skip = |v: &Value| match v.is_object() {
-                true => without(&without(v, "encoders"), "encoder_lr"),
-                false => v.clone(),
-            };
-            assert_eq!(
-                skip(&m[k]),
-                skip(&meta_p[k]),
-                "{f}: stages.{s}.{k} differs from demo's meta_p"
-            );
+    for (s, a) in p
+        .stages
+        .iter()
+        .filter(|(s, _)| !base.stages.contains_key(*s))
+    {
+        let orig = base
+            .stages
+            .keys()
+            .filter(|o| s.starts_with(&format!("{o}_")))
+            .max_by_key(|o| o.len())
+            .unwrap_or_else(|| panic!("{f}: stage {s} is no copy of a base stage"));
+        let o = &base.stages[orig];
+        assert_eq!((&a.kind, &a.over), (&o.kind, &o.over), "{f}: {s}");
+        let mut got = a.params.clone();
+        let mut want = o.params.clone();
+        for k in row_keys(s) {
+            let ptr = format!("/{}", k.replace('.', "/"));
+            got.pointer_mut(&ptr).map(Value::take);
+            want.pointer_mut(&ptr).map(Value::take);
         }
         assert_eq!(
-            p.stages[s].over.as_deref(),
-            Some("folds"),
-            "{f}: stages.{s}.over"
-        );
-    }
-    let mut labels = std::collections::BTreeSet::new();
-    for s in of_kind(p, "evaluate") {
-        // same evaluation as the demo's; only the row label (which gamma) differs
-        let mut m = params(p, s).clone();
-        let label = m["label"].take();
-        if let Some(l) = label.as_str().filter(|l| !l.is_empty()) {
-            assert!(labels.insert(l.to_string()), "{f}: label {l:?} used twice");
-        }
-        m["label"] = params(&d, "eval_p")["label"].clone();
-        assert_eq!(
-            &m,
-            params(&d, "eval_p"),
-            "{f}: stages.{s} must report like demo's eval_p"
-        );
-    }
-    // the demo's own meta/evaluate stages are untouched (their cache is reused too)
-    for s in ["meta_p", "meta_c", "eval_p", "eval_c"] {
-        assert_eq!(
-            params(p, s),
-            params(&d, s),
-            "{f}: stages.{s} differs from demo's"
+            got, want,
+            "{f}: {s} differs from {orig} beyond its row's keys"
         );
     }
 }
@@ -255,110 +206,258 @@ fn meta_of<'a>(p: &'a Pipeline, eval: &str) -> &'a str {
 }
 
 #[test]
-fn prior_learning_ablation_shares_demo() {
+fn prior_learning_ablation_is_table_iv_on_the_paper_configuration() {
     let p = ablation("prior_learning.toml");
-    assert_shares_demo(&p);
-    let evals = report_evaluations(&p);
-    let mut got: Vec<(String, bool, String)> = evals
+    assert_rows_of(&p, &paper_cde(), &|s| match s {
+        "meta_p_wopl" => vec!["pretrained", "train.encoders", "train.encoder_lr"],
+        "meta_p_pltn" | "meta_p_plsm" => vec!["variant"],
+        _ => vec!["label"],
+    });
+    let rows: Vec<(String, String, bool, String)> = report_evaluations(&p)
         .iter()
         .map(|e| {
             let m = params(&p, meta_of(&p, e));
             (
+                params(&p, e)["label"].as_str().unwrap().to_string(),
                 m["variant"].as_str().unwrap().to_string(),
                 m["pretrained"].as_bool().unwrap(),
-                meta_of(&p, e).to_string(),
+                m["train"]["encoders"].as_str().unwrap().to_string(),
             )
         })
         .collect();
-    got.sort();
-    let want: Vec<(String, bool)> = [
-        ("afe", true),
-        ("c", true),
-        ("gfe", true),
-        ("p", false),
-        ("p", true),
+    let want = [
+        ("w/o PL", "p", false, "finetune"),
+        ("PLTN", "gfe", true, "frozen"),
+        ("PLSM", "afe", true, "frozen"),
+        ("", "p", true, "frozen"),
+        ("", "c", true, "finetune"),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(l, v, p, e)| (l.to_string(), v.to_string(), *p, e.to_string()))
+        .collect();
+    assert_eq!(rows, want, "Table IV's rows, in the paper's order");
+    // every row reads the fold's own encoders: nothing retrains GFE or AFE
+    for e in report_evaluations(&p) {
+        let m = &p.stages[meta_of(&p, &e)];
+        assert_eq!(
+            (m.inputs["gfe"].stage(), m.inputs["afe"].stage()),
+            ("gfe", "afe")
+        );
+    }
+}
+
+#[test]
+fn feature_ablation_is_table_v_for_p_and_c() {
+    let p = ablation("features.toml");
+    assert_rows_of(&p, &paper_cde(), &|s| match s {
+        s if s.starts_with("gfe_") || s.starts_with("afe_") => vec!["channels", "final_model"],
+        s if s.starts_with("meta_c_") => vec!["final_model"],
+        _ => vec!["label"],
+    });
+    let rows: Vec<(String, String)> = report_evaluations(&p)
+        .iter()
+        .map(|e| {
+            let m = &p.stages[meta_of(&p, e)];
+            let (g, a) = (m.inputs["gfe"].stage(), m.inputs["afe"].stage());
+            let channels = params(&p, g)["channels"].as_str().unwrap().to_string();
+            assert_eq!(
+                params(&p, a)["channels"],
+                channels,
+                "{e}: gfe and afe on other inputs"
+            );
+            if channels != "both" {
+                // the copies train no final model: no bundle reads them
+                assert_eq!(params(&p, g)["final_model"], false);
+            }
+            (m.params["variant"].as_str().unwrap().to_string(), channels)
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("p", "flow"),
+        ("p", "diff"),
+        ("p", "both"),
+        ("c", "flow"),
+        ("c", "diff"),
+        ("c", "both"),
     ]
     .iter()
-    .map(|(v, b)| (v.to_string(), *b))
+    .map(|(v, c)| (v.to_string(), c.to_string()))
     .collect();
-    assert_eq!(
-        got.iter()
-            .map(|(v, b, _)| (v.clone(), *b))
-            .collect::<Vec<_>>(),
-        want
-    );
-    // the demo's P and C are the very stages (and cache entries) of the demo
-    assert!(evals.contains(&"eval_p".to_string()) && evals.contains(&"eval_c".to_string()));
-    // w/o prior learning is MPFNet-P with random encoders, same gamma
-    let wopl = got.iter().find(|(v, b, _)| v == "p" && !b).unwrap();
-    assert_eq!(params(&p, &wopl.2)["gamma"], params(&p, "meta_p")["gamma"]);
+    assert_eq!(rows, want);
+    // P and C of one input share that input's encoders (one gfe/afe node per fold and input)
+    for row in ["flow", "diff"] {
+        let (mp, mc) = (
+            &p.stages[&format!("meta_p_{row}")],
+            &p.stages[&format!("meta_c_{row}")],
+        );
+        assert_eq!(mp.inputs["gfe"], mc.inputs["gfe"]);
+        assert_eq!(mp.inputs["afe"], mc.inputs["afe"]);
+        assert_eq!(mp.inputs["gfe"].stage(), format!("gfe_{row}"));
+    }
 }
 
 #[test]
-fn feature_ablation_shares_demo() {
-    let p = ablation("features.toml");
-    assert_shares_demo(&p);
-    let mut got: Vec<(String, String, String)> = report_evaluations(&p)
-        .iter()
-        .map(|e| {
-            let m = meta_of(&p, e);
-            let g = p.stages[m].inputs["gfe"].stage().to_string();
-            let a = p.stages[m].inputs["afe"].stage().to_string();
-            assert_eq!(
-                params(&p, m)["variant"],
-                "c",
-                "{m}: the feature ablation uses MPFNet-C"
-            );
-            let (gc, ac) = (
-                params(&p, &g)["channels"].as_str().unwrap(),
-                params(&p, &a)["channels"].as_str().unwrap(),
-            );
-            assert_eq!(gc, ac, "{m}: gfe and afe on different channels");
-            (gc.to_string(), g, a)
-        })
-        .collect();
-    got.sort();
-    let channels: Vec<&str> = got.iter().map(|(c, _, _)| c.as_str()).collect();
-    assert_eq!(channels, ["both", "diff", "flow"]);
-    // both channels: the demo's own gfe/afe; the others are separate stages
-    assert_eq!((got[0].1.as_str(), got[0].2.as_str()), ("gfe", "afe"));
-    assert_ne!(got[1].1, got[2].1);
-}
-
-#[test]
-fn gamma_sweep_shares_demo() {
+fn gamma_sweep_steps_by_a_tenth() {
     let p = ablation("gamma_sweep.toml");
-    assert_shares_demo(&p);
-    let d = demo();
-    let added: Vec<&str> = of_kind(&p, "meta")
-        .into_iter()
-        .filter(|s| !d.stages.contains_key(*s))
-        .collect();
-    assert_eq!(added.len(), 6, "six meta stages: {added:?}");
-    let added_eval = of_kind(&p, "evaluate")
-        .into_iter()
-        .filter(|s| !d.stages.contains_key(*s))
-        .count();
-    assert_eq!(added_eval, 6);
-    let gammas: Vec<f64> = report_evaluations(&p)
-        .iter()
-        .map(|e| {
-            let m = params(&p, meta_of(&p, e));
-            assert_eq!(m["variant"], "p");
-            assert_eq!(m["pretrained"], true);
-            let g = m["gamma"].as_f64().unwrap();
-            // each row says its gamma, so rows and PNG names don't collide
-            assert_eq!(
-                params(&p, e)["label"],
-                format!("MPFNet-P gamma={g:.1}"),
-                "{e}"
-            );
-            g
-        })
-        .collect();
-    assert_eq!(gammas.len(), 6);
-    for (k, g) in gammas.iter().enumerate() {
-        assert!((g - 0.2 * k as f64).abs() < 1e-9, "gamma {k}: {g}");
+    assert_rows_of(&p, &paper_cde(), &|s| match s {
+        s if s.starts_with("meta_p_") => vec!["gamma"],
+        _ => vec!["label"],
+    });
+    let evals = report_evaluations(&p);
+    assert_eq!(
+        evals.len(),
+        13,
+        "11 gammas, then the base's P and C: {evals:?}"
+    );
+    for (k, e) in evals[..11].iter().enumerate() {
+        let g = params(&p, meta_of(&p, e))["gamma"].as_f64().unwrap();
+        assert!((g - 0.1 * k as f64).abs() < 1e-9, "row {k}: gamma {g}");
+        assert_eq!(params(&p, e)["label"], format!("MPFNet-P, gamma = {g:.1}"));
+    }
+    // gamma 0.7 is the configuration's own meta_p: equal parameters, one cached node
+    assert_eq!(params(&p, "meta_p_gamma0_7"), params(&p, "meta_p"));
+}
+
+#[test]
+fn frame_sweep_runs_the_whole_method_per_length() {
+    let p = ablation("frames.toml");
+    let base = paper_cde();
+    assert_rows_of(&p, &base, &|s| match s {
+        s if s.starts_with("features") => vec!["frames"],
+        s if s.starts_with("gfe_") || s.starts_with("afe_") || s.starts_with("meta_c_") => {
+            vec!["final_model"]
+        }
+        _ => vec!["label"],
+    });
+    let lengths: Vec<u64> = (3..=20).collect();
+    for l in &lengths {
+        let s = |n: &str| format!("{n}_L{l}");
+        assert_eq!(params(&p, &s("features"))["frames"], *l);
+        assert_eq!(params(&p, &s("features_mag"))["frames"], *l);
+        // the copies read each other, and share the dataset, folds and class balancing
+        assert_eq!(
+            p.stages[&s("gfe")].inputs["features"].stage(),
+            s("features")
+        );
+        assert_eq!(
+            p.stages[&s("afe")].inputs["magnified"].stage(),
+            s("features_mag")
+        );
+        assert_eq!(
+            p.stages[&s("features_mag")].over.as_deref(),
+            Some("balance")
+        );
+        assert_eq!(p.stages[&s("meta_c")].inputs["gfe"].stage(), s("gfe"));
+        assert_eq!(
+            p.stages[&s("eval_c")].inputs["predictions"].stage(),
+            s("meta_c")
+        );
+    }
+    assert_eq!(report_evaluations(&p).len(), 2 * lengths.len() + 2);
+}
+
+/// The CPU overlay makes each ablation runnable at the learning benchmark's size with one
+/// `extends` line, and the benchmark's own nodes are shared by the ablations' run.
+#[test]
+fn one_extends_line_runs_an_ablation_at_the_benchmarks_size() {
+    let learning = load_ok(&root().join("bench/learning.toml"));
+    let both = load_ok(&root().join("bench/ablations.toml"));
+    for (s, l) in &learning.stages {
+        if s != "report" {
+            assert_eq!(both.stages[s].params, l.params, "bench/ablations.toml: {s}");
+            assert_eq!(both.stages[s].inputs, l.inputs, "bench/ablations.toml: {s}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("small_frames.toml");
+    let abl = root().join("ablations/frames.toml");
+    let overlay = root().join("overlays/cpu_size.toml");
+    std::fs::write(
+        &mine,
+        format!(
+            "extends = [{:?}, {:?}]\n",
+            abl.display().to_string(),
+            overlay.display().to_string()
+        ),
+    )
+    .unwrap();
+    let p = load_ok(&mine);
+    for l in [3, 20] {
+        let f = params(&p, &format!("features_L{l}"));
+        assert_eq!(
+            (f["size"].as_u64(), f["frames"].as_u64()),
+            (Some(32), Some(l))
+        );
+        let g = params(&p, &format!("gfe_L{l}"));
+        assert_eq!(
+            g["model"],
+            params(&learning, "gfe")["model"],
+            "the overlay sizes every copy"
+        );
+    }
+    assert_eq!(params(&p, "dataset"), params(&learning, "dataset"));
+    assert!(
+        !p.stages.contains_key("bundle"),
+        "`stages.bundle = false` drops the bundle"
+    );
+}
+
+#[test]
+fn a_bad_sweep_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = root().join("paper/casme2_cde.toml");
+    for (body, key, says) in [
+        (
+            "stages = [\"nope\"]\nset = [\"nope.x\"]\nvalues = [1]",
+            "sweeps.s.stages",
+            "no stage `nope`",
+        ),
+        (
+            "stages = [\"meta_p\"]\nset = [\"meta_c.gamma\"]\nvalues = [1]",
+            "sweeps.s.set",
+            "STAGE.KEY",
+        ),
+        (
+            "stages = [\"meta_p\"]\nrows = { \"a-b\" = { \"meta_p.gamma\" = 1 } }",
+            "sweeps.s.rows.a-b",
+            "row name",
+        ),
+        (
+            "stages = [\"meta_p\"]\nset = [\"meta_p.gamma\"]",
+            "sweeps.s",
+            "either `rows`",
+        ),
+        (
+            "stages = [\"meta_p\"]\nrows = [{ \"meta_p.gamma\" = 1 }]",
+            "sweeps.s.rows[0]",
+            "needs `name`",
+        ),
+        (
+            "stages = [\"features\"]\nrows = { mag = {} }",
+            "sweeps.s",
+            "exists already",
+        ),
+    ] {
+        let path = dir.path().join("sweep.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "extends = {:?}\n\n[sweeps.s]\n{body}\n",
+                base.display().to_string()
+            ),
+        )
+        .unwrap();
+        let e = load(&path, &[], &mpfnet_stages::registry()).unwrap_err();
+        let c = e
+            .downcast_ref::<ConfigError>()
+            .unwrap_or_else(|| panic!("{body}: not a config error: {e:#}"));
+        assert_eq!(c.key, key, "{body}: {c}");
+        assert!(c.message.contains(says), "{body}: {c}");
+        assert!(
+            c.to_string().contains("sweep.toml"),
+            "{body}: names the file: {c}"
+        );
     }
 }
 
