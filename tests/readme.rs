@@ -31,10 +31,24 @@ fn every_readme_pipeline_snippet_loads() {
     let dir = tempfile::tempdir().unwrap();
     for (line, text) in blocks {
         // as if saved in pipelines/: `extends` is relative to that folder
-        let text = text.replace(
-            "extends = \"",
-            &format!("extends = \"{}/", root.join("pipelines").display()),
-        );
+        let pipelines = root.join("pipelines");
+        let text: String = text
+            .lines()
+            .map(|l| match l.starts_with("extends") {
+                // every quoted path of the line (one, or a list)
+                true => l
+                    .split('"')
+                    .enumerate()
+                    .map(|(i, part)| match i % 2 {
+                        1 => format!("{}/{part}", pipelines.display()),
+                        _ => part.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\""),
+                false => l.to_string(),
+            })
+            .map(|l| l + "\n")
+            .collect();
         let path = dir.path().join(format!("readme_line_{line}.toml"));
         std::fs::write(&path, &text).unwrap();
         // FlowNet2's checkpoint cannot be fetched here: a stand-in of the same names and shapes
