@@ -1,6 +1,7 @@
 pub mod afe;
 pub mod ckpt;
 pub mod data;
+pub mod driver;
 pub mod encoder;
 pub mod init;
 pub mod meta;
