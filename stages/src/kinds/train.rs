@@ -28,6 +28,9 @@ impl Encoder for CaI3d {
     fn head(&self, fm: &Tensor) -> candle_core::Result<Tensor> {
         CaI3d::head(self, fm)
     }
+    fn bn_momentum(&self) -> Option<crate::model::layers::BnMomentum> {
+        Some(self.bn_momentum.clone())
+    }
 }
 
 pub fn device(name: &str) -> Result<Device> {

@@ -4,7 +4,7 @@
 //! The paper flattens the last feature map into the Linear; over 480x10x32x32 that is hundreds of
 //! millions of weights, so a small adaptive average pool (`pool`, configurable) comes first.
 
-use crate::model::layers::{unit_params, BnCfg, Inception3d, InitScheme, Unit3d};
+use crate::model::layers::{unit_params, BnCfg, BnMomentum, Inception3d, InitScheme, Unit3d};
 use crate::model::ops;
 use anyhow::{bail, Context};
 use candle_core::{Result, Tensor};
@@ -142,6 +142,8 @@ pub struct CaI3d {
     pub embed_w: Tensor,
     pub embed_b: Tensor,
     pub cfg: CaI3dConfig,
+    /// shared by all its BatchNorm layers (precise BN sets their momentum through it)
+    pub bn_momentum: BnMomentum,
 }
 
 /// Max pool 1x3x3, stride (1, 2, 2), 'same'-style padding (halves H and W).
@@ -164,14 +166,28 @@ impl CaI3d {
         let e = vb.pp("embed");
         let embed_w = e.get_with_hints((cfg.embed_dim, feat), "weight", cfg.init.weight())?;
         let embed_b = e.get_with_hints(cfg.embed_dim, "bias", cfg.init.bias(feat))?;
-        Ok(Self {
+        let mut net = Self {
             stem,
             mixed_0,
             mixed_1,
             embed_w,
             embed_b,
             cfg: cfg.clone(),
-        })
+            bn_momentum: BnMomentum::default(),
+        };
+        net.share_bn_momentum();
+        Ok(net)
+    }
+
+    /// Points every BatchNorm layer at the network's one momentum handle.
+    fn share_bn_momentum(&mut self) {
+        let h = self.bn_momentum.clone();
+        self.stem.bn.recalibration = h.clone();
+        for m in [&mut self.mixed_0, &mut self.mixed_1] {
+            for bn in m.batch_norms_mut() {
+                bn.recalibration = h.clone();
+            }
+        }
     }
 
     /// Output of the last Inception+CA block, `[B, C, T, H/4, W/4]`.

@@ -147,7 +147,8 @@ pub fn train_classifier(
         dev: cx.dev,
     };
     let log = driver::run(&mut rounds, cx)?;
-    crate::train::recalibrate(set, &rounds.pool, cfg.batch, cx.dev, |x| {
+    let data = (set, rounds.pool.as_slice());
+    crate::train::recalibrate(&[model.encoder.as_ref()], data, cfg.batch, cx.dev, |x| {
         model.logits(x, true)
     })?;
     Ok(log)

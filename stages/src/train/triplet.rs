@@ -198,7 +198,10 @@ pub fn train_gfe(
         dev: cx.dev,
     };
     let log = driver::run(&mut rounds, cx)?;
-    crate::train::recalibrate(set, &rounds.pool, cfg.batch, cx.dev, |x| enc.embed(x, true))?;
+    let data = (set, rounds.pool.as_slice());
+    crate::train::recalibrate(&[enc.as_ref()], data, cfg.batch, cx.dev, |x| {
+        enc.embed(x, true)
+    })?;
     Ok(log)
 }
 

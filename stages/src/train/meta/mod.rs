@@ -348,8 +348,8 @@ impl MetaRounds<'_> {
         }
         let model = self.model;
         crate::train::recalibrate(
-            self.pools.set,
-            self.pools.train,
+            &model.encoders(),
+            (self.pools.set, self.pools.train),
             self.cfg.eval_batch,
             self.dev,
             |x| Ok(model.embed(x, true)?.remove(0).0),
