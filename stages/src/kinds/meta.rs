@@ -142,6 +142,18 @@ fn load_encoder(ctx: &Ctx, input: &str) -> Result<(Artifact, EncoderMeta)> {
     }
 }
 
+/// The fold's samples in one set: training, then validation, then test subjects.
+fn fold_set(ctx: &Ctx, fold: &FoldInfo, info: &IndexInfo, channels: Channels) -> Result<SampleSet> {
+    let wanted: Vec<(String, String)> = fold
+        .train
+        .iter()
+        .chain(&fold.val)
+        .chain(&fold.test)
+        .map(|id| (id.clone(), id.clone()))
+        .collect();
+    load_set(ctx.input("features")?, &wanted, info, channels, ctx)
+}
+
 /// A trained meta-learner and the fold's samples: train, then validation, then test.
 struct Fit {
     model: MetaModel,
@@ -170,14 +182,7 @@ impl Fit {
             );
         }
         let dev = device(ctx.device)?;
-        let wanted: Vec<(String, String)> = fold
-            .train
-            .iter()
-            .chain(&fold.val)
-            .chain(&fold.test)
-            .map(|id| (id.clone(), id.clone()))
-            .collect();
-        let set = load_set(ctx.input("features")?, &wanted, info, channels, ctx)?;
+        let set = fold_set(ctx, fold, info, channels)?;
         let (nt, nv) = (fold.train.len(), fold.val.len());
         let load = |art: &Artifact, prefix: &str, cfg: &CaI3dConfig| -> Result<VarMap> {
             if p.pretrained {
@@ -323,14 +328,7 @@ fn ncm_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, info: &IndexInfo) ->
         out.skipped = Some("the nearest-class-mean baseline has no final model".into());
         return no_predictions(&out);
     }
-    let wanted: Vec<(String, String)> = fold
-        .train
-        .iter()
-        .chain(&fold.val)
-        .chain(&fold.test)
-        .map(|id| (id.clone(), id.clone()))
-        .collect();
-    let set = load_set(ctx.input("features")?, &wanted, info, channels, ctx)?;
+    let set = fold_set(ctx, fold, info, channels)?;
     let nt = fold.train.len() + fold.val.len();
     let proto_pool: Vec<usize> = (0..nt).collect();
     let test_pool: Vec<usize> = (nt..set.len()).collect();

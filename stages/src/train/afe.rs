@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 
 use crate::train::ckpt::StateWriter;
-use crate::train::data::{shuffled_batches, SampleSet};
-use crate::train::driver::{self, Rounds, TrainCtx};
+use crate::train::data::SampleSet;
+use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
-use crate::train::init::{sorted_vars, var_builder};
+use crate::train::init::var_builder;
 use crate::train::progress::{EpochLog, TrainLog};
-use crate::train::rng::{rng_for, sub_seed, STREAM_AFE};
-use crate::train::sgd::{SgdConfig, SgdMomentum};
-use crate::train::state;
+use crate::train::rng::{sub_seed, STREAM_AFE};
+use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use candle_nn::{Linear, Module, VarMap};
@@ -131,58 +130,37 @@ pub fn train_classifier(
         sub_seed(cx.seed, STREAM_AFE),
         cx.dev,
     )?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-    };
+    let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
     let mut rounds = AfeRounds {
+        part: SgdPart::new("afe", (varmap, set), sgd, (cx.seed, cx.dev))?,
         model: &model,
-        varmap,
-        opt: SgdMomentum::new(sorted_vars(varmap), sgd)?,
-        set,
-        pool: set.all_indices(),
         cfg,
-        seed: cx.seed,
-        dev: cx.dev,
     };
     let log = driver::run(&mut rounds, cx)?;
-    let data = (set, rounds.pool.as_slice());
-    crate::train::recalibrate(&[model.encoder.as_ref()], data, cfg.batch, cx.dev, |x| {
-        model.logits(x, true)
-    })?;
+    rounds
+        .part
+        .recalibrate(model.encoder.as_ref(), cfg.batch, |x| model.logits(x, true))?;
     Ok(log)
 }
 
 /// AFE epochs: cross-entropy over shuffled batches at the epoch's step-schedule rate.
 struct AfeRounds<'a> {
+    part: SgdPart<'a>,
     model: &'a Classifier,
-    varmap: &'a VarMap,
-    opt: SgdMomentum,
-    set: &'a SampleSet,
-    pool: Vec<usize>,
     cfg: &'a AfeConfig,
-    seed: u64,
-    dev: &'a Device,
 }
 
 impl Rounds for AfeRounds<'_> {
     const NAME: &'static str = "AFE";
     const UNIT: &'static str = "epoch";
-    fn rounds(&self) -> usize {
-        self.cfg.epochs
-    }
-    fn checkpoint_every(&self) -> usize {
-        self.cfg.checkpoint_every
+    fn schedule(&self) -> (usize, usize) {
+        (self.cfg.epochs, self.cfg.checkpoint_every)
     }
     fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
-        self.opt.set_lr(self.cfg.lr_at(epoch));
-        let mut rng = rng_for(self.seed, &[STREAM_AFE, epoch as u64]);
+        self.part.opt.set_lr(self.cfg.lr_at(epoch));
+        let (batches, _) = self.part.batches(STREAM_AFE, epoch, self.cfg.batch);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (bi, b) in shuffled_batches(&self.pool, self.cfg.batch, &mut rng)
-            .iter()
-            .enumerate()
-        {
+        for (bi, b) in batches.iter().enumerate() {
             let (l, c) = self
                 .step(b)
                 .with_context(|| format!("AFE epoch {epoch} batch {bi}"))?;
@@ -193,24 +171,24 @@ impl Rounds for AfeRounds<'_> {
             epoch,
             loss: loss_sum / seen as f64,
             acc: Some(correct as f64 / seen as f64),
-            lr: self.opt.lr(),
+            lr: self.part.opt.lr(),
             val_acc: None,
         })
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
-        state::write_part(w, "afe", self.varmap, &self.opt)
+        self.part.save(w)
     }
     fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
-        state::read_part(t, "afe", self.varmap, &mut self.opt)
+        self.part.restore(t)
     }
 }
 
 impl AfeRounds<'_> {
     /// One step; returns the mean loss and the number of correct predictions in the batch.
     fn step(&mut self, b: &[usize]) -> Result<(f64, usize)> {
-        let set = self.set;
-        let logits = self.model.logits(&set.batch(b, self.dev)?, true)?;
-        let y = set.labels_tensor(b, self.dev)?;
+        let (set, dev) = (self.part.set, self.part.dev);
+        let logits = self.model.logits(&set.batch(b, dev)?, true)?;
+        let y = set.labels_tensor(b, dev)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
@@ -222,7 +200,7 @@ impl AfeRounds<'_> {
             .zip(set.labels_of(b))
             .filter(|(p, l)| **p as usize == *l)
             .count();
-        self.opt.backward_step(&loss)?;
+        self.part.opt.backward_step(&loss)?;
         Ok((l, correct))
     }
 }

@@ -7,8 +7,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use candle_nn::VarMap;
+
 use crate::train::ckpt::{Checkpointer, NoCheckpoint, StateWriter};
+use crate::train::data::{shuffled_batches, SampleSet};
+use crate::train::encoder::Encoder;
+use crate::train::init::sorted_vars;
 use crate::train::progress::{EpochLog, Progress, TrainLog};
+use crate::train::rng::rng_for;
+use crate::train::sgd::{SgdConfig, SgdMomentum};
 use crate::train::state;
 
 /// What every training loop is handed besides its model, data and config.
@@ -46,8 +53,8 @@ pub trait Rounds {
     const NAME: &'static str;
     /// `epoch` or `step`
     const UNIT: &'static str;
-    fn rounds(&self) -> usize;
-    fn checkpoint_every(&self) -> usize;
+    /// (rounds, checkpoint every this many rounds; 0: never)
+    fn schedule(&self) -> (usize, usize);
     /// Before the first round of a fresh (not resumed) run.
     fn start(&mut self, _log: &mut TrainLog) -> Result<()> {
         Ok(())
@@ -83,7 +90,7 @@ pub fn run<L: Rounds>(l: &mut L, cx: &mut TrainCtx) -> Result<TrainLog> {
     } else {
         l.start(&mut log)?;
     }
-    let total = l.rounds();
+    let (total, every) = l.schedule();
     for r in start..total {
         if (cx.cancelled)() {
             bail!(
@@ -95,11 +102,69 @@ pub fn run<L: Rounds>(l: &mut L, cx: &mut TrainCtx) -> Result<TrainLog> {
         }
         let entry = l.round(r, &mut log)?;
         log.push(entry, cx.progress, total);
-        if state::due(l.checkpoint_every(), r + 1, total) {
+        if state::due(every, r + 1, total) {
             let mut w = StateWriter::default();
             l.save(&mut w)?;
             state::save(cx.ckpt, r + 1, &w, &LogState { log: log.clone() })?;
         }
     }
     Ok(log)
+}
+
+/// One network trained by SGD on the whole of a sample set (GFE, AFE): its variables, their
+/// optimiser, and what a checkpoint holds of them (under `tag`).
+pub struct SgdPart<'a> {
+    pub tag: &'static str,
+    pub varmap: &'a VarMap,
+    pub opt: SgdMomentum,
+    pub set: &'a SampleSet,
+    pub pool: Vec<usize>,
+    pub seed: u64,
+    pub dev: &'a Device,
+}
+
+impl<'a> SgdPart<'a> {
+    /// Every variable of `varmap` (built already) trains on every sample of `set`.
+    pub fn new(
+        tag: &'static str,
+        (varmap, set): (&'a VarMap, &'a SampleSet),
+        sgd: SgdConfig,
+        (seed, dev): (u64, &'a Device),
+    ) -> Result<Self> {
+        Ok(SgdPart {
+            tag,
+            varmap,
+            opt: SgdMomentum::new(sorted_vars(varmap), sgd)?,
+            set,
+            pool: set.all_indices(),
+            seed,
+            dev,
+        })
+    }
+    /// The epoch's batches of `batch` samples, shuffled by the epoch's own random stream (the
+    /// stream goes on to the step, e.g. triplet draws).
+    pub fn batches(
+        &self,
+        stream: u64,
+        epoch: usize,
+        batch: usize,
+    ) -> (Vec<Vec<usize>>, rand_chacha::ChaCha8Rng) {
+        let mut rng = rng_for(self.seed, &[stream, epoch as u64]);
+        (shuffled_batches(&self.pool, batch, &mut rng), rng)
+    }
+    pub fn save(&self, w: &mut StateWriter) -> Result<()> {
+        state::write_part(w, self.tag, self.varmap, &self.opt)
+    }
+    pub fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        state::read_part(t, self.tag, self.varmap, &mut self.opt)
+    }
+    /// Precise BN of `enc` over the pool through `forward` (see [`crate::train::recalibrate`]).
+    pub fn recalibrate(
+        &self,
+        enc: &dyn Encoder,
+        batch: usize,
+        forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<()> {
+        crate::train::recalibrate(&[enc], (self.set, &self.pool), batch, self.dev, forward)
+    }
 }

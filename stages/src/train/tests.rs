@@ -459,17 +459,22 @@ fn crash_and_resume<'a>(
     (log_whole, log_resumed)
 }
 
+/// Six GFE epochs of 8-sample batches.
+fn gfe_cfg(checkpoint_every: usize) -> GfeConfig {
+    GfeConfig {
+        epochs: 6,
+        batch: 8,
+        checkpoint_every,
+        lr: 0.01,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn gfe_and_afe_resume_bit_identical() {
     let set = blobs(6, 3, SHAPE, 0.5, 3, 4).unwrap();
     let f = stand_in_factory(cfg_small());
-    let gcfg = GfeConfig {
-        epochs: 6,
-        batch: 8,
-        checkpoint_every: 2,
-        lr: 0.01,
-        ..Default::default()
-    };
+    let gcfg = gfe_cfg(2);
     let acfg = AfeConfig {
         epochs: 6,
         batch: 8,
@@ -535,12 +540,7 @@ fn meta_resume_bit_identical() {
 fn training_stops_at_a_round_boundary_when_cancelled() {
     let set = blobs(6, 3, SHAPE, 0.5, 3, 4).unwrap();
     let f = stand_in_factory(cfg_small());
-    let cfg = GfeConfig {
-        epochs: 6,
-        batch: 8,
-        checkpoint_every: 1,
-        ..Default::default()
-    };
+    let cfg = gfe_cfg(1);
     let seen = std::cell::Cell::new(0);
     let mut ck = MemCheckpointer::default();
     let cancelled = || seen.get() >= 2;

@@ -9,16 +9,15 @@
 use std::collections::HashMap;
 
 use crate::train::ckpt::StateWriter;
-use crate::train::data::{shuffled_batches, SampleSet};
-use crate::train::driver::{self, Rounds, TrainCtx};
+use crate::train::data::SampleSet;
+use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
-use crate::train::init::{sorted_vars, var_builder};
+use crate::train::init::var_builder;
 use crate::train::progress::{EpochLog, TrainLog};
-use crate::train::rng::{rng_for, sub_seed, STREAM_GFE};
-use crate::train::sgd::{SgdConfig, SgdMomentum};
-use crate::train::state;
+use crate::train::rng::{sub_seed, STREAM_GFE};
+use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::VarMap;
 use rand::seq::IndexedRandom;
 use rand::Rng;
@@ -182,57 +181,36 @@ pub fn train_gfe(
         0,
     )
     .context("building the GFE encoder")?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-    };
+    let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
     let mut rounds = GfeRounds {
+        part: SgdPart::new("gfe", (varmap, set), sgd, (cx.seed, cx.dev))?,
         enc: enc.as_ref(),
-        varmap,
-        opt: SgdMomentum::new(sorted_vars(varmap), sgd)?,
-        set,
-        pool: set.all_indices(),
         cfg,
-        seed: cx.seed,
-        dev: cx.dev,
     };
     let log = driver::run(&mut rounds, cx)?;
-    let data = (set, rounds.pool.as_slice());
-    crate::train::recalibrate(&[enc.as_ref()], data, cfg.batch, cx.dev, |x| {
-        enc.embed(x, true)
-    })?;
+    rounds
+        .part
+        .recalibrate(enc.as_ref(), cfg.batch, |x| enc.embed(x, true))?;
     Ok(log)
 }
 
 /// GFE epochs: triplets mined inside shuffled batches.
 struct GfeRounds<'a> {
+    part: SgdPart<'a>,
     enc: &'a dyn Encoder,
-    varmap: &'a VarMap,
-    opt: SgdMomentum,
-    set: &'a SampleSet,
-    pool: Vec<usize>,
     cfg: &'a GfeConfig,
-    seed: u64,
-    dev: &'a Device,
 }
 
 impl Rounds for GfeRounds<'_> {
     const NAME: &'static str = "GFE";
     const UNIT: &'static str = "epoch";
-    fn rounds(&self) -> usize {
-        self.cfg.epochs
-    }
-    fn checkpoint_every(&self) -> usize {
-        self.cfg.checkpoint_every
+    fn schedule(&self) -> (usize, usize) {
+        (self.cfg.epochs, self.cfg.checkpoint_every)
     }
     fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
-        let mut rng = rng_for(self.seed, &[STREAM_GFE, epoch as u64]);
+        let (batches, mut rng) = self.part.batches(STREAM_GFE, epoch, self.cfg.batch);
         let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
-        for (bi, b) in shuffled_batches(&self.pool, self.cfg.batch, &mut rng)
-            .iter()
-            .enumerate()
-        {
+        for (bi, b) in batches.iter().enumerate() {
             let step = self
                 .step(b, &mut rng)
                 .with_context(|| format!("GFE epoch {epoch} batch {bi}"))?;
@@ -250,24 +228,24 @@ impl Rounds for GfeRounds<'_> {
         })
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
-        state::write_part(w, "gfe", self.varmap, &self.opt)
+        self.part.save(w)
     }
     fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
-        state::read_part(t, "gfe", self.varmap, &mut self.opt)
+        self.part.restore(t)
     }
 }
 
 impl GfeRounds<'_> {
     /// One optimisation step on batch `b`; None when the batch yields no triplet.
     fn step(&mut self, b: &[usize], rng: &mut impl Rng) -> Result<Option<(f64, f64)>> {
-        let (set, cfg) = (self.set, self.cfg);
+        let (set, cfg, dev) = (self.part.set, self.cfg, self.part.dev);
         let labels = set.labels_of(b);
         // random triplets are drawn before the forward pass so the RNG use does not depend on it
         let pre = matches!(cfg.mining, Mining::Random).then(|| random_triplets(&labels, rng));
         if pre.as_ref().is_some_and(|t| t.is_empty()) {
             return Ok(None);
         }
-        let mut e = self.enc.embed(&set.batch(b, self.dev)?, true)?;
+        let mut e = self.enc.embed(&set.batch(b, dev)?, true)?;
         if cfg.normalize {
             e = l2_normalize(&e)?;
         }
@@ -287,7 +265,7 @@ impl GfeRounds<'_> {
         if !l.is_finite() {
             bail!("triplet loss is {l} (diverged)");
         }
-        self.opt.backward_step(&loss)?;
+        self.part.opt.backward_step(&loss)?;
         Ok(Some((l, acc)))
     }
 }

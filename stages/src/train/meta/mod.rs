@@ -171,11 +171,7 @@ pub fn train_meta(
     cx: &mut TrainCtx,
 ) -> Result<TrainLog> {
     check_pools(pools.set, pools.train, pools.val)?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-    };
+    let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
     let mode = cfg.encoder_mode(model.variant);
     let groups = model.param_groups(mode, cfg.encoder_lr)?;
     let mut opt = SgdMomentum::new(
@@ -234,11 +230,8 @@ struct MetaRounds<'a> {
 impl Rounds for MetaRounds<'_> {
     const NAME: &'static str = "meta";
     const UNIT: &'static str = "step";
-    fn rounds(&self) -> usize {
-        self.cfg.steps
-    }
-    fn checkpoint_every(&self) -> usize {
-        self.cfg.checkpoint_every
+    fn schedule(&self) -> (usize, usize) {
+        (self.cfg.steps, self.cfg.checkpoint_every)
     }
     fn start(&mut self, log: &mut TrainLog) -> Result<()> {
         if let Some(a) = self.validate()? {
