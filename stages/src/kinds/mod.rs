@@ -294,6 +294,39 @@ mod tests {
         }
     }
 
+    /// `cache export` renders the learning curves a training artifact carries: a meta fold's
+    /// own and its encoders'; a gfe artifact's curve is one of its files already.
+    #[test]
+    fn training_kinds_render_their_learning_curves() {
+        use crate::train::progress::{EpochLog, TrainLog};
+        let entry = |epoch| EpochLog {
+            epoch,
+            loss: 1.0 / (epoch + 1) as f64,
+            acc: Some(0.5),
+            lr: 0.01,
+            val_acc: None,
+        };
+        let log = TrainLog {
+            entries: vec![entry(0), entry(1), entry(2)],
+            ..Default::default()
+        };
+        let meta = serde_json::json!({ "fold": "s1", "log": log, "gfe_log": log });
+        let art = mpfnet_api::Artifact::with_meta(meta);
+        let reg = registry();
+        let pngs = reg.get("meta").unwrap().render_png(&art).unwrap();
+        let names: Vec<&str> = pngs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["meta_curve.png", "gfe_curve.png"]);
+        assert!(pngs.iter().all(|(_, b)| b.starts_with(b"\x89PNG")));
+        let mut gfe = art.clone();
+        gfe.meta["gfe_log"] = serde_json::Value::Null;
+        gfe.files.insert("gfe_curve.png".into(), Vec::new());
+        assert!(reg.get("gfe").unwrap().render_png(&gfe).unwrap().is_empty());
+        gfe.files.clear();
+        let pngs = reg.get("gfe").unwrap().render_png(&gfe).unwrap();
+        assert_eq!(pngs.len(), 1);
+        assert_eq!(pngs[0].0, "gfe_curve.png");
+    }
+
     #[test]
     fn every_registered_kind_has_sources_and_a_fingerprint() {
         for s in registry().iter() {
