@@ -100,15 +100,16 @@ pub fn run_selected(
                 continue;
             }
             let art = engine.load(id)?;
+            let report = mpfnet_api::ReportMeta::of(&art);
             for (name, bytes) in art.files {
                 files.insert(name, bytes);
             }
-            if let Some(t) = art.meta.get("summary").and_then(|v| v.as_str()) {
-                report_text.push_str(t);
+            if let Some(t) = report.summary {
+                report_text.push_str(&t);
                 report_text.push('\n');
             }
-            if let Some(m) = art.meta.get("metrics") {
-                metrics.insert(engine.nodes()[id].name.clone(), m.clone());
+            if let Some(m) = report.metrics {
+                metrics.insert(engine.nodes()[id].name.clone(), m);
             }
         }
     }

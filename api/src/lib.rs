@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use anyhow::{Error, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -382,6 +383,148 @@ pub trait Stage: Send + Sync {
     }
 }
 
+/// A stage kind's typed parameters: serde gives the schema (its `Default` is the kind's
+/// defaults), [`StageParams::validate`] the deeper checks (enum values, ranges, files) in one
+/// place.
+pub trait StageParams: Serialize + DeserializeOwned + Default {
+    /// Checks once merged and parsed: return a message naming the key.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A stage kind written against typed parameters. Every `TypedStage` is a [`Stage`] (the
+/// blanket impl below does the JSON plumbing once: defaults, parsing, validation, the code
+/// fingerprint from [`TypedStage::code_files`]).
+pub trait TypedStage: Send + Sync {
+    const KIND: &'static str;
+    /// Bump whenever the output would change (see [`Stage`]).
+    const VERSION: &'static str;
+    /// One line for `mpfnet stages`.
+    const ABOUT: &'static str;
+    const INPUTS: &'static [InputDecl] = &[];
+    /// See [`Stage::heavy`], [`Stage::uses_seed`], [`Stage::volatile`].
+    const HEAVY: bool = false;
+    const USES_SEED: bool = false;
+    const VOLATILE: bool = false;
+    type Params: StageParams;
+    /// The (source path, digest) pairs the output depends on (see [`Stage::code_files`]).
+    fn sources(&self) -> Vec<(String, String)>;
+    /// See [`Stage::file_params`].
+    fn files_in(&self, _params: &Self::Params) -> Vec<String> {
+        Vec::new()
+    }
+    fn compute(&self, params: &Self::Params, ctx: &Ctx) -> Result<Artifact>;
+    /// See [`Stage::render_png`].
+    fn pngs(&self, _art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Merged parameters parsed into a kind's typed struct (the message is serde's, naming the key).
+pub fn parse_params<P: DeserializeOwned>(v: &Value) -> Result<P> {
+    serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl<T: TypedStage> Stage for T {
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+    fn version(&self) -> &'static str {
+        T::VERSION
+    }
+    fn code(&self) -> String {
+        fingerprint_of(&self.sources())
+    }
+    fn code_files(&self) -> Vec<(String, String)> {
+        self.sources()
+    }
+    fn about(&self) -> &'static str {
+        T::ABOUT
+    }
+    fn defaults(&self) -> Value {
+        defaults_json::<T::Params>()
+    }
+    fn validate(&self, params: &Value) -> Result<()> {
+        parse_params::<T::Params>(params)?.validate()
+    }
+    fn inputs(&self) -> &'static [InputDecl] {
+        T::INPUTS
+    }
+    fn heavy(&self) -> bool {
+        T::HEAVY
+    }
+    fn volatile(&self) -> bool {
+        T::VOLATILE
+    }
+    fn uses_seed(&self) -> bool {
+        T::USES_SEED
+    }
+    fn file_params(&self, params: &Value) -> Vec<String> {
+        parse_params::<T::Params>(params)
+            .map(|p| self.files_in(&p))
+            .unwrap_or_default()
+    }
+    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+        // parsed once per node; the engine validated the merged parameters at load
+        let p: T::Params = ctx.params_as()?;
+        self.compute(&p, ctx)
+    }
+    fn render_png(&self, art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {
+        self.pngs(art)
+    }
+}
+
+/// A kind's defaults from its typed parameter struct (the schema the engine checks against).
+///
+/// An `f32` field serialises as its exact binary value (`0.15` -> `0.15000000596046448`); such
+/// numbers are written back as the shortest decimal that is the same `f32`, so defaults print
+/// as a person wrote them (in `plan`, `cache show`, run records) and parse to the same value.
+pub fn defaults_json<P: Serialize + Default>() -> Value {
+    let mut v = serde_json::to_value(P::default()).expect("parameters serialise");
+    shortest_f32(&mut v);
+    v
+}
+
+fn shortest_f32(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default();
+            let g = f as f32;
+            if g as f64 == f {
+                if let Some(m) = g
+                    .to_string()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    *n = m;
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(shortest_f32),
+        Value::Object(o) => o.values_mut().for_each(shortest_f32),
+        _ => {}
+    }
+}
+
+/// What a report node's meta carries to the end of a run: the text printed as the results
+/// table (`summary`) and the headline metrics the run record keeps (`metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+}
+
+impl ReportMeta {
+    /// The report fields of an artifact's meta (none when it has neither).
+    pub fn of(art: &Artifact) -> Self {
+        serde_json::from_value(art.meta.clone()).unwrap_or_default()
+    }
+}
+
 /// Kind -> stage, the only way the engine finds stages.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -425,6 +568,11 @@ pub fn code_fingerprint(table: &[(&str, &str)], prefixes: &[&str]) -> String {
         !files.is_empty(),
         "code_fingerprint: no source file matches {prefixes:?}"
     );
+    fingerprint_of(&files)
+}
+
+/// The fingerprint of (source path, digest) pairs, as [`code_fingerprint`] computes it.
+pub fn fingerprint_of(files: &[(String, String)]) -> String {
     let parts: Vec<&str> = files
         .iter()
         .flat_map(|(p, d)| [p.as_str(), d.as_str()])

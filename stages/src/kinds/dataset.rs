@@ -1,15 +1,16 @@
-//! `dataset`, `folds`, `balance`: the discovery stages. They declare the axes that the per-sample
-//! and per-fold stages fan out over.
+//! `dataset`: index a dataset folder; declares the sample axis that the per-sample stages fan
+//! out over.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use mpfnet_api::{Artifact, AxisItem, BadInputExt, Ctx, InputDecl, Stage};
+use mpfnet_api::{Artifact, AxisItem, BadInputExt, Ctx, StageParams, TypedStage};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::common::{defaults_of, i64_array, key_of, validate_as};
+use super::artifacts::{ClipAttrs, IndexInfo, SampleInfo};
+use super::common::{i64_array, key_of};
 use crate::data::{
     self, casme2, manifest, megc, samm, smic, ClassMap, DatasetIndex, FaultPolicy, Task,
 };
@@ -108,8 +109,8 @@ fn opt_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-impl DatasetParams {
-    pub fn check(&self) -> Result<()> {
+impl StageParams for DatasetParams {
+    fn validate(&self) -> Result<()> {
         const FORMATS: [&str; 6] = [
             "casme2",
             "samm",
@@ -127,7 +128,9 @@ impl DatasetParams {
         parse_enum::<smic::ApexRule>("apex", &self.apex)?;
         Ok(())
     }
+}
 
+impl DatasetParams {
     fn class_map(&self) -> Option<ClassMap> {
         (!self.class_map.is_empty()).then(|| {
             ClassMap::from_pairs(
@@ -139,7 +142,7 @@ impl DatasetParams {
 
     /// Loads the index (writing the synthetic dataset first where asked).
     pub fn load(&self) -> Result<DatasetIndex> {
-        self.check()?;
+        self.validate()?;
         let task: Task = parse_enum("task", &self.task)?;
         let policy: FaultPolicy = parse_enum("on_fault", &self.on_fault)?;
         let root = PathBuf::from(&self.root);
@@ -281,37 +284,16 @@ impl Drop for TempDir {
 
 pub struct Dataset;
 
-impl Stage for Dataset {
-    fn kind(&self) -> &'static str {
-        "dataset"
+impl TypedStage for Dataset {
+    const KIND: &'static str = "dataset";
+    const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "index a dataset (CASME II, SAMM, SMIC-HS, MEGC2019-CD, manifest, synthetic): one axis item per sample";
+    const VOLATILE: bool = true;
+    type Params = DatasetParams;
+    fn sources(&self) -> Vec<(String, String)> {
+        super::code_files_for(Self::KIND)
     }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        super::code_of("dataset")
-    }
-    fn code_files(&self) -> Vec<(String, String)> {
-        super::code_files_for("dataset")
-    }
-    fn about(&self) -> &'static str {
-        "index a dataset (CASME II, SAMM, SMIC-HS, MEGC2019-CD, manifest, synthetic): one axis item per sample"
-    }
-    fn defaults(&self) -> Value {
-        defaults_of::<DatasetParams>()
-    }
-    fn validate(&self, p: &Value) -> Result<()> {
-        validate_as::<DatasetParams>(p)?;
-        serde_json::from_value::<DatasetParams>(p.clone())?.check()
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        &[]
-    }
-    fn volatile(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
-        let p: DatasetParams = ctx.params_as()?;
+    fn compute(&self, p: &DatasetParams, ctx: &Ctx) -> Result<Artifact> {
         // what the data folder holds (a sheet, a frame) is the user's input: exit status 2
         let index = p.load().bad_input()?;
         if index.samples.is_empty() {
@@ -334,27 +316,39 @@ impl Stage for Dataset {
         let digests = ctx.services.file_digests(&paths)?;
         let mut axis = Vec::with_capacity(index.samples.len());
         for (i, s) in index.samples.iter().enumerate() {
+            let attrs = ClipAttrs {
+                subject: s.subject.clone(),
+                class: s.class,
+                emotion: s.emotion.clone(),
+                onset: s.onset_path.clone(),
+                apex: s.apex_path.clone(),
+                phi: 0,
+                sample: None,
+            };
             axis.push(AxisItem {
                 id: s.id.clone(),
                 key: key_of(&[&digests[2 * i], &digests[2 * i + 1]]),
-                attrs: json!({
-                    "subject": s.subject,
-                    "class": s.class,
-                    "emotion": s.emotion,
-                    "onset": s.onset_path,
-                    "apex": s.apex_path,
-                }),
+                attrs: serde_json::to_value(attrs)?,
             });
         }
-        let counts = index.class_counts();
-        let mut art = Artifact::with_meta(json!({
-            "name": index.name,
-            "classes": index.classes,
-            "class_counts": counts,
-            "subjects": index.subjects(),
-            "samples": index.samples.iter().map(|s| json!({"id": s.id, "subject": s.subject, "class": s.class, "emotion": s.emotion})).collect::<Vec<_>>(),
-            "faults": index.faults.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-        }));
+        let meta = IndexInfo {
+            name: index.name.clone(),
+            classes: index.classes.clone(),
+            class_counts: index.class_counts(),
+            subjects: index.subjects(),
+            samples: index
+                .samples
+                .iter()
+                .map(|s| SampleInfo {
+                    id: s.id.clone(),
+                    subject: s.subject.clone(),
+                    class: s.class,
+                    emotion: s.emotion.clone(),
+                })
+                .collect(),
+            faults: index.faults.iter().map(|f| f.to_string()).collect(),
+        };
+        let mut art = Artifact::with_meta(serde_json::to_value(meta)?);
         art.insert(
             "labels",
             i64_array(index.samples.iter().map(|s| s.class as i64).collect()),
@@ -362,281 +356,4 @@ impl Stage for Dataset {
         art.axis = Some(axis);
         Ok(art)
     }
-}
-
-/// The index as the training stages need it (from the `dataset` artifact's meta).
-#[derive(Clone, Debug, Deserialize)]
-pub struct IndexInfo {
-    pub classes: Vec<String>,
-    pub samples: Vec<SampleInfo>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct SampleInfo {
-    pub id: String,
-    pub subject: String,
-    pub class: usize,
-}
-
-impl IndexInfo {
-    pub fn from_artifact(a: &Artifact) -> Result<Self> {
-        serde_json::from_value(a.meta.clone()).context("dataset artifact meta")
-    }
-    pub fn class_of(&self) -> BTreeMap<&str, usize> {
-        self.samples
-            .iter()
-            .map(|s| (s.id.as_str(), s.class))
-            .collect()
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FoldParams {
-    /// Training subjects held out per fold for model selection (never the test subject).
-    pub n_val: usize,
-    /// 0: leave-one-subject-out; k > 0: subject-wise k-fold (`data::folds::kfold_folds`)
-    pub k_folds: usize,
-    /// Also emit the `final` split (every subject trains, none is tested) so the fold stages
-    /// train a final model for `bundle`; evaluation ignores it.
-    pub final_model: bool,
-}
-
-impl Default for FoldParams {
-    fn default() -> Self {
-        FoldParams {
-            n_val: 2,
-            k_folds: 0,
-            final_model: false,
-        }
-    }
-}
-
-/// A fold as carried in axis item attrs.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FoldInfo {
-    pub index: usize,
-    pub test_subject: String,
-    pub train: Vec<String>,
-    pub val: Vec<String>,
-    pub test: Vec<String>,
-}
-
-impl FoldInfo {
-    pub fn from_item(item: &AxisItem) -> Result<Self> {
-        serde_json::from_value(item.attrs.clone()).context("fold axis item")
-    }
-}
-
-pub struct Folds;
-
-impl Stage for Folds {
-    fn kind(&self) -> &'static str {
-        "folds"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        super::code_of("folds")
-    }
-    fn code_files(&self) -> Vec<(String, String)> {
-        super::code_files_for("folds")
-    }
-    fn about(&self) -> &'static str {
-        "leave-one-subject-out folds with a seeded validation split of training subjects"
-    }
-    fn defaults(&self) -> Value {
-        defaults_of::<FoldParams>()
-    }
-    fn validate(&self, p: &Value) -> Result<()> {
-        validate_as::<FoldParams>(p)
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::required("dataset", "a `dataset` stage")];
-        I
-    }
-    fn uses_seed(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
-        let p: FoldParams = ctx.params_as()?;
-        let ds = ctx.input("dataset")?.one()?.load()?;
-        let info = IndexInfo::from_artifact(&ds)?;
-        // rebuild a minimal index for the fold logic (it needs subjects and classes only)
-        let index = DatasetIndex {
-            name: String::new(),
-            classes: info.classes.clone(),
-            samples: info
-                .samples
-                .iter()
-                .map(|s| data::Sample {
-                    id: s.id.clone(),
-                    dataset: String::new(),
-                    subject: s.subject.clone(),
-                    filename: String::new(),
-                    emotion: String::new(),
-                    class: s.class,
-                    onset_frame: 0,
-                    apex_frame: 0,
-                    offset_frame: None,
-                    onset_path: PathBuf::new(),
-                    apex_path: PathBuf::new(),
-                    frame_dir: PathBuf::new(),
-                })
-                .collect(),
-            faults: Vec::new(),
-        };
-        let mut folds = match p.k_folds {
-            0 => data::loso_folds(&index, p.n_val, ctx.seed),
-            k => data::folds::kfold_folds(&index, k, p.n_val, ctx.seed),
-        };
-        if p.final_model {
-            if index
-                .subjects()
-                .iter()
-                .any(|s| s == data::folds::FINAL_FOLD)
-            {
-                bail!("a subject is named `{}`, the id of the final-model split: rename it or set final_model = false", data::folds::FINAL_FOLD);
-            }
-            folds.push(data::folds::final_split(&index, p.n_val, ctx.seed));
-        }
-        let ids = |v: &[usize]| {
-            v.iter()
-                .map(|&i| index.samples[i].id.clone())
-                .collect::<Vec<_>>()
-        };
-        let mut axis = Vec::new();
-        for f in &folds {
-            let fi = FoldInfo {
-                index: f.index,
-                test_subject: f.test_subject.clone(),
-                train: ids(&f.train),
-                val: ids(&f.val),
-                test: ids(&f.test),
-            };
-            let attrs = serde_json::to_value(&fi)?;
-            axis.push(AxisItem {
-                id: f.test_subject.clone(),
-                key: key_of(&[&attrs.to_string()]),
-                attrs,
-            });
-        }
-        let mut art = Artifact::with_meta(
-            json!({ "table": data::folds::fold_table(&index, &folds), "folds": folds.len() }),
-        );
-        art.axis = Some(axis);
-        Ok(art)
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BalanceParams {
-    /// phi range of the majority class; rarer classes get wider ranges (paper Sec. 3.3.3).
-    pub base_phi: usize,
-    /// Largest magnification factor (faces distort above 15).
-    pub cap: usize,
-}
-
-impl Default for BalanceParams {
-    fn default() -> Self {
-        BalanceParams {
-            base_phi: 4,
-            cap: 14,
-        }
-    }
-}
-
-pub struct Balance;
-
-impl Stage for Balance {
-    fn kind(&self) -> &'static str {
-        "balance"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        super::code_of("balance")
-    }
-    fn code_files(&self) -> Vec<(String, String)> {
-        super::code_files_for("balance")
-    }
-    fn about(&self) -> &'static str {
-        "per-fold class balancing: phi ranges from each fold's training counts; one axis item per (sample, phi) any fold needs"
-    }
-    fn defaults(&self) -> Value {
-        defaults_of::<BalanceParams>()
-    }
-    fn validate(&self, p: &Value) -> Result<()> {
-        validate_as::<BalanceParams>(p)
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[
-            InputDecl::required("dataset", "a `dataset` stage"),
-            InputDecl::required("folds", "a `folds` stage"),
-        ];
-        I
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
-        let p: BalanceParams = ctx.params_as()?;
-        let ds = ctx.input("dataset")?.one()?.load()?;
-        let folds = ctx.input("folds")?.one()?.load()?;
-        let info = IndexInfo::from_artifact(&ds)?;
-        let class_of = info.class_of();
-        let items: BTreeMap<&str, &AxisItem> = ds
-            .axis
-            .as_ref()
-            .context("dataset has no axis")?
-            .iter()
-            .map(|i| (i.id.as_str(), i))
-            .collect();
-        let mut need: BTreeMap<String, usize> = BTreeMap::new();
-        let mut per_fold = serde_json::Map::new();
-        for f in folds.axis.as_ref().context("folds has no axis")? {
-            let fi = FoldInfo::from_item(f)?;
-            let mut counts = vec![0usize; info.classes.len()];
-            for id in &fi.train {
-                counts[class_of[id.as_str()]] += 1;
-            }
-            let phi = crate::prep::magnify::phi_max_per_class(&counts, p.base_phi, p.cap);
-            for id in &fi.train {
-                let m = need.entry(id.clone()).or_default();
-                *m = (*m).max(phi[class_of[id.as_str()]]);
-            }
-            let produced: Vec<usize> = counts.iter().zip(&phi).map(|(n, f)| n * (f + 1)).collect();
-            per_fold.insert(
-                fi.test_subject.clone(),
-                json!({"counts": counts, "phi_max": phi, "produced": produced}),
-            );
-        }
-        let mut axis = Vec::new();
-        for (id, max_phi) in &need {
-            let it = items[id.as_str()];
-            for phi in 1..=*max_phi {
-                let mut attrs = it.attrs.clone();
-                attrs["phi"] = json!(phi);
-                attrs["sample"] = json!(id);
-                axis.push(AxisItem {
-                    id: format!("{id}@{phi}"),
-                    key: key_of(&[&it.key, &phi.to_string()]),
-                    attrs,
-                });
-            }
-        }
-        let mut art = Artifact::with_meta(
-            json!({ "folds": per_fold, "classes": info.classes, "items": axis.len() }),
-        );
-        art.axis = Some(axis);
-        Ok(art)
-    }
-}
-
-/// Per-fold phi ranges from a `balance` artifact: class -> phi_max.
-pub fn fold_phi(balance: &Artifact, fold: &str) -> Result<Vec<usize>> {
-    let v = balance.meta["folds"]
-        .get(fold)
-        .with_context(|| format!("balance has no fold {fold}"))?;
-    Ok(serde_json::from_value(v["phi_max"].clone())?)
 }

@@ -5,38 +5,31 @@
 use anyhow::{bail, Result};
 use candle_core::Device;
 use candle_nn::VarMap;
-use mpfnet_api::{Array, Artifact, Ctx, InputDecl, Stage};
+use mpfnet_api::{Array, Artifact, Ctx, InputDecl, StageParams, TypedStage};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use super::common::{defaults_of, i64_array, validate_as};
-use super::dataset::IndexInfo;
+use super::artifacts::{
+    Channels, EncoderMeta, EncoderOutput, FinalModel, FoldInfo, IndexInfo, MetaOutput, MetaVariant,
+};
+use super::common::i64_array;
 use super::train::{
-    device, factory, fold_of, load_set, progress_fn, restore_encoder, weights_to_artifact,
-    Channels, ServiceCheckpoints,
+    curves_of, device, factory, fold_of, load_set, restore_encoder, skipped_final, subjects_of,
+    weights_to_artifact, with_train_ctx,
 };
 use crate::model::CaI3dConfig;
 use crate::train::data::SampleSet;
 use crate::train::encoder::EncoderFactory;
-
-/// Loads a gfe/afe input of meta, refusing one that skipped the final split.
-fn load_encoder(ctx: &Ctx, input: &str) -> Result<Artifact> {
-    let a = ctx.input(input)?.one()?.load()?;
-    if a.meta.get("skipped").is_some() {
-        bail!(
-            "input `{input}` skipped the final split (its stage has final_model = false): \
-             set final_model = true there, or final_model = false on this meta stage"
-        );
-    }
-    Ok(a)
-}
+use crate::train::meta::model::{EncoderMode, MetaModel};
+use crate::train::meta::proto::Prediction;
+use crate::train::meta::Pools;
+use crate::train::progress::TrainLog;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaParams {
     /// p (parallel, weighted similarities), c (cascade), gfe (PLTN only), afe (PLSM only), ncm
     /// (the nearest-class-mean baseline on the same input and folds: nothing is trained)
-    pub variant: String,
+    pub variant: MetaVariant,
     /// false: encoders start from random weights ("without prior learning")
     pub pretrained: bool,
     /// MPFNet-P: s = cos_G + gamma * cos_A
@@ -54,7 +47,7 @@ pub struct MetaParams {
 impl Default for MetaParams {
     fn default() -> Self {
         MetaParams {
-            variant: "c".into(),
+            variant: MetaVariant::C,
             pretrained: true,
             gamma: 0.7,
             bridge_channels: 4,
@@ -65,109 +58,132 @@ impl Default for MetaParams {
     }
 }
 
+impl StageParams for MetaParams {}
+
 impl MetaParams {
-    fn check(&self) -> Result<()> {
-        if !["p", "c", "gfe", "afe", "ncm"].contains(&self.variant.as_str()) {
-            bail!(
-                "`variant` = {:?}: expected p, c, gfe, afe or ncm",
-                self.variant
-            );
-        }
-        Ok(())
-    }
     /// The name the paper's tables use.
     pub fn label(&self) -> &'static str {
-        match (self.variant.as_str(), self.pretrained) {
-            ("ncm", _) => "NCM",
-            (_, false) => "w/o PL",
-            ("gfe", _) => "PLTN",
-            ("afe", _) => "PLSM",
-            ("p", _) => "MPFNet-P",
-            _ => "MPFNet-C",
+        self.variant.label(self.pretrained)
+    }
+    /// The meta artifact's fields every output of this node shares.
+    fn output(&self, fold: &FoldInfo) -> MetaOutput {
+        MetaOutput {
+            variant: self.variant,
+            label: self.label().into(),
+            fold: fold.test_subject.clone(),
+            ..Default::default()
         }
     }
 }
 
 pub struct Meta;
 
-impl Stage for Meta {
-    fn kind(&self) -> &'static str {
-        "meta"
+impl TypedStage for Meta {
+    const KIND: &'static str = "meta";
+    // 2: frozen/fine-tuned encoders, no `resumed_from` in the log
+    const VERSION: &'static str = "2";
+    const ABOUT: &'static str = "multi-prior fusion meta-learning (MPFNet-P / -C, or one prior for ablations); classifies the held-out subject";
+    const INPUTS: &'static [InputDecl] = &[
+        InputDecl::required("gfe", "the fold's gfe (same axis)"),
+        InputDecl::required("afe", "the fold's afe (same axis)"),
+        InputDecl::required("features", "features[*] of every sample"),
+        InputDecl::required("dataset", "the dataset index"),
+    ];
+    const HEAVY: bool = true;
+    const USES_SEED: bool = true;
+    type Params = MetaParams;
+    fn sources(&self) -> Vec<(String, String)> {
+        super::code_files_for(Self::KIND)
     }
-    fn version(&self) -> &'static str {
-        // 2: frozen/fine-tuned encoders, no `resumed_from` in the log
-        "2"
-    }
-    fn code(&self) -> String {
-        super::code_of("meta")
-    }
-    fn code_files(&self) -> Vec<(String, String)> {
-        super::code_files_for("meta")
-    }
-    fn about(&self) -> &'static str {
-        "multi-prior fusion meta-learning (MPFNet-P / -C, or one prior for ablations); classifies the held-out subject"
-    }
-    fn defaults(&self) -> Value {
-        defaults_of::<MetaParams>()
-    }
-    fn validate(&self, p: &Value) -> Result<()> {
-        validate_as::<MetaParams>(p)?;
-        serde_json::from_value::<MetaParams>(p.clone())?.check()
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[
-            InputDecl::required("gfe", "the fold's gfe (same axis)"),
-            InputDecl::required("afe", "the fold's afe (same axis)"),
-            InputDecl::required("features", "features[*] of every sample"),
-            InputDecl::required("dataset", "the dataset index"),
-        ];
-        I
-    }
-    fn heavy(&self) -> bool {
-        true
-    }
-    fn uses_seed(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
-        use crate::train::meta::model::{MetaModel, Variant};
-        let p: MetaParams = ctx.params_as()?;
-        p.check()?;
+    fn compute(&self, p: &MetaParams, ctx: &Ctx) -> Result<Artifact> {
         let fold = fold_of(ctx)?;
         if fold.test.is_empty() && !p.final_model {
-            let mut art = Artifact::with_meta(json!({
-                "variant": p.variant, "label": p.label(), "fold": fold.test_subject,
-                "final_model": false, "skipped": "final_model = false",
-            }));
-            art.insert("y_true", i64_array(Vec::new()));
-            art.insert("y_pred", i64_array(Vec::new()));
-            return Ok(art);
+            let s = skipped_final(&fold);
+            let out = MetaOutput {
+                final_model: Some(s.final_model),
+                skipped: Some(s.skipped),
+                ..p.output(&fold)
+            };
+            return no_predictions(&out);
         }
         let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
-        if p.variant == "ncm" {
-            return ncm_artifact(ctx, &p, &fold, &info);
+        if p.variant == MetaVariant::Ncm {
+            return ncm_artifact(ctx, p, &fold, &info);
         }
-        let gfe = load_encoder(ctx, "gfe")?;
-        let afe = load_encoder(ctx, "afe")?;
-        let g_cfg: CaI3dConfig = serde_json::from_value(gfe.meta["model"].clone())?;
-        let a_cfg: CaI3dConfig = serde_json::from_value(afe.meta["model"].clone())?;
-        let channels: Channels = serde_json::from_value(gfe.meta["channels"].clone())?;
-        let a_channels: Channels = serde_json::from_value(afe.meta["channels"].clone())?;
-        if channels != a_channels || g_cfg.in_channels != a_cfg.in_channels {
-            bail!("gfe and afe were trained on different input channels ({channels:?} vs {a_channels:?})");
+        let fit = Fit::train(ctx, p, &fold, &info)?;
+        if fit.test_pool.is_empty() {
+            final_model_artifact(ctx, p, &fold, &fit)
+        } else {
+            predictions_artifact(ctx, p, &fold, &fit)
+        }
+    }
+    fn pngs(&self, art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {
+        curves_of(art, "meta", "meta-learning (query loss; val acc dots)")
+    }
+}
+
+/// An artifact with `out` as its meta and no predictions (a split that tests no one).
+fn no_predictions(out: &MetaOutput) -> Result<Artifact> {
+    let mut art = Artifact::with_meta(serde_json::to_value(out)?);
+    art.insert("y_true", i64_array(Vec::new()));
+    art.insert("y_pred", i64_array(Vec::new()));
+    Ok(art)
+}
+
+/// Loads a gfe/afe input of meta, refusing one that skipped the final split.
+fn load_encoder(ctx: &Ctx, input: &str) -> Result<(Artifact, EncoderMeta)> {
+    let a = ctx.input(input)?.one()?.load()?;
+    match serde_json::from_value(a.meta.clone())? {
+        EncoderOutput::Trained(m) => Ok((a, *m)),
+        EncoderOutput::Skipped(_) => bail!(
+            "input `{input}` skipped the final split (its stage has final_model = false): \
+             set final_model = true there, or final_model = false on this meta stage"
+        ),
+    }
+}
+
+/// The fold's samples in one set: training, then validation, then test subjects.
+fn fold_set(ctx: &Ctx, fold: &FoldInfo, info: &IndexInfo, channels: Channels) -> Result<SampleSet> {
+    let wanted: Vec<(String, String)> = fold
+        .train
+        .iter()
+        .chain(&fold.val)
+        .chain(&fold.test)
+        .map(|id| (id.clone(), id.clone()))
+        .collect();
+    load_set(ctx.input("features")?, &wanted, info, channels, ctx)
+}
+
+/// A trained meta-learner and the fold's samples: train, then validation, then test.
+struct Fit {
+    model: MetaModel,
+    set: SampleSet,
+    /// prototypes from all training subjects (train + validation), never the test subject
+    proto_pool: Vec<usize>,
+    test_pool: Vec<usize>,
+    classes: Vec<String>,
+    channels: Channels,
+    cfg: CaI3dConfig,
+    log: TrainLog,
+    gfe_log: TrainLog,
+    afe_log: TrainLog,
+    dev: Device,
+}
+
+impl Fit {
+    fn train(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, info: &IndexInfo) -> Result<Fit> {
+        let (gfe_art, gfe) = load_encoder(ctx, "gfe")?;
+        let (afe_art, afe) = load_encoder(ctx, "afe")?;
+        let channels = gfe.channels;
+        if channels != afe.channels || gfe.model.in_channels != afe.model.in_channels {
+            bail!(
+                "gfe and afe were trained on different input channels ({channels:?} vs {:?})",
+                afe.channels
+            );
         }
         let dev = device(ctx.device)?;
-        // one sample set: train, then validation, then test samples
-        let mut wanted = Vec::new();
-        for id in fold.train.iter().chain(&fold.val).chain(&fold.test) {
-            wanted.push((id.clone(), id.clone()));
-        }
-        let set = load_set(ctx.input("features")?, &wanted, &info, channels, ctx)?;
+        let set = fold_set(ctx, fold, info, channels)?;
         let (nt, nv) = (fold.train.len(), fold.val.len());
-        let train_pool: Vec<usize> = (0..nt).collect();
-        let val_pool: Vec<usize> = (nt..nt + nv).collect();
-        let test_pool: Vec<usize> = (nt + nv..set.len()).collect();
-
         let load = |art: &Artifact, prefix: &str, cfg: &CaI3dConfig| -> Result<VarMap> {
             if p.pretrained {
                 restore_encoder(art, prefix, cfg, &dev)
@@ -175,35 +191,19 @@ impl Stage for Meta {
                 Ok(VarMap::new()) // seeded random init: "without prior learning"
             }
         };
-        let (variant, primary, secondary, cfg) = match p.variant.as_str() {
-            "gfe" => (
-                Variant::Single,
-                load(&gfe, "gfe.", &g_cfg)?,
-                None,
-                g_cfg.clone(),
-            ),
-            "afe" => (
-                Variant::Single,
-                load(&afe, "afe.", &a_cfg)?,
-                None,
-                a_cfg.clone(),
-            ),
-            "p" => (
-                Variant::P { gamma: p.gamma },
-                load(&gfe, "gfe.", &g_cfg)?,
-                Some(load(&afe, "afe.", &a_cfg)?),
-                g_cfg.clone(),
-            ),
+        let Some(variant) = p.variant.model(p.gamma, p.bridge_channels) else {
+            bail!("the {} baseline trains no model", p.label());
+        };
+        let (primary, secondary, cfg) = match p.variant {
+            MetaVariant::Afe => (load(&afe_art, "afe.", &afe.model)?, None, afe.model.clone()),
+            MetaVariant::Gfe => (load(&gfe_art, "gfe.", &gfe.model)?, None, gfe.model.clone()),
             _ => (
-                Variant::C {
-                    bridge_channels: p.bridge_channels,
-                },
-                load(&gfe, "gfe.", &g_cfg)?,
-                Some(load(&afe, "afe.", &a_cfg)?),
-                g_cfg.clone(),
+                load(&gfe_art, "gfe.", &gfe.model)?,
+                Some(load(&afe_art, "afe.", &afe.model)?),
+                gfe.model.clone(),
             ),
         };
-        if g_cfg != a_cfg && matches!(variant, Variant::P { .. } | Variant::C { .. }) {
+        if gfe.model != afe.model && p.variant.fuses() {
             bail!("MPFNet-P/C need the GFE and AFE to share one CA-I3D configuration");
         }
         let model = MetaModel::new(
@@ -218,178 +218,163 @@ impl Stage for Meta {
         // without prior learning there is no prior to keep: the random encoders always train
         let mut tcfg = p.train.clone();
         if !p.pretrained {
-            tcfg.encoders = crate::train::meta::model::EncoderMode::Finetune;
+            tcfg.encoders = Some(EncoderMode::Finetune);
             tcfg.encoder_lr = 1.0;
         }
-        let log = crate::train::meta::train_meta(
-            &model,
-            &set,
-            &train_pool,
-            &val_pool,
-            &tcfg,
-            ctx.seed,
-            &dev,
-            &mut progress_fn(ctx),
-            &mut ServiceCheckpoints(ctx.services),
-        )?;
-        // prototypes from all training subjects (train + validation), never the test subject
-        let proto_pool: Vec<usize> = (0..nt + nv).collect();
-        if test_pool.is_empty() {
-            return final_model_artifact(
-                ctx,
-                &p,
-                &model,
-                &set,
-                &proto_pool,
-                &info,
-                channels,
-                &cfg,
-                &log,
-                &dev,
-            );
-        }
-        let pred = crate::train::meta::proto::predict(
-            &model,
-            &set,
-            &proto_pool,
-            &test_pool,
-            &p.train.predict_config(),
-            ctx.seed,
-            &dev,
-        )?;
-        let n = pred.y_true.len();
-        let c = info.classes.len();
-        let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
-        // the encoders' curves travel with the fold's predictions, so that `evaluate` can plot
-        // every training stage per fold
-        let mut art = Artifact::with_meta(json!({
-            "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
-            "ids": pred.ids, "log": log, "classes": info.classes,
-            "gfe_log": gfe.meta.get("log"), "afe_log": afe.meta.get("log"),
-            "trained_subjects": super::train::subjects_of(&set, &proto_pool),
-        }));
-        art.insert(
-            "y_true",
-            i64_array(pred.y_true.iter().map(|&v| v as i64).collect()),
-        );
-        art.insert(
-            "y_pred",
-            i64_array(pred.y_pred.iter().map(|&v| v as i64).collect()),
-        );
-        art.insert("probs", Array::f32(vec![n, c], pred.probs.concat())?);
-        art.insert(
-            "embeddings",
-            Array::f32(vec![n, d], pred.embeddings.concat())?,
-        );
-        // Grad-CAM of the first test samples, for their predicted class
-        for (k, &q) in test_pool.iter().take(p.gradcam_samples).enumerate() {
-            let cam = crate::eval::gradcam::meta_grad_cam(
-                &model,
-                &set,
-                &proto_pool,
-                q,
-                pred.y_pred[k],
-                p.train.scale,
-                p.train.eval_batch,
-                &dev,
-            )?;
-            art.insert(
-                format!("cam.{k}"),
-                Array::f32(vec![cam.t, cam.h, cam.w], cam.values)?,
-            );
-            let x = &set.data[q * set.sample_len()..(q + 1) * set.sample_len()];
-            art.insert(
-                format!("cam_input.{k}"),
-                Array::f32(set.shape.to_vec(), x.to_vec())?,
-            );
-        }
-        Ok(art)
+        let train_pool: Vec<usize> = (0..nt).collect();
+        let val_pool: Vec<usize> = (nt..nt + nv).collect();
+        let pools = Pools {
+            set: &set,
+            train: &train_pool,
+            val: &val_pool,
+        };
+        let log = with_train_ctx(ctx, &dev, |cx| {
+            crate::train::meta::train_meta(&model, pools, &tcfg, cx)
+        })?;
+        Ok(Fit {
+            proto_pool: (0..nt + nv).collect(),
+            test_pool: (nt + nv..set.len()).collect(),
+            model,
+            set,
+            classes: info.classes.clone(),
+            channels,
+            cfg,
+            log,
+            gfe_log: gfe.log,
+            afe_log: afe.log,
+            dev,
+        })
     }
 }
 
-/// The nearest-class-mean baseline of the fold (see `train::meta::ncm`), on the input channels
-/// of the fold's gfe.
-fn ncm_artifact(
-    ctx: &Ctx,
-    p: &MetaParams,
-    fold: &super::dataset::FoldInfo,
-    info: &IndexInfo,
-) -> Result<Artifact> {
-    let gfe = ctx.input("gfe")?.one()?.load()?;
-    let channels: Channels =
-        serde_json::from_value(gfe.meta.get("channels").cloned().unwrap_or(json!("both")))?;
-    let mut art = Artifact::with_meta(json!({
-        "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
-        "classes": info.classes,
-    }));
-    if fold.test.is_empty() {
-        art.meta["skipped"] = json!("the nearest-class-mean baseline has no final model");
-        art.insert("y_true", i64_array(Vec::new()));
-        art.insert("y_pred", i64_array(Vec::new()));
-        return Ok(art);
+/// The fold's test predictions, embeddings and Grad-CAMs.
+fn predictions_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -> Result<Artifact> {
+    let pred = crate::train::meta::proto::predict(
+        &fit.model,
+        &fit.set,
+        &fit.proto_pool,
+        &fit.test_pool,
+        &p.train.predict_config(),
+        ctx.seed,
+        &fit.dev,
+    )?;
+    let out = MetaOutput {
+        channels: Some(fit.channels),
+        ids: Some(pred.ids.clone()),
+        log: Some(fit.log.clone()),
+        classes: Some(fit.classes.clone()),
+        gfe_log: Some(fit.gfe_log.clone()),
+        afe_log: Some(fit.afe_log.clone()),
+        trained_subjects: Some(subjects_of(&fit.set, &fit.proto_pool)),
+        ..p.output(fold)
+    };
+    let mut art = Artifact::with_meta(serde_json::to_value(out)?);
+    insert_predictions(&mut art, &pred, fit.classes.len())?;
+    // Grad-CAM of the first test samples, for their predicted class
+    let set = &fit.set;
+    for (k, &q) in fit.test_pool.iter().take(p.gradcam_samples).enumerate() {
+        let cam = crate::eval::gradcam::meta_grad_cam(
+            &fit.model,
+            set,
+            &fit.proto_pool,
+            q,
+            pred.y_pred[k],
+            p.train.scale,
+            p.train.eval_batch,
+            &fit.dev,
+        )?;
+        art.insert(
+            format!("cam.{k}"),
+            Array::f32(vec![cam.t, cam.h, cam.w], cam.values)?,
+        );
+        let x = &set.data[q * set.sample_len()..(q + 1) * set.sample_len()];
+        art.insert(
+            format!("cam_input.{k}"),
+            Array::f32(set.shape.to_vec(), x.to_vec())?,
+        );
     }
-    let wanted: Vec<(String, String)> = fold
-        .train
-        .iter()
-        .chain(&fold.val)
-        .chain(&fold.test)
-        .map(|id| (id.clone(), id.clone()))
-        .collect();
-    let set = load_set(ctx.input("features")?, &wanted, info, channels, ctx)?;
-    let nt = fold.train.len() + fold.val.len();
-    let proto_pool: Vec<usize> = (0..nt).collect();
-    let test_pool: Vec<usize> = (nt..set.len()).collect();
-    let pred = crate::train::meta::ncm::predict_ncm(&set, &proto_pool, &test_pool, 8)?;
-    art.meta["trained_subjects"] = json!(super::train::subjects_of(&set, &proto_pool));
-    let (n, c) = (pred.y_true.len(), info.classes.len());
+    Ok(art)
+}
+
+/// `y_true`, `y_pred`, `probs` [n, classes] and `embeddings` [n, d] of a prediction.
+fn insert_predictions(art: &mut Artifact, pred: &Prediction, classes: usize) -> Result<()> {
+    let to_i64 = |v: &[usize]| i64_array(v.iter().map(|&v| v as i64).collect());
+    let n = pred.y_true.len();
     let d = pred.embeddings.first().map(|e| e.len()).unwrap_or(0);
-    art.meta["ids"] = json!(pred.ids);
-    art.insert(
-        "y_true",
-        i64_array(pred.y_true.iter().map(|&v| v as i64).collect()),
-    );
-    art.insert(
-        "y_pred",
-        i64_array(pred.y_pred.iter().map(|&v| v as i64).collect()),
-    );
-    art.insert("probs", Array::f32(vec![n, c], pred.probs.concat())?);
+    art.insert("y_true", to_i64(&pred.y_true));
+    art.insert("y_pred", to_i64(&pred.y_pred));
+    art.insert("probs", Array::f32(vec![n, classes], pred.probs.concat())?);
     art.insert(
         "embeddings",
         Array::f32(vec![n, d], pred.embeddings.concat())?,
     );
+    Ok(())
+}
+
+/// The nearest-class-mean baseline of the fold (see `train::meta::ncm`), on the input channels
+/// of the fold's gfe.
+fn ncm_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, info: &IndexInfo) -> Result<Artifact> {
+    let gfe = ctx.input("gfe")?.one()?.load()?;
+    let channels = match serde_json::from_value(gfe.meta.clone()) {
+        Ok(EncoderOutput::Trained(m)) => m.channels,
+        _ => Channels::default(),
+    };
+    let mut out = MetaOutput {
+        channels: Some(channels),
+        classes: Some(info.classes.clone()),
+        ..p.output(fold)
+    };
+    if fold.test.is_empty() {
+        out.skipped = Some("the nearest-class-mean baseline has no final model".into());
+        return no_predictions(&out);
+    }
+    let set = fold_set(ctx, fold, info, channels)?;
+    let nt = fold.train.len() + fold.val.len();
+    let proto_pool: Vec<usize> = (0..nt).collect();
+    let test_pool: Vec<usize> = (nt..set.len()).collect();
+    let pred = crate::train::meta::ncm::predict_ncm(&set, &proto_pool, &test_pool, 8)?;
+    out.trained_subjects = Some(subjects_of(&set, &proto_pool));
+    out.ids = Some(pred.ids.clone());
+    let mut art = Artifact::with_meta(serde_json::to_value(out)?);
+    insert_predictions(&mut art, &pred, info.classes.len())?;
     Ok(art)
 }
 
 /// The final-model split (no test subject): the trained weights (`p/…`, `s/…` as in
 /// [`MetaModel::maps`]) and the class prototypes from every training sample, for `bundle`.
-#[allow(clippy::too_many_arguments)]
-fn final_model_artifact(
-    ctx: &Ctx,
-    p: &MetaParams,
-    model: &crate::train::meta::model::MetaModel,
-    set: &SampleSet,
-    proto_pool: &[usize],
-    info: &IndexInfo,
-    channels: Channels,
-    cfg: &CaI3dConfig,
-    log: &crate::train::progress::TrainLog,
-    dev: &Device,
-) -> Result<Artifact> {
+fn final_model_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -> Result<Artifact> {
     let pc = p.train.predict_config();
-    let (classes, protos) =
-        crate::train::meta::proto::class_prototypes(model, set, proto_pool, &pc, ctx.seed, dev)?;
-    let fold = fold_of(ctx)?;
-    let mut art = Artifact::with_meta(json!({
-        "variant": p.variant, "label": p.label(), "channels": channels, "fold": fold.test_subject,
-        "classes": info.classes, "log": log, "model": cfg, "gamma": p.gamma,
-        "bridge_channels": p.bridge_channels, "predict": pc, "input_shape": set.shape,
-        "train_subjects": set.subjects.iter().collect::<std::collections::BTreeSet<_>>().len(),
-        "trained_subjects": super::train::subjects_of(set, proto_pool),
-        "train_samples": set.len(),
-        "final_model": true,
-    }));
-    art.insert("y_true", i64_array(Vec::new()));
-    art.insert("y_pred", i64_array(Vec::new()));
+    let (model, set) = (&fit.model, &fit.set);
+    let (classes, protos) = crate::train::meta::proto::class_prototypes(
+        model,
+        set,
+        &fit.proto_pool,
+        &pc,
+        ctx.seed,
+        &fit.dev,
+    )?;
+    let out = MetaOutput {
+        channels: Some(fit.channels),
+        classes: Some(fit.classes.clone()),
+        log: Some(fit.log.clone()),
+        trained_subjects: Some(subjects_of(set, &fit.proto_pool)),
+        final_model: Some(true),
+        model: Some(FinalModel {
+            model: fit.cfg.clone(),
+            gamma: p.gamma,
+            bridge_channels: p.bridge_channels,
+            predict: pc,
+            input_shape: set.shape,
+            train_subjects: set
+                .subjects
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            train_samples: set.len(),
+        }),
+        ..p.output(fold)
+    };
+    let mut art = no_predictions(&out)?;
     for (tag, map) in model.maps() {
         weights_to_artifact(map, &format!("{tag}/"), &mut art)?;
     }

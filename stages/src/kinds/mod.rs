@@ -3,13 +3,18 @@
 use mpfnet_api::Registry;
 
 pub mod afe;
+pub mod artifacts;
+pub mod balance;
 pub mod bundle;
 pub mod common;
 pub mod dataset;
 pub mod evaluate;
 pub mod features;
+pub mod folds;
 pub mod gfe;
 pub mod meta;
+pub mod preprocess;
+pub mod report;
 pub mod train;
 
 mod source {
@@ -24,6 +29,7 @@ const TRAIN_CORE: &[&str] = &[
     "train/mod.rs",
     "train/ckpt.rs",
     "train/data.rs",
+    "train/driver.rs",
     "train/encoder.rs",
     "train/init.rs",
     "train/progress.rs",
@@ -31,7 +37,6 @@ const TRAIN_CORE: &[&str] = &[
     "train/sgd.rs",
     "train/state.rs",
     "kinds/train.rs",
-    "kinds/dataset.rs",
 ];
 
 /// The source files (prefixes of paths under `src/`, in groups) each kind's output depends on.
@@ -41,10 +46,18 @@ pub const SOURCES: &[(&str, &[&[&str]])] = &[
     ("dataset", &[&["data/", "kinds/dataset.rs"]]),
     (
         "folds",
-        &[&["data/folds.rs", "data/index.rs", "kinds/dataset.rs"]],
+        &[&["data/folds.rs", "data/index.rs", "kinds/folds.rs"]],
     ),
-    ("balance", &[&["prep/magnify.rs", "kinds/dataset.rs"]]),
-    ("features", &[&["prep/", "flownet2/", "kinds/features.rs"]]),
+    ("balance", &[&["prep/magnify.rs", "kinds/balance.rs"]]),
+    (
+        "features",
+        &[&[
+            "prep/",
+            "flownet2/",
+            "kinds/preprocess.rs",
+            "kinds/features.rs",
+        ]],
+    ),
     (
         "gfe",
         &[
@@ -80,7 +93,7 @@ pub const SOURCES: &[(&str, &[&[&str]])] = &[
                 "train/meta/",
                 "bundle.rs",
                 "kinds/bundle.rs",
-                "kinds/features.rs",
+                "kinds/preprocess.rs",
                 "eval/gradcam.rs",
                 "eval/plots.rs",
             ],
@@ -88,7 +101,7 @@ pub const SOURCES: &[(&str, &[&[&str]])] = &[
     ),
     (
         "report",
-        &[&["eval/report.rs", "eval/metrics.rs", "kinds/evaluate.rs"]],
+        &[&["eval/report.rs", "eval/metrics.rs", "kinds/report.rs"]],
     ),
 ];
 
@@ -108,8 +121,23 @@ fn is_test_only(path: &str) -> bool {
 /// Files that no stage output depends on (the CLI, the crate root, this table).
 pub const NOT_STAGE_CODE: &[&str] = &["cli.rs", "lib.rs", "kinds/mod.rs"];
 
-/// Files every kind depends on.
-const SHARED: &[&str] = &["kinds/common.rs"];
+/// Files every kind depends on: no kind's own code (see [`OWN_FILES`]).
+const SHARED: &[&str] = &["kinds/common.rs", "kinds/artifacts.rs"];
+
+/// Each kind's own files: an edit there recomputes that kind and what depends on it, never
+/// another kind (checked by a test below).
+pub const OWN_FILES: &[(&str, &[&str])] = &[
+    ("dataset", &["kinds/dataset.rs"]),
+    ("folds", &["kinds/folds.rs"]),
+    ("balance", &["kinds/balance.rs"]),
+    ("features", &["kinds/features.rs"]),
+    ("gfe", &["kinds/gfe.rs", "train/triplet.rs"]),
+    ("afe", &["kinds/afe.rs", "train/afe.rs"]),
+    ("meta", &["kinds/meta.rs"]),
+    ("evaluate", &["kinds/evaluate.rs"]),
+    ("report", &["kinds/report.rs"]),
+    ("bundle", &["kinds/bundle.rs"]),
+];
 
 /// Fingerprint of a kind's source files.
 pub fn code_of(kind: &str) -> String {
@@ -160,14 +188,14 @@ pub fn source_files() -> impl Iterator<Item = &'static str> {
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.add(dataset::Dataset)
-        .add(dataset::Folds)
-        .add(dataset::Balance)
+        .add(folds::Folds)
+        .add(balance::Balance)
         .add(features::Features)
         .add(gfe::Gfe)
         .add(afe::Afe)
         .add(meta::Meta)
         .add(evaluate::Evaluate)
-        .add(evaluate::ReportStage)
+        .add(report::ReportStage)
         .add(bundle::BundleStage);
     r
 }
@@ -240,6 +268,63 @@ mod tests {
                 "{k} fingerprints a test file"
             );
         }
+    }
+
+    /// An edit to one kind's own file recomputes that kind only (and, through its output,
+    /// what depends on it): no other kind fingerprints it.
+    #[test]
+    fn no_kind_fingerprints_another_kinds_own_file() {
+        for (kind, own) in OWN_FILES {
+            for f in *own {
+                assert!(files_of(kind).contains(f), "{kind} does not claim {f}");
+                for (other, _) in SOURCES.iter().filter(|(k, _)| k != kind) {
+                    assert!(
+                        !files_of(other).contains(f),
+                        "{other} fingerprints {f}, the own file of {kind}: move what it shares into a shared file"
+                    );
+                }
+            }
+        }
+        for s in registry().iter() {
+            assert!(
+                OWN_FILES.iter().any(|(k, _)| *k == s.kind()),
+                "{} has no entry in OWN_FILES",
+                s.kind()
+            );
+        }
+    }
+
+    /// `cache export` renders the learning curves a training artifact carries: a meta fold's
+    /// own and its encoders'; a gfe artifact's curve is one of its files already.
+    #[test]
+    fn training_kinds_render_their_learning_curves() {
+        use crate::train::progress::{EpochLog, TrainLog};
+        let entry = |epoch| EpochLog {
+            epoch,
+            loss: 1.0 / (epoch + 1) as f64,
+            acc: Some(0.5),
+            lr: 0.01,
+            val_acc: None,
+        };
+        let log = TrainLog {
+            entries: vec![entry(0), entry(1), entry(2)],
+            ..Default::default()
+        };
+        let meta = serde_json::json!({ "fold": "s1", "log": log, "gfe_log": log });
+        let art = mpfnet_api::Artifact::with_meta(meta);
+        let reg = registry();
+        let pngs = reg.get("meta").unwrap().render_png(&art).unwrap();
+        let names: Vec<&str> = pngs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["meta_curve.png", "gfe_curve.png"]);
+        assert!(pngs.iter().all(|(_, b)| b.starts_with(b"\x89PNG")));
+        let mut gfe = art.clone();
+        gfe.meta["gfe_log"] = serde_json::Value::Null;
+        gfe.files.insert("gfe_curve.png".into(), Vec::new());
+        assert!(reg.get("gfe").unwrap().render_png(&gfe).unwrap().is_empty());
+        gfe.files.clear();
+        let pngs = reg.get("gfe").unwrap().render_png(&gfe).unwrap();
+        assert_eq!(pngs.len(), 1);
+        assert_eq!(pngs[0].0, "gfe_curve.png");
     }
 
     #[test]

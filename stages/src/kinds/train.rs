@@ -10,44 +10,16 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use mpfnet_api::{Array, Artifact, Ctx, Input, Services};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::dataset::{FoldInfo, IndexInfo};
+use super::artifacts::{meta_artifact, Balancing, EncoderMeta, FoldInfo, IndexInfo, SkippedMeta};
 use crate::model::{CaI3d, CaI3dConfig};
 use crate::train::ckpt::Checkpointer;
 use crate::train::data::SampleSet;
-use crate::train::encoder::Encoder;
-use crate::train::progress::Progress;
+use crate::train::driver::TrainCtx;
+use crate::train::encoder::{Encoder, EncoderFactory};
+use crate::train::progress::{Progress, TrainLog};
 
-/// Which input channels a model sees (the paper's feature ablation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channels {
-    /// optical flow (u, v) + RGB frame difference: 5 channels
-    #[default]
-    Both,
-    /// optical flow only: 2 channels
-    Flow,
-    /// frame difference only: 3 channels
-    Diff,
-}
-
-impl Channels {
-    pub fn range(self) -> std::ops::Range<usize> {
-        match self {
-            Channels::Both => 0..5,
-            Channels::Flow => 0..2,
-            Channels::Diff => 2..5,
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Channels::Both => "flow+diff",
-            Channels::Flow => "flow",
-            Channels::Diff => "diff",
-        }
-    }
-}
+pub use super::artifacts::Channels;
 
 impl Encoder for CaI3d {
     fn feature_map(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -55,6 +27,9 @@ impl Encoder for CaI3d {
     }
     fn head(&self, fm: &Tensor) -> candle_core::Result<Tensor> {
         CaI3d::head(self, fm)
+    }
+    fn bn_momentum(&self) -> Option<crate::model::layers::BnMomentum> {
+        Some(self.bn_momentum.clone())
     }
 }
 
@@ -96,7 +71,7 @@ impl Checkpointer for ServiceCheckpoints<'_> {
     }
 }
 
-/// Forwards training progress to the engine's bars; stops at an epoch boundary on Ctrl-C.
+/// Forwards training progress to the engine's bars.
 pub fn progress_fn<'a>(ctx: &'a Ctx) -> impl FnMut(Progress) + 'a {
     move |p: Progress| {
         let acc = p.acc.map(|a| format!(" acc {a:.3}")).unwrap_or_default();
@@ -106,6 +81,25 @@ pub fn progress_fn<'a>(ctx: &'a Ctx) -> impl FnMut(Progress) + 'a {
             &format!("loss {:.4}{acc}", p.loss),
         );
     }
+}
+
+/// Runs `f` with a training context over the engine's services: progress bars, checkpoints
+/// keyed by the node, and Ctrl-C (training stops at an epoch or step boundary with an error).
+pub fn with_train_ctx<T>(
+    ctx: &Ctx,
+    dev: &Device,
+    f: impl FnOnce(&mut TrainCtx) -> Result<T>,
+) -> Result<T> {
+    let mut progress = progress_fn(ctx);
+    let mut ckpt = ServiceCheckpoints(ctx.services);
+    let cancelled = || ctx.services.cancelled();
+    f(&mut TrainCtx {
+        seed: ctx.seed,
+        dev,
+        progress: &mut progress,
+        ckpt: &mut ckpt,
+        cancelled: &cancelled,
+    })
 }
 
 /// Builds a sample set from gathered `features` artifacts (`ids` in order; `rename` maps the
@@ -215,12 +209,39 @@ pub fn restore_encoder(
     Ok(map)
 }
 
-pub(super) fn curve_png(log: &crate::train::progress::TrainLog, title: &str) -> Result<Vec<u8>> {
+pub(super) fn curve_png(log: &TrainLog, title: &str) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
     let p = dir.path().join("curve.png");
     crate::eval::plots::curve_png(log, title, &p)?;
     Ok(std::fs::read(p)?)
 }
+
+/// The learning curves an artifact of a training kind carries in its meta (its own `log`;
+/// a meta fold's also the `gfe_log` and `afe_log` of its encoders), as PNGs for
+/// `cache export`, leaving out those the artifact already holds as files.
+pub(super) fn curves_of(art: &Artifact, own: &str, what: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let fold = art.meta["fold"].as_str().unwrap_or("?");
+    let mut out = Vec::new();
+    for (key, stage, title) in [
+        ("log", own, what),
+        ("gfe_log", "gfe", GFE_CURVE),
+        ("afe_log", "afe", AFE_CURVE),
+    ] {
+        let name = format!("{stage}_curve.png");
+        let Some(log) = art.meta.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if art.files.contains_key(&name) || out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let log: TrainLog = serde_json::from_value(log.clone())?;
+        out.push((name, curve_png(&log, &format!("{title}, fold {fold}"))?));
+    }
+    Ok(out)
+}
+
+pub(super) const GFE_CURVE: &str = "GFE triplet";
+pub(super) const AFE_CURVE: &str = "AFE";
 
 /// The parameters of a prior-learning encoder stage (`gfe`, `afe`): the network, its input
 /// channels and the training loop's config `T`.
@@ -233,6 +254,11 @@ pub struct EncoderParams<T> {
     /// Train on the `final` split too (folds.final_model). Encoders that only ablation
     /// variants read, which train no final model, set false and skip it.
     pub final_model: bool,
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned + Default> mpfnet_api::StageParams
+    for EncoderParams<T>
+{
 }
 
 impl<T: Default> Default for EncoderParams<T> {
@@ -252,11 +278,62 @@ pub(super) fn model_cfg(model: &CaI3dConfig, ch: Channels) -> CaI3dConfig {
     m
 }
 
-/// What a gfe/afe node writes for the `final` split when its `final_model` is false.
-pub(super) fn skipped_final(fold: &FoldInfo) -> Artifact {
-    Artifact::with_meta(json!({
-        "fold": fold.test_subject, "final_model": false, "skipped": "final_model = false",
-    }))
+/// What a training node writes for the `final` split when its `final_model` is false.
+pub(super) fn skipped_final(fold: &FoldInfo) -> SkippedMeta {
+    SkippedMeta {
+        fold: fold.test_subject.clone(),
+        final_model: false,
+        skipped: "final_model = false".into(),
+    }
+}
+
+/// How a prior-learning kind (gfe, afe) trains: its name (weights prefix, curve file), the
+/// curve's title, the fold's training set (with the AFE's balancing) and the loop.
+pub(super) struct EncoderJob {
+    pub tag: &'static str,
+    pub title: &'static str,
+    pub set: SampleSet,
+    pub balancing: Option<Balancing>,
+}
+
+/// Trains a gfe/afe encoder on `job.set` with `train` and packs the weights, log and curve.
+pub(super) fn train_encoder<T, F>(
+    ctx: &Ctx,
+    p: &EncoderParams<T>,
+    fold: &FoldInfo,
+    job: EncoderJob,
+    train: F,
+) -> Result<Artifact>
+where
+    F: FnOnce(&EncoderFactory, &VarMap, &SampleSet, &mut TrainCtx) -> Result<TrainLog>,
+{
+    let dev = device(ctx.device)?;
+    let cfg = model_cfg(&p.model, p.channels);
+    let map = VarMap::new();
+    let set = &job.set;
+    let log = with_train_ctx(ctx, &dev, |cx| {
+        train(&factory(&cfg) as &EncoderFactory, &map, set, cx)
+    })?;
+    let meta = EncoderMeta {
+        model: cfg,
+        channels: p.channels,
+        log,
+        fold: fold.test_subject.clone(),
+        train_samples: set.len(),
+        trained_subjects: subjects_of(set, &set.all_indices()),
+        balancing: job.balancing,
+    };
+    let mut art = meta_artifact(&meta)?;
+    // the classification head is not part of the AFE encoder the meta stage reuses
+    weights_to_artifact(&map, &format!("{}.", job.tag), &mut art)?;
+    art.files.insert(
+        format!("{}_curve.png", job.tag),
+        curve_png(
+            &meta.log,
+            &format!("{}, fold {}", job.title, fold.test_subject),
+        )?,
+    );
+    Ok(art)
 }
 
 pub(super) fn fold_of(ctx: &Ctx) -> Result<FoldInfo> {

@@ -4,7 +4,7 @@
 //! The paper flattens the last feature map into the Linear; over 480x10x32x32 that is hundreds of
 //! millions of weights, so a small adaptive average pool (`pool`, configurable) comes first.
 
-use crate::model::layers::{unit_params, BnCfg, Inception3d, InitScheme, Unit3d};
+use crate::model::layers::{unit_params, BnCfg, BnMomentum, Inception3d, InitScheme, Unit3d};
 use crate::model::ops;
 use anyhow::{bail, Context};
 use candle_core::{Result, Tensor};
@@ -47,51 +47,45 @@ pub struct CaI3dConfig {
 }
 
 impl CaI3dConfig {
-    /// I3D widths: stem 64 (I3D's Conv3d_1a), Mixed_3b and Mixed_3c (480 output channels),
-    /// pool 1x4x4 -> 7,680 features -> 512-d embedding.
-    pub fn paper() -> Self {
+    /// A network of these widths on 5 input channels (BatchNorm eps 1e-3, momentum 0.01,
+    /// Kaiming-normal init).
+    fn widths(
+        stem_channels: usize,
+        mixed: [[usize; 6]; 2],
+        pool: [usize; 3],
+        embed_dim: usize,
+    ) -> Self {
         Self {
             in_channels: 5,
             extra_in_channels: 0,
-            stem_channels: 64,
-            mixed: [[64, 96, 128, 16, 32, 32], [128, 128, 192, 32, 96, 64]],
-            pool: [1, 4, 4],
-            embed_dim: 512,
+            stem_channels,
+            mixed,
+            pool,
+            embed_dim,
             bn_eps: 1e-3,
             bn_momentum: 0.01,
             init: InitScheme::KaimingNormal,
         }
+    }
+
+    /// I3D widths: stem 64 (I3D's Conv3d_1a), Mixed_3b and Mixed_3c (480 output channels),
+    /// pool 1x4x4 -> 7,680 features -> 512-d embedding.
+    pub fn paper() -> Self {
+        let mixed = [[64, 96, 128, 16, 32, 32], [128, 128, 192, 32, 96, 64]];
+        Self::widths(64, mixed, [1, 4, 4], 512)
     }
 
     /// Small network for demos and CI: about a quarter of I3D's widths (64 then 120 channels),
     /// 64-d embedding; fits 5x6x32x32 inputs.
     pub fn demo() -> Self {
-        Self {
-            in_channels: 5,
-            extra_in_channels: 0,
-            stem_channels: 16,
-            mixed: [[16, 24, 32, 4, 8, 8], [32, 32, 48, 8, 24, 16]],
-            pool: [1, 2, 2],
-            embed_dim: 64,
-            bn_eps: 1e-3,
-            bn_momentum: 0.01,
-            init: InitScheme::KaimingNormal,
-        }
+        let mixed = [[16, 24, 32, 4, 8, 8], [32, 32, 48, 8, 24, 16]];
+        Self::widths(16, mixed, [1, 2, 2], 64)
     }
 
     /// The benchmark network of bench_step and stages/bench/pytorch_step.py (stem 5->32, two Inception+CA blocks of 128 channels).
     pub fn bench() -> Self {
-        Self {
-            in_channels: 5,
-            extra_in_channels: 0,
-            stem_channels: 32,
-            mixed: [[32, 48, 64, 8, 16, 16], [32, 48, 64, 8, 16, 16]],
-            pool: [1, 4, 4],
-            embed_dim: 128,
-            bn_eps: 1e-3,
-            bn_momentum: 0.01,
-            init: InitScheme::KaimingNormal,
-        }
+        let mixed = [[32, 48, 64, 8, 16, 16], [32, 48, 64, 8, 16, 16]];
+        Self::widths(32, mixed, [1, 4, 4], 128)
     }
 
     pub fn mixed_out(&self, i: usize) -> usize {
@@ -142,6 +136,8 @@ pub struct CaI3d {
     pub embed_w: Tensor,
     pub embed_b: Tensor,
     pub cfg: CaI3dConfig,
+    /// shared by all its BatchNorm layers (precise BN sets their momentum through it)
+    pub bn_momentum: BnMomentum,
 }
 
 /// Max pool 1x3x3, stride (1, 2, 2), 'same'-style padding (halves H and W).
@@ -164,14 +160,28 @@ impl CaI3d {
         let e = vb.pp("embed");
         let embed_w = e.get_with_hints((cfg.embed_dim, feat), "weight", cfg.init.weight())?;
         let embed_b = e.get_with_hints(cfg.embed_dim, "bias", cfg.init.bias(feat))?;
-        Ok(Self {
+        let mut net = Self {
             stem,
             mixed_0,
             mixed_1,
             embed_w,
             embed_b,
             cfg: cfg.clone(),
-        })
+            bn_momentum: BnMomentum::default(),
+        };
+        net.share_bn_momentum();
+        Ok(net)
+    }
+
+    /// Points every BatchNorm layer at the network's one momentum handle.
+    fn share_bn_momentum(&mut self) {
+        let h = self.bn_momentum.clone();
+        self.stem.bn.recalibration = h.clone();
+        for m in [&mut self.mixed_0, &mut self.mixed_1] {
+            for bn in m.batch_norms_mut() {
+                bn.recalibration = h.clone();
+            }
+        }
     }
 
     /// Output of the last Inception+CA block, `[B, C, T, H/4, W/4]`.

@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// Weight initialisation of convolutions and linear layers.
 ///
@@ -58,25 +59,36 @@ impl InitScheme {
     }
 }
 
-thread_local! {
-    /// Set only inside [`recalibrate_bn`]: the momentum every BatchNorm3d uses meanwhile.
-    static BN_MOMENTUM: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+/// The momentum override of a model's BatchNorm layers: one handle per model, shared by all its
+/// [`BatchNorm3d`]s (and by clones of the model); set only by [`recalibrate_bn`].
+#[derive(Clone, Debug, Default)]
+pub struct BnMomentum(Arc<Mutex<Option<f64>>>);
+
+impl BnMomentum {
+    fn get(&self) -> Option<f64> {
+        *self.0.lock().unwrap()
+    }
+    fn set(&self, m: Option<f64>) {
+        *self.0.lock().unwrap() = m;
+    }
 }
 
 /// Precise BatchNorm: runs `forward(k)` for k in 0..n (train-mode passes, no optimiser step)
-/// with every BatchNorm3d's momentum at 1/(k+1), so the running statistics end as the plain
-/// mean of the n batches' statistics. Why: a short training leaves momentum-averaged statistics
-/// near their initial values (momentum 0.01 over 24 steps keeps 79% of the init), and in eval
-/// mode the small-magnitude flow inputs are then scaled to almost nothing: every clip embeds
-/// alike and the prototypes cannot tell classes apart.
+/// with the momentum of every BatchNorm3d behind `models` at 1/(k+1), so the running statistics
+/// end as the plain mean of the n batches' statistics. Why: a short training leaves
+/// momentum-averaged statistics near their initial values (momentum 0.01 over 24 steps keeps
+/// 79% of the init), and in eval mode the small-magnitude flow inputs are then scaled to almost
+/// nothing: every clip embeds alike and the prototypes cannot tell classes apart.
 pub fn recalibrate_bn(
+    models: &[BnMomentum],
     n: usize,
     mut forward: impl FnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let set = |m: Option<f64>| models.iter().for_each(|h| h.set(m));
     for k in 0..n {
-        BN_MOMENTUM.with(|m| m.set(Some(1.0 / (k + 1) as f64)));
+        set(Some(1.0 / (k + 1) as f64));
         let r = forward(k);
-        BN_MOMENTUM.with(|m| m.set(None));
+        set(None);
         r?;
     }
     Ok(())
@@ -84,7 +96,7 @@ pub fn recalibrate_bn(
 
 /// BatchNorm over channels of a 5D tensor. The running statistics are variables of the
 /// VarMap (`running_mean`, `running_var`), so they are saved and loaded with the weights; they
-/// are never handed to the optimiser (see `CaI3d::trainable_vars`).
+/// get no gradient, so the optimiser (which skips variables without one) never moves them.
 #[derive(Clone, Debug)]
 pub struct BatchNorm3d {
     pub weight: Tensor,
@@ -93,6 +105,10 @@ pub struct BatchNorm3d {
     pub running_var: Var,
     pub eps: f64,
     pub momentum: f64,
+    /// replaces `momentum` while set (precise BN); see [`CaI3d::share_bn_momentum`]
+    ///
+    /// [`CaI3d::share_bn_momentum`]: crate::model::CaI3d::share_bn_momentum
+    pub recalibration: BnMomentum,
 }
 
 impl BatchNorm3d {
@@ -108,6 +124,7 @@ impl BatchNorm3d {
             running_var: Var::from_tensor(&rv)?,
             eps,
             momentum,
+            recalibration: BnMomentum::default(),
         })
     }
 
@@ -121,7 +138,7 @@ impl BatchNorm3d {
             &self.running_mean,
             &self.running_var,
             self.eps,
-            BN_MOMENTUM.with(|m| m.get()).unwrap_or(self.momentum),
+            self.recalibration.get().unwrap_or(self.momentum),
             mode,
             relu,
         )
@@ -321,6 +338,19 @@ impl Inception3d {
             u.params(out);
         }
         self.ca.params(out);
+    }
+
+    /// Its BatchNorm layers (branches, then the attention's).
+    pub(crate) fn batch_norms_mut(&mut self) -> [&mut BatchNorm3d; 7] {
+        [
+            &mut self.b0.bn,
+            &mut self.b1a.bn,
+            &mut self.b1b.bn,
+            &mut self.b2a.bn,
+            &mut self.b2b.bn,
+            &mut self.b3b.bn,
+            &mut self.ca.bn,
+        ]
     }
 }
 

@@ -2,14 +2,16 @@
 //! state the objective; this is the natural reading: a Linear(D -> n_classes) head on the
 //! embedding, cross-entropy, SGD with a step schedule lr * gamma^(epoch / lr_step).
 //! The head's variables live in the same VarMap under `HEAD_PREFIX`; the meta stage ignores them.
-use crate::train::ckpt::{Checkpointer, StateWriter};
-use crate::train::data::{shuffled_batches, SampleSet};
+use std::collections::HashMap;
+
+use crate::train::ckpt::StateWriter;
+use crate::train::data::SampleSet;
+use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
-use crate::train::init::{sorted_vars, var_builder};
-use crate::train::progress::{EpochLog, Progress, TrainLog};
-use crate::train::rng::{rng_for, sub_seed, STREAM_AFE};
-use crate::train::sgd::{SgdConfig, SgdMomentum};
-use crate::train::state;
+use crate::train::init::var_builder;
+use crate::train::progress::{EpochLog, TrainLog};
+use crate::train::rng::{sub_seed, STREAM_AFE};
+use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use candle_nn::{Linear, Module, VarMap};
@@ -86,12 +88,8 @@ impl Classifier {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct AfeState {
-    log: TrainLog,
-}
-
-/// Trains encoder + head in `varmap` on the (amplified, balanced) `set`.
+/// [`train_classifier`] with the loose arguments of the eval tests' callers (kept until they
+/// pass a [`TrainCtx`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_afe(
     factory: &EncoderFactory,
@@ -100,8 +98,26 @@ pub fn train_afe(
     cfg: &AfeConfig,
     seed: u64,
     dev: &Device,
-    progress: &mut dyn FnMut(Progress),
-    ckpt: &mut dyn Checkpointer,
+    progress: &mut dyn FnMut(crate::train::progress::Progress),
+    ckpt: &mut dyn crate::train::ckpt::Checkpointer,
+) -> Result<TrainLog> {
+    let mut cx = TrainCtx {
+        seed,
+        dev,
+        progress,
+        ckpt,
+        cancelled: &|| false,
+    };
+    train_classifier(factory, varmap, set, cfg, &mut cx)
+}
+
+/// Trains encoder + head in `varmap` on the (amplified, balanced) `set`.
+pub fn train_classifier(
+    factory: &EncoderFactory,
+    varmap: &VarMap,
+    set: &SampleSet,
+    cfg: &AfeConfig,
+    cx: &mut TrainCtx,
 ) -> Result<TrainLog> {
     if set.is_empty() {
         bail!("train_afe: empty training set");
@@ -111,77 +127,80 @@ pub fn train_afe(
         varmap,
         set.n_classes,
         set.shape,
-        sub_seed(seed, STREAM_AFE),
-        dev,
+        sub_seed(cx.seed, STREAM_AFE),
+        cx.dev,
     )?;
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
+    let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let mut rounds = AfeRounds {
+        part: SgdPart::new("afe", (varmap, set), sgd, (cx.seed, cx.dev))?,
+        model: &model,
+        cfg,
     };
-    let mut opt = SgdMomentum::new(sorted_vars(varmap), sgd)?;
-    let mut log = TrainLog::default();
-    let mut start = 0;
-    if let Some((e, st, t)) = state::load::<AfeState>(ckpt, dev)? {
-        state::read_part(&t, "afe", varmap, &mut opt)
-            .with_context(|| format!("resuming at {e}"))?;
-        (start, log) = (e, st.log);
-        // logged, not stored: a resumed node's artifact must equal an uninterrupted run's
-        tracing::info!("AFE: resuming from the checkpoint at epoch {e}");
+    let log = driver::run(&mut rounds, cx)?;
+    rounds
+        .part
+        .recalibrate(model.encoder.as_ref(), cfg.batch, |x| model.logits(x, true))?;
+    Ok(log)
+}
+
+/// AFE epochs: cross-entropy over shuffled batches at the epoch's step-schedule rate.
+struct AfeRounds<'a> {
+    part: SgdPart<'a>,
+    model: &'a Classifier,
+    cfg: &'a AfeConfig,
+}
+
+impl Rounds for AfeRounds<'_> {
+    const NAME: &'static str = "AFE";
+    const UNIT: &'static str = "epoch";
+    fn schedule(&self) -> (usize, usize) {
+        (self.cfg.epochs, self.cfg.checkpoint_every)
     }
-    let pool = set.all_indices();
-    for epoch in start..cfg.epochs {
-        opt.set_lr(cfg.lr_at(epoch));
-        let mut rng = rng_for(seed, &[STREAM_AFE, epoch as u64]);
+    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
+        self.part.opt.set_lr(self.cfg.lr_at(epoch));
+        let (batches, _) = self.part.batches(STREAM_AFE, epoch, self.cfg.batch);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (bi, b) in shuffled_batches(&pool, cfg.batch, &mut rng)
-            .iter()
-            .enumerate()
-        {
-            let (l, c) = afe_step(&model, &mut opt, set, b, dev)
+        for (bi, b) in batches.iter().enumerate() {
+            let (l, c) = self
+                .step(b)
                 .with_context(|| format!("AFE epoch {epoch} batch {bi}"))?;
             (loss_sum, correct, seen) =
                 (loss_sum + l * b.len() as f64, correct + c, seen + b.len());
         }
-        let entry = EpochLog {
+        Ok(EpochLog {
             epoch,
             loss: loss_sum / seen as f64,
             acc: Some(correct as f64 / seen as f64),
-            lr: opt.lr(),
+            lr: self.part.opt.lr(),
             val_acc: None,
-        };
-        log.push(entry, progress, cfg.epochs);
-        if state::due(cfg.checkpoint_every, epoch + 1, cfg.epochs) {
-            let mut w = StateWriter::default();
-            state::write_part(&mut w, "afe", varmap, &opt)?;
-            state::save(ckpt, epoch + 1, &w, &AfeState { log: log.clone() })?;
-        }
+        })
     }
-    crate::train::recalibrate(set, &pool, cfg.batch, dev, |x| model.logits(x, true))?;
-    Ok(log)
+    fn save(&self, w: &mut StateWriter) -> Result<()> {
+        self.part.save(w)
+    }
+    fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        self.part.restore(t)
+    }
 }
 
-/// One step; returns the mean loss and the number of correct predictions in the batch.
-fn afe_step(
-    model: &Classifier,
-    opt: &mut SgdMomentum,
-    set: &SampleSet,
-    b: &[usize],
-    dev: &Device,
-) -> Result<(f64, usize)> {
-    let logits = model.logits(&set.batch(b, dev)?, true)?;
-    let y = set.labels_tensor(b, dev)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-    let l = loss.to_scalar::<f32>()? as f64;
-    if !l.is_finite() {
-        bail!("cross-entropy is {l} (diverged)");
+impl AfeRounds<'_> {
+    /// One step; returns the mean loss and the number of correct predictions in the batch.
+    fn step(&mut self, b: &[usize]) -> Result<(f64, usize)> {
+        let (set, dev) = (self.part.set, self.part.dev);
+        let logits = self.model.logits(&set.batch(b, dev)?, true)?;
+        let y = set.labels_tensor(b, dev)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            bail!("cross-entropy is {l} (diverged)");
+        }
+        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let correct = pred
+            .iter()
+            .zip(set.labels_of(b))
+            .filter(|(p, l)| **p as usize == *l)
+            .count();
+        self.part.opt.backward_step(&loss)?;
+        Ok((l, correct))
     }
-    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-    let correct = pred
-        .iter()
-        .zip(set.labels_of(b))
-        .filter(|(p, l)| **p as usize == *l)
-        .count();
-    opt.backward_step(&loss)?;
-    Ok((l, correct))
 }

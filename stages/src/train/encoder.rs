@@ -1,4 +1,5 @@
 //! The encoder interface the training code is written against (CA-I3D implements it).
+use crate::model::layers::BnMomentum;
 use candle_core::Tensor;
 
 pub trait Encoder {
@@ -8,6 +9,10 @@ pub trait Encoder {
     fn head(&self, fm: &Tensor) -> candle_core::Result<Tensor>;
     fn embed(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.head(&self.feature_map(x, train)?)
+    }
+    /// The handle behind its BatchNorm layers' momentum (precise BN); None without BatchNorm.
+    fn bn_momentum(&self) -> Option<BnMomentum> {
+        None
     }
 }
 

@@ -1,6 +1,7 @@
 pub mod afe;
 pub mod ckpt;
 pub mod data;
+pub mod driver;
 pub mod encoder;
 pub mod init;
 pub mod meta;
@@ -15,17 +16,20 @@ pub mod triplet;
 #[cfg(test)]
 mod tests;
 
-/// Precise BN (see [`crate::model::layers::recalibrate_bn`]) over `pool`, in fixed-order chunks
-/// of `batch`, through `forward` (a train-mode pass of the model being recalibrated).
+/// Precise BN (see [`crate::model::layers::recalibrate_bn`]) of `encoders` over `pool`, in
+/// fixed-order chunks of `batch`, through `forward` (a train-mode pass of the model being
+/// recalibrated).
 pub fn recalibrate(
-    set: &data::SampleSet,
-    pool: &[usize],
+    encoders: &[&dyn encoder::Encoder],
+    data: (&data::SampleSet, &[usize]),
     batch: usize,
     dev: &candle_core::Device,
     forward: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
 ) -> anyhow::Result<()> {
+    let (set, pool) = data;
     let chunks: Vec<&[usize]> = pool.chunks(batch.max(2)).collect();
-    crate::model::layers::recalibrate_bn(chunks.len(), |k| {
+    let handles: Vec<_> = encoders.iter().filter_map(|e| e.bn_momentum()).collect();
+    crate::model::layers::recalibrate_bn(&handles, chunks.len(), |k| {
         forward(&set.batch(chunks[k], dev)?)?;
         Ok(())
     })

@@ -14,6 +14,16 @@ pub struct SgdConfig {
     pub weight_decay: f64,
 }
 
+impl SgdConfig {
+    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
+        SgdConfig {
+            lr,
+            momentum,
+            weight_decay,
+        }
+    }
+}
+
 pub struct SgdMomentum {
     vars: Vec<(String, Var)>,
     bufs: Vec<Var>,

@@ -1,11 +1,12 @@
-use crate::train::afe::{train_afe, AfeConfig};
+use crate::train::afe::{train_classifier, AfeConfig};
 use crate::train::ckpt::{Checkpointer, MemCheckpointer, NoCheckpoint};
 use crate::train::data::{shuffled_batches, SampleSet};
+use crate::train::driver::{self, TrainCtx};
 use crate::train::init::{deep_copy, snapshot, sorted_vars, var_builder};
 use crate::train::meta::episode::sample_episode;
 use crate::train::meta::model::{widen_from, EncoderMode, MetaModel, Variant};
 use crate::train::meta::proto::predict;
-use crate::train::meta::{train_meta, MetaConfig};
+use crate::train::meta::{train_meta, MetaConfig, Pools};
 use crate::train::progress::{Progress, TrainLog};
 use crate::train::rng::rng_for;
 use crate::train::sgd::{SgdConfig, SgdMomentum};
@@ -30,6 +31,66 @@ fn cfg_small() -> StandInConfig {
 
 fn quiet() -> impl FnMut(Progress) {
     |_p: Progress| {}
+}
+
+/// Runs `f` with a context over `progress` and `ckpt`, never cancelled.
+fn with_cx<T>(
+    seed: u64,
+    progress: &mut dyn FnMut(Progress),
+    ckpt: &mut dyn Checkpointer,
+    f: impl FnOnce(&mut TrainCtx) -> T,
+) -> T {
+    f(&mut TrainCtx {
+        seed,
+        dev: &CPU,
+        progress,
+        ckpt,
+        cancelled: &|| false,
+    })
+}
+
+/// A meta-learning model over the stand-in encoder (`secondary` for P and C).
+fn meta_model(
+    variant: Variant,
+    primary: VarMap,
+    secondary: Option<VarMap>,
+    seed: u64,
+) -> MetaModel {
+    let f = stand_in_factory(cfg_small());
+    MetaModel::new(f.as_ref(), variant, primary, secondary, SHAPE, seed, &CPU).unwrap()
+}
+
+/// Meta-trains `model` on the pools, quietly, without checkpoints.
+fn meta_train(
+    model: &MetaModel,
+    set: &SampleSet,
+    (train, val): (&[usize], &[usize]),
+    cfg: &MetaConfig,
+    seed: u64,
+) -> TrainLog {
+    let pools = Pools { set, train, val };
+    driver::quiet(seed, &CPU, |cx| train_meta(model, pools, cfg, cx)).unwrap()
+}
+
+/// Accuracy of `model` on `queries` against prototypes from `protos`.
+fn accuracy(
+    model: &MetaModel,
+    set: &SampleSet,
+    (protos, queries): (&[usize], &[usize]),
+    cfg: &MetaConfig,
+    seed: u64,
+) -> f64 {
+    predict(
+        model,
+        set,
+        protos,
+        queries,
+        &cfg.predict_config(),
+        seed,
+        &CPU,
+    )
+    .unwrap()
+    .accuracy()
 }
 
 fn bits(map: &VarMap) -> Vec<(String, Vec<u32>)> {
@@ -196,6 +257,9 @@ fn meta_cfg(steps: usize) -> MetaConfig {
         eval_every: 5,
         checkpoint_every: 4,
         eval_batch: 8,
+        // these tests train encoders from scratch: every weight trains at the meta rate
+        encoders: Some(EncoderMode::Finetune),
+        encoder_lr: 1.0,
         ..Default::default()
     }
 }
@@ -204,7 +268,6 @@ fn meta_cfg(steps: usize) -> MetaConfig {
 fn meta_learning_separates_blobs_for_every_variant_from_scratch() {
     let set = blobs(12, 3, SHAPE, 0.8, 4, 11).unwrap();
     let (train, val, test) = fold(&set, "s0", "s1");
-    let f = stand_in_factory(cfg_small());
     let cfg = meta_cfg(30);
     for variant in [
         Variant::Single,
@@ -212,28 +275,8 @@ fn meta_learning_separates_blobs_for_every_variant_from_scratch() {
         Variant::C { bridge_channels: 2 },
     ] {
         // no prior learning: fresh (empty) variable maps
-        let model = MetaModel::new(
-            f.as_ref(),
-            variant,
-            VarMap::new(),
-            Some(VarMap::new()),
-            SHAPE,
-            5,
-            &CPU,
-        )
-        .unwrap();
-        let log = train_meta(
-            &model,
-            &set,
-            &train,
-            &val,
-            &cfg,
-            5,
-            &CPU,
-            &mut quiet(),
-            &mut NoCheckpoint,
-        )
-        .unwrap();
+        let model = meta_model(variant, VarMap::new(), Some(VarMap::new()), 5);
+        let log = meta_train(&model, &set, (&train, &val), &cfg, 5);
         assert_eq!(log.entries.len(), 30);
         assert!(
             log.best_val_acc.unwrap() >= 0.9,
@@ -284,53 +327,12 @@ fn meta_learning_improves_over_random_features() {
     // harder blobs: random stand-in features are weak, training must help
     let set = blobs(30, 3, SHAPE, 0.4, 5, 12).unwrap();
     let (train, val, test) = fold(&set, "s0", "s1");
-    let f = stand_in_factory(cfg_small());
-    let model = MetaModel::new(
-        f.as_ref(),
-        Variant::Single,
-        VarMap::new(),
-        None,
-        SHAPE,
-        9,
-        &CPU,
-    )
-    .unwrap();
+    let model = meta_model(Variant::Single, VarMap::new(), None, 9);
     let cfg = meta_cfg(60);
     let all_train: Vec<usize> = train.iter().chain(&val).copied().collect();
-    let before = predict(
-        &model,
-        &set,
-        &all_train,
-        &test,
-        &cfg.predict_config(),
-        1,
-        &CPU,
-    )
-    .unwrap()
-    .accuracy();
-    let log = train_meta(
-        &model,
-        &set,
-        &train,
-        &val,
-        &cfg,
-        9,
-        &CPU,
-        &mut quiet(),
-        &mut NoCheckpoint,
-    )
-    .unwrap();
-    let after = predict(
-        &model,
-        &set,
-        &all_train,
-        &test,
-        &cfg.predict_config(),
-        1,
-        &CPU,
-    )
-    .unwrap()
-    .accuracy();
+    let before = accuracy(&model, &set, (&all_train, &test), &cfg, 1);
+    let log = meta_train(&model, &set, (&train, &val), &cfg, 9);
+    let after = accuracy(&model, &set, (&all_train, &test), &cfg, 1);
     let first = log.entries[..5].iter().map(|e| e.loss).sum::<f64>();
     let last = log.entries[55..].iter().map(|e| e.loss).sum::<f64>();
     assert!(last < first, "loss did not fall: {first} -> {last}");
@@ -424,17 +426,55 @@ fn counting(n: &std::cell::Cell<usize>) -> impl FnMut(Progress) + '_ {
     move |_| n.set(n.get() + 1)
 }
 
+/// A training run from a checkpointer and a progress callback (for the resume tests).
+type Run<'a> =
+    Box<dyn Fn(&mut dyn Checkpointer, &mut dyn FnMut(Progress)) -> anyhow::Result<TrainLog> + 'a>;
+
+/// Runs `run(k)` (k: a fresh model's index) whole, then crashing at `crash_at`, then resumed;
+/// returns the whole and resumed logs and asserts that the resumed run ran `rounds_left` rounds.
+fn crash_and_resume<'a>(
+    run: &dyn Fn(usize) -> Run<'a>,
+    crash_at: usize,
+    rounds_left: usize,
+) -> (TrainLog, TrainLog) {
+    let log_whole = run(0)(&mut NoCheckpoint, &mut quiet()).unwrap();
+    let mut ck = CrashAt {
+        inner: MemCheckpointer::default(),
+        crash_at: Some(crash_at),
+    };
+    assert!(run(1)(&mut ck, &mut quiet()).is_err());
+    let ran = std::cell::Cell::new(0);
+    let log_resumed = run(2)(&mut ck, &mut counting(&ran)).unwrap();
+    assert_eq!(
+        ran.get(),
+        rounds_left,
+        "the resumed run trains the rest only"
+    );
+    // the whole log (curves included) comes back from the checkpoint: same bytes
+    assert_eq!(log_whole, log_resumed);
+    assert_eq!(
+        serde_json::to_vec(&log_whole).unwrap(),
+        serde_json::to_vec(&log_resumed).unwrap()
+    );
+    (log_whole, log_resumed)
+}
+
+/// Six GFE epochs of 8-sample batches.
+fn gfe_cfg(checkpoint_every: usize) -> GfeConfig {
+    GfeConfig {
+        epochs: 6,
+        batch: 8,
+        checkpoint_every,
+        lr: 0.01,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn gfe_and_afe_resume_bit_identical() {
     let set = blobs(6, 3, SHAPE, 0.5, 3, 4).unwrap();
     let f = stand_in_factory(cfg_small());
-    let gcfg = GfeConfig {
-        epochs: 6,
-        batch: 8,
-        checkpoint_every: 2,
-        lr: 0.01,
-        ..Default::default()
-    };
+    let gcfg = gfe_cfg(2);
     let acfg = AfeConfig {
         epochs: 6,
         batch: 8,
@@ -443,109 +483,84 @@ fn gfe_and_afe_resume_bit_identical() {
         checkpoint_every: 2,
         ..Default::default()
     };
-    type Run<'a> = Box<
-        dyn Fn(&VarMap, &mut dyn Checkpointer, &mut dyn FnMut(Progress)) -> anyhow::Result<TrainLog>
-            + 'a,
-    >;
-    let runs: Vec<Run> = vec![
-        Box::new(|m, c, p| train_gfe(f.as_ref(), m, &set, &gcfg, 21, &CPU, p, c)),
-        Box::new(|m, c, p| train_afe(f.as_ref(), m, &set, &acfg, 21, &CPU, p, c)),
-    ];
-    for run in runs {
-        let whole = VarMap::new();
-        let log_whole = run(&whole, &mut NoCheckpoint, &mut quiet()).unwrap();
-        let mut ck = CrashAt {
-            inner: MemCheckpointer::default(),
-            crash_at: Some(4),
-        };
-        let first = VarMap::new();
-        assert!(run(&first, &mut ck, &mut quiet()).is_err());
-        let resumed = VarMap::new();
-        let ran = std::cell::Cell::new(0);
-        let log_resumed = run(&resumed, &mut ck, &mut counting(&ran)).unwrap();
-        assert_eq!(ran.get(), 2, "the resumed run trains epochs 4 and 5 only");
-        assert_eq!(bits(&whole), bits(&resumed));
-        // the whole log (curves included) comes back from the checkpoint: same bytes
-        assert_eq!(log_whole, log_resumed);
-        assert_eq!(
-            serde_json::to_vec(&log_whole).unwrap(),
-            serde_json::to_vec(&log_resumed).unwrap()
-        );
-    }
+    let maps = [VarMap::new(), VarMap::new(), VarMap::new()];
+    let gfe = |k: usize| -> Run {
+        let (f, set, gcfg, m) = (&f, &set, &gcfg, &maps[k]);
+        Box::new(move |c, p| with_cx(21, p, c, |cx| train_gfe(f.as_ref(), m, set, gcfg, cx)))
+    };
+    crash_and_resume(&gfe, 4, 2);
+    assert_eq!(bits(&maps[0]), bits(&maps[2]));
+    let maps = [VarMap::new(), VarMap::new(), VarMap::new()];
+    let afe = |k: usize| -> Run {
+        let (f, set, acfg, m) = (&f, &set, &acfg, &maps[k]);
+        Box::new(move |c, p| {
+            with_cx(21, p, c, |cx| {
+                train_classifier(f.as_ref(), m, set, acfg, cx)
+            })
+        })
+    };
+    crash_and_resume(&afe, 4, 2);
+    assert_eq!(bits(&maps[0]), bits(&maps[2]));
 }
 
 #[test]
 fn meta_resume_bit_identical() {
     let set = blobs(8, 3, SHAPE, 0.5, 4, 6).unwrap();
     let (train, val, _) = fold(&set, "s0", "s1");
-    let f = stand_in_factory(cfg_small());
     let cfg = meta_cfg(10);
-    let make = || {
-        MetaModel::new(
-            f.as_ref(),
-            Variant::P { gamma: 0.5 },
-            VarMap::new(),
-            Some(VarMap::new()),
-            SHAPE,
-            2,
-            &CPU,
-        )
-        .unwrap()
+    let models: Vec<MetaModel> = (0..3)
+        .map(|_| {
+            meta_model(
+                Variant::P { gamma: 0.5 },
+                VarMap::new(),
+                Some(VarMap::new()),
+                2,
+            )
+        })
+        .collect();
+    let run = |k: usize| -> Run {
+        let (model, set, cfg) = (&models[k], &set, &cfg);
+        let pools = Pools {
+            set,
+            train: &train,
+            val: &val,
+        };
+        Box::new(move |c, p| with_cx(2, p, c, |cx| train_meta(model, pools, cfg, cx)))
     };
-    let whole = make();
-    let log_whole = train_meta(
-        &whole,
-        &set,
-        &train,
-        &val,
-        &cfg,
-        2,
-        &CPU,
-        &mut quiet(),
-        &mut NoCheckpoint,
-    )
-    .unwrap();
-    let mut ck = CrashAt {
-        inner: MemCheckpointer::default(),
-        crash_at: Some(8),
-    };
-    assert!(train_meta(
-        &make(),
-        &set,
-        &train,
-        &val,
-        &cfg,
-        2,
-        &CPU,
-        &mut quiet(),
-        &mut ck
-    )
-    .is_err());
-    let resumed = make();
-    let ran = std::cell::Cell::new(0);
-    let log_resumed = train_meta(
-        &resumed,
-        &set,
-        &train,
-        &val,
-        &cfg,
-        2,
-        &CPU,
-        &mut counting(&ran),
-        &mut ck,
-    )
-    .unwrap();
-    assert_eq!(ran.get(), 2, "the resumed run trains steps 8 and 9 only");
+    crash_and_resume(&run, 8, 2);
+    let (whole, resumed) = (&models[0], &models[2]);
     assert_eq!(bits(&whole.primary), bits(&resumed.primary));
     assert_eq!(
         bits(whole.secondary.as_ref().unwrap()),
         bits(resumed.secondary.as_ref().unwrap())
     );
-    assert_eq!(log_whole, log_resumed);
-    assert_eq!(
-        serde_json::to_vec(&log_whole).unwrap(),
-        serde_json::to_vec(&log_resumed).unwrap()
+}
+
+#[test]
+fn training_stops_at_a_round_boundary_when_cancelled() {
+    let set = blobs(6, 3, SHAPE, 0.5, 3, 4).unwrap();
+    let f = stand_in_factory(cfg_small());
+    let cfg = gfe_cfg(1);
+    let seen = std::cell::Cell::new(0);
+    let mut ck = MemCheckpointer::default();
+    let cancelled = || seen.get() >= 2;
+    let r = train_gfe(
+        f.as_ref(),
+        &VarMap::new(),
+        &set,
+        &cfg,
+        &mut TrainCtx {
+            seed: 1,
+            dev: &CPU,
+            progress: &mut counting(&seen),
+            ckpt: &mut ck,
+            cancelled: &cancelled,
+        },
     );
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(e.contains("cancelled before epoch 3 of 6"), "{e}");
+    // both finished epochs were checkpointed: a rerun resumes after them
+    assert_eq!(ck.saved.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [1, 2]);
 }
 
 #[test]
@@ -557,20 +572,17 @@ fn gfe_training_lowers_the_triplet_loss() {
         batch: 15,
         lr: 0.01,
         reduction: Reduction::Mean,
+        // the loss this test was written for: margin 1 on raw embeddings
+        margin: 1.0,
+        normalize: false,
         checkpoint_every: 0,
         ..Default::default()
     };
     let mut seen = Vec::new();
-    let log = train_gfe(
-        f.as_ref(),
-        &VarMap::new(),
-        &set,
-        &cfg,
-        1,
-        &CPU,
-        &mut |p| seen.push(p.epoch),
-        &mut NoCheckpoint,
-    )
+    let mut progress = |p: Progress| seen.push(p.epoch);
+    let log = with_cx(1, &mut progress, &mut NoCheckpoint, |cx| {
+        train_gfe(f.as_ref(), &VarMap::new(), &set, &cfg, cx)
+    })
     .unwrap();
     assert_eq!(seen, (0..15).collect::<Vec<_>>());
     let l = &log.entries;
@@ -620,6 +632,11 @@ fn configs_default_from_empty_json_to_the_paper_values() {
         (g.epochs, g.batch, g.lr, g.momentum, g.weight_decay),
         (60, 128, 0.01, 0.9, 5e-4)
     );
+    // the measured choices where the paper is open (README)
+    assert_eq!(
+        (g.reduction, g.normalize, g.margin),
+        (Reduction::Mean, true, 0.2)
+    );
     let a: AfeConfig = serde_json::from_str("{}").unwrap();
     assert_eq!((a.epochs, a.lr, a.lr_step, a.gamma), (80, 0.001, 10, 0.1));
     assert!((a.lr_at(25) - 1e-5).abs() < 1e-12);
@@ -628,6 +645,17 @@ fn configs_default_from_empty_json_to_the_paper_values() {
         (m.k_shot, m.lr, m.momentum, m.episodes_per_step),
         (3, 0.05, 0.9, 4)
     );
+    // encoders per variant: MPFNet-C fine-tuned at a tenth of the rate, the others frozen
+    assert_eq!((m.encoders, m.encoder_lr), (None, 0.1));
+    let mode = |v| m.encoder_mode(v);
+    assert_eq!(
+        mode(Variant::C { bridge_channels: 4 }),
+        EncoderMode::Finetune
+    );
+    assert_eq!(mode(Variant::P { gamma: 0.7 }), EncoderMode::Frozen);
+    assert_eq!(mode(Variant::Single), EncoderMode::Frozen);
+    let set: MetaConfig = serde_json::from_str(r#"{"encoders": "finetune"}"#).unwrap();
+    assert_eq!(set.encoder_mode(Variant::Single), EncoderMode::Finetune);
 }
 
 #[test]
@@ -655,7 +683,6 @@ fn similarities_and_prototype_draws() {
     // Draws mode and Euclidean distance run end to end on a trained model
     let set = blobs(10, 3, SHAPE, 1.0, 3, 13).unwrap();
     let (train, val, test) = fold(&set, "s0", "s1");
-    let f = stand_in_factory(cfg_small());
     let mut cfg = meta_cfg(15);
     cfg.distance = Distance::Euclidean;
     cfg.scale = 1.0;
@@ -663,28 +690,8 @@ fn similarities_and_prototype_draws() {
         draws: 4,
         k_shot: 3,
     };
-    let model = MetaModel::new(
-        f.as_ref(),
-        Variant::Single,
-        VarMap::new(),
-        None,
-        SHAPE,
-        3,
-        &CPU,
-    )
-    .unwrap();
-    train_meta(
-        &model,
-        &set,
-        &train,
-        &val,
-        &cfg,
-        3,
-        &CPU,
-        &mut quiet(),
-        &mut NoCheckpoint,
-    )
-    .unwrap();
+    let model = meta_model(Variant::Single, VarMap::new(), None, 3);
+    meta_train(&model, &set, (&train, &val), &cfg, 3);
     let pr = predict(&model, &set, &train, &test, &cfg.predict_config(), 3, &CPU).unwrap();
     assert!(pr.accuracy() >= 0.8, "{}", pr.accuracy());
     assert!(
@@ -712,16 +719,9 @@ fn pretrained(set: &SampleSet, seed: u64) -> VarMap {
         lr: 0.05,
         ..Default::default()
     };
-    train_afe(
-        f.as_ref(),
-        &m,
-        set,
-        &acfg,
-        seed,
-        &CPU,
-        &mut quiet(),
-        &mut NoCheckpoint,
-    )
+    driver::quiet(seed, &CPU, |cx| {
+        train_classifier(f.as_ref(), &m, set, &acfg, cx)
+    })
     .unwrap();
     // drop the classification head: the meta stage sees encoder weights only
     let enc = VarMap::new();
@@ -737,39 +737,23 @@ fn frozen_encoders_stay_bit_identical_and_fine_tuned_ones_move() {
     // initial state and hide whether the encoders moved)
     let (train, _, _) = fold(&set, "s0", "s1");
     let val: Vec<usize> = Vec::new();
-    let f = stand_in_factory(cfg_small());
     let (g0, a0) = (pretrained(&set, 1), pretrained(&set, 2));
     let (gb, ab) = (bits(&g0), bits(&a0));
     for mode in [EncoderMode::Frozen, EncoderMode::Finetune] {
         for variant in [Variant::P { gamma: 0.7 }, Variant::C { bridge_channels: 2 }] {
-            let model = MetaModel::new(
-                f.as_ref(),
+            let model = meta_model(
                 variant,
                 deep_copy(&g0).unwrap(),
                 Some(deep_copy(&a0).unwrap()),
-                SHAPE,
                 3,
-                &CPU,
-            )
-            .unwrap();
+            );
             let cfg = MetaConfig {
-                encoders: mode,
+                encoders: Some(mode),
                 encoder_lr: 0.5,
                 ..meta_cfg(6)
             };
             let before_s = bits(model.secondary.as_ref().unwrap());
-            let log = train_meta(
-                &model,
-                &set,
-                &train,
-                &val,
-                &cfg,
-                3,
-                &CPU,
-                &mut quiet(),
-                &mut NoCheckpoint,
-            )
-            .unwrap();
+            let log = meta_train(&model, &set, (&train, &val), &cfg, 3);
             assert_eq!(log.entries.len(), 6);
             let gfe_same = bits(&model.primary) == gb;
             let after_s = bits(model.secondary.as_ref().unwrap());

@@ -12,17 +12,20 @@ pub mod model;
 pub mod ncm;
 pub mod proto;
 
-use crate::train::ckpt::{section_sorted, Checkpointer, StateWriter};
+use std::collections::HashMap;
+
+use crate::train::ckpt::{section_sorted, StateWriter};
 use crate::train::data::SampleSet;
+use crate::train::driver::{self, Rounds, TrainCtx};
 use crate::train::init::{restore, snapshot};
-use crate::train::progress::{EpochLog, Progress, TrainLog};
+use crate::train::progress::{EpochLog, TrainLog};
 use crate::train::rng::{rng_for, STREAM_META};
 use crate::train::sgd::{GradAccum, SgdConfig, SgdMomentum};
 use crate::train::state;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use episode::{sample_episode, Episode};
-use model::{Distance, EncoderMode, MetaModel};
+use model::{Distance, EncoderMode, MetaModel, Variant};
 use proto::{group_means, logits, predict, PredictConfig, PrototypeMode};
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +47,11 @@ pub struct MetaConfig {
     /// logits = scale * similarity (temperature 1/scale)
     pub scale: f64,
     pub distance: Distance,
-    /// the pretrained encoders: frozen, or fine-tuned (see [`EncoderMode`])
-    pub encoders: EncoderMode,
-    /// fine-tuned encoders' learning rate as a multiple of `lr`
+    /// the pretrained encoders: frozen, or fine-tuned (see [`EncoderMode`]); None: per variant
+    /// as measured (README, "Choices where the paper is open"): MPFNet-C fine-tuned, MPFNet-P
+    /// and the single-prior variants frozen
+    pub encoders: Option<EncoderMode>,
+    /// fine-tuned encoders' learning rate as a multiple of `lr` (0.1: the measured choice)
     pub encoder_lr: f64,
     pub eval_every: usize,
     pub checkpoint_every: usize,
@@ -69,8 +74,8 @@ impl Default for MetaConfig {
             weight_decay: 5e-4,
             scale: 10.0,
             distance: Distance::Cosine,
-            encoders: EncoderMode::Finetune,
-            encoder_lr: 1.0,
+            encoders: None,
+            encoder_lr: 0.1,
             eval_every: 25,
             checkpoint_every: 50,
             eval_batch: 16,
@@ -80,6 +85,13 @@ impl Default for MetaConfig {
 }
 
 impl MetaConfig {
+    /// What meta-learning does to the pretrained encoders of `variant`.
+    pub fn encoder_mode(&self, variant: Variant) -> EncoderMode {
+        self.encoders.unwrap_or(match variant {
+            Variant::C { .. } => EncoderMode::Finetune,
+            Variant::P { .. } | Variant::Single => EncoderMode::Frozen,
+        })
+    }
     pub fn predict_config(&self) -> PredictConfig {
         PredictConfig {
             distance: self.distance,
@@ -88,11 +100,6 @@ impl MetaConfig {
             chunk: self.eval_batch,
         }
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct MetaState {
-    log: TrainLog,
 }
 
 /// Loss and query accuracy of one episode (support and queries embedded in one pass).
@@ -121,83 +128,6 @@ pub fn episode_loss(
     Ok((loss, acc))
 }
 
-/// One optimisation step over `episodes_per_step` episodes; returns mean loss and accuracy.
-#[allow(clippy::too_many_arguments)]
-fn meta_step(
-    model: &MetaModel,
-    opt: &mut SgdMomentum,
-    set: &SampleSet,
-    by_class: &[Vec<usize>],
-    step: usize,
-    cfg: &MetaConfig,
-    seed: u64,
-    dev: &Device,
-) -> Result<(f64, f64)> {
-    let n = cfg.episodes_per_step.max(1);
-    let vars = opt.vars();
-    let mut acc_g = GradAccum::default();
-    let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
-    for e in 0..n {
-        let mut rng = rng_for(seed, &[STREAM_META, step as u64, e as u64]);
-        let ep = sample_episode(by_class, cfg.n_way, cfg.k_shot, cfg.n_query, &mut rng)?;
-        let (loss, acc) =
-            episode_loss(model, set, &ep, cfg, dev).with_context(|| format!("episode {e}"))?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            bail!("episode loss is {l} (diverged)");
-        }
-        if !vars.is_empty() {
-            acc_g.add(&(loss / n as f64)?.backward()?, vars)?;
-        }
-        (loss_sum, acc_sum) = (loss_sum + l, acc_sum + acc);
-    }
-    opt.step_with(|v| acc_g.get(v))?;
-    Ok((loss_sum / n as f64, acc_sum / n as f64))
-}
-
-/// Validation accuracy, or None without validation samples.
-fn validate(
-    model: &MetaModel,
-    set: &SampleSet,
-    train_pool: &[usize],
-    val_pool: &[usize],
-    cfg: &MetaConfig,
-    seed: u64,
-    dev: &Device,
-) -> Result<Option<f64>> {
-    if val_pool.is_empty() {
-        return Ok(None);
-    }
-    recalibrate(model, set, train_pool, cfg, dev)?;
-    let p = predict(
-        model,
-        set,
-        train_pool,
-        val_pool,
-        &cfg.predict_config(),
-        seed,
-        dev,
-    )
-    .context("validation")?;
-    Ok(Some(p.accuracy()))
-}
-
-/// Precise BN on the training pool, unless the encoders are frozen (their statistics stay).
-fn recalibrate(
-    model: &MetaModel,
-    set: &SampleSet,
-    pool: &[usize],
-    cfg: &MetaConfig,
-    dev: &Device,
-) -> Result<()> {
-    if cfg.encoders == EncoderMode::Frozen {
-        return Ok(());
-    }
-    crate::train::recalibrate(set, pool, cfg.eval_batch, dev, |x| {
-        Ok(model.embed(x, true)?.remove(0).0)
-    })
-}
-
 type Snapshot = Vec<(String, Vec<(String, Tensor)>)>;
 
 fn take_snapshot(model: &MetaModel) -> Result<Snapshot> {
@@ -206,18 +136,6 @@ fn take_snapshot(model: &MetaModel) -> Result<Snapshot> {
         .into_iter()
         .map(|(t, m)| Ok((t.to_string(), snapshot(m)?)))
         .collect()
-}
-
-fn write_state(model: &MetaModel, opt: &SgdMomentum, best: &Snapshot) -> Result<StateWriter> {
-    let mut w = StateWriter::default();
-    for (tag, map) in model.maps() {
-        w.vars(tag, map)?;
-    }
-    w.momentum("opt", opt);
-    for (tag, vals) in best {
-        w.values(&format!("best_{tag}"), vals);
-    }
-    Ok(w)
 }
 
 fn check_pools(set: &SampleSet, train_pool: &[usize], val_pool: &[usize]) -> Result<()> {
@@ -236,27 +154,26 @@ fn check_pools(set: &SampleSet, train_pool: &[usize], val_pool: &[usize]) -> Res
     Ok(())
 }
 
+/// The samples meta-learning sees: episodes and validation prototypes from `train`, validation
+/// queries from `val` (index lists into `set`; the test subject in neither).
+#[derive(Clone, Copy)]
+pub struct Pools<'a> {
+    pub set: &'a SampleSet,
+    pub train: &'a [usize],
+    pub val: &'a [usize],
+}
+
 /// Meta-trains `model` in place; on return it holds the selected (best validation) state.
-#[allow(clippy::too_many_arguments)]
 pub fn train_meta(
     model: &MetaModel,
-    set: &SampleSet,
-    train_pool: &[usize],
-    val_pool: &[usize],
+    pools: Pools,
     cfg: &MetaConfig,
-    seed: u64,
-    dev: &Device,
-    progress: &mut dyn FnMut(Progress),
-    ckpt: &mut dyn Checkpointer,
+    cx: &mut TrainCtx,
 ) -> Result<TrainLog> {
-    check_pools(set, train_pool, val_pool)?;
-    let by_class = set.by_class(train_pool);
-    let sgd = SgdConfig {
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        weight_decay: cfg.weight_decay,
-    };
-    let groups = model.param_groups(cfg.encoders, cfg.encoder_lr)?;
+    check_pools(pools.set, pools.train, pools.val)?;
+    let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let mode = cfg.encoder_mode(model.variant);
+    let groups = model.param_groups(mode, cfg.encoder_lr)?;
     let mut opt = SgdMomentum::new(
         groups
             .iter()
@@ -269,70 +186,166 @@ pub fn train_meta(
             opt.set_lr_scale(&n, t)?;
         }
     }
-    model.set_frozen_bn(cfg.encoders == EncoderMode::Frozen);
-    let mut log = TrainLog::default();
-    let mut best: Snapshot = Vec::new();
-    let mut start = 0;
-    if let Some((e, st, t)) = state::load::<MetaState>(ckpt, dev)? {
-        for (tag, map) in model.maps() {
-            crate::train::ckpt::restore_vars(&t, tag, map)
-                .with_context(|| format!("resuming at step {e}"))?;
-            let b = section_sorted(&t, &format!("best_{tag}"), "var");
-            if !b.is_empty() {
-                best.push((tag.to_string(), b));
-            }
-        }
-        opt.load_buffers(&crate::train::ckpt::section(&t, "opt", "mom"))?;
-        (start, log) = (e, st.log);
-        // logged, not stored: a resumed node's artifact must equal an uninterrupted run's
-        tracing::info!("meta: resuming from the checkpoint at step {e}");
-    } else if let Some(a) = validate(model, set, train_pool, val_pool, cfg, seed, dev)? {
-        (log.best_step, log.best_val_acc, best) = (Some(0), Some(a), take_snapshot(model)?);
-    }
-    for step in start..cfg.steps {
-        let (loss, acc) = meta_step(model, &mut opt, set, &by_class, step, cfg, seed, dev)
-            .with_context(|| format!("meta step {step}"))?;
-        let done = step + 1;
-        let val = if state::due(cfg.eval_every, done, cfg.steps) {
-            validate(model, set, train_pool, val_pool, cfg, seed, dev)?
-        } else {
-            None
-        };
-        if let Some(a) = val {
-            if log.best_val_acc.is_none_or(|b| a > b) {
-                (log.best_step, log.best_val_acc, best) =
-                    (Some(done), Some(a), take_snapshot(model)?);
-            }
-        }
-        log.push(
-            EpochLog {
-                epoch: step,
-                loss,
-                acc: Some(acc),
-                lr: cfg.lr,
-                val_acc: val,
-            },
-            progress,
-            cfg.steps,
-        );
-        if state::due(cfg.checkpoint_every, done, cfg.steps) {
-            state::save(
-                ckpt,
-                done,
-                &write_state(model, &opt, &best)?,
-                &MetaState { log: log.clone() },
-            )?;
-        }
-    }
-    if best.is_empty() {
+    model.set_frozen_bn(mode == EncoderMode::Frozen);
+    let mut rounds = MetaRounds {
+        model,
+        opt,
+        pools,
+        by_class: pools.set.by_class(pools.train),
+        best: Vec::new(),
+        frozen: mode == EncoderMode::Frozen,
+        cfg,
+        seed: cx.seed,
+        dev: cx.dev,
+    };
+    let log = driver::run(&mut rounds, cx)?;
+    if rounds.best.is_empty() {
         // no validation subjects: the last state, with recalibrated statistics
-        recalibrate(model, set, train_pool, cfg, dev)?;
+        rounds.recalibrate()?;
     }
-    for (tag, vals) in &best {
+    for (tag, vals) in &rounds.best {
         if let Some((_, map)) = model.maps().into_iter().find(|(t, _)| t == tag) {
             restore(map, vals).with_context(|| format!("restoring the best {tag} state"))?;
         }
     }
     model.set_frozen_bn(false);
     Ok(log)
+}
+
+/// Meta-learning steps, keeping the state of the best validation accuracy.
+struct MetaRounds<'a> {
+    model: &'a MetaModel,
+    opt: SgdMomentum,
+    pools: Pools<'a>,
+    by_class: Vec<Vec<usize>>,
+    /// the kept state (best validation accuracy so far)
+    best: Snapshot,
+    /// the encoders stay as pretrained (BatchNorm statistics included)
+    frozen: bool,
+    cfg: &'a MetaConfig,
+    seed: u64,
+    dev: &'a Device,
+}
+
+impl Rounds for MetaRounds<'_> {
+    const NAME: &'static str = "meta";
+    const UNIT: &'static str = "step";
+    fn schedule(&self) -> (usize, usize) {
+        (self.cfg.steps, self.cfg.checkpoint_every)
+    }
+    fn start(&mut self, log: &mut TrainLog) -> Result<()> {
+        if let Some(a) = self.validate()? {
+            (log.best_step, log.best_val_acc, self.best) =
+                (Some(0), Some(a), take_snapshot(self.model)?);
+        }
+        Ok(())
+    }
+    fn round(&mut self, step: usize, log: &mut TrainLog) -> Result<EpochLog> {
+        let (loss, acc) = self
+            .step(step)
+            .with_context(|| format!("meta step {step}"))?;
+        let done = step + 1;
+        let val = if state::due(self.cfg.eval_every, done, self.cfg.steps) {
+            self.validate()?
+        } else {
+            None
+        };
+        if let Some(a) = val {
+            if log.best_val_acc.is_none_or(|b| a > b) {
+                (log.best_step, log.best_val_acc, self.best) =
+                    (Some(done), Some(a), take_snapshot(self.model)?);
+            }
+        }
+        Ok(EpochLog {
+            epoch: step,
+            loss,
+            acc: Some(acc),
+            lr: self.cfg.lr,
+            val_acc: val,
+        })
+    }
+    fn save(&self, w: &mut StateWriter) -> Result<()> {
+        for (tag, map) in self.model.maps() {
+            w.vars(tag, map)?;
+        }
+        w.momentum("opt", &self.opt);
+        for (tag, vals) in &self.best {
+            w.values(&format!("best_{tag}"), vals);
+        }
+        Ok(())
+    }
+    fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        for (tag, map) in self.model.maps() {
+            crate::train::ckpt::restore_vars(t, tag, map)?;
+            let b = section_sorted(t, &format!("best_{tag}"), "var");
+            if !b.is_empty() {
+                self.best.push((tag.to_string(), b));
+            }
+        }
+        self.opt
+            .load_buffers(&crate::train::ckpt::section(t, "opt", "mom"))?;
+        Ok(())
+    }
+}
+
+impl MetaRounds<'_> {
+    /// One optimisation step over `episodes_per_step` episodes; returns mean loss and accuracy.
+    fn step(&mut self, step: usize) -> Result<(f64, f64)> {
+        let cfg = self.cfg;
+        let n = cfg.episodes_per_step.max(1);
+        let vars = self.opt.vars();
+        let mut acc_g = GradAccum::default();
+        let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
+        for e in 0..n {
+            let mut rng = rng_for(self.seed, &[STREAM_META, step as u64, e as u64]);
+            let ep = sample_episode(&self.by_class, cfg.n_way, cfg.k_shot, cfg.n_query, &mut rng)?;
+            let (loss, acc) = episode_loss(self.model, self.pools.set, &ep, cfg, self.dev)
+                .with_context(|| format!("episode {e}"))?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                bail!("episode loss is {l} (diverged)");
+            }
+            if !vars.is_empty() {
+                acc_g.add(&(loss / n as f64)?.backward()?, vars)?;
+            }
+            (loss_sum, acc_sum) = (loss_sum + l, acc_sum + acc);
+        }
+        self.opt.step_with(|v| acc_g.get(v))?;
+        Ok((loss_sum / n as f64, acc_sum / n as f64))
+    }
+
+    /// Validation accuracy, or None without validation samples.
+    fn validate(&self) -> Result<Option<f64>> {
+        let Pools { set, train, val } = self.pools;
+        if val.is_empty() {
+            return Ok(None);
+        }
+        self.recalibrate()?;
+        let p = predict(
+            self.model,
+            set,
+            train,
+            val,
+            &self.cfg.predict_config(),
+            self.seed,
+            self.dev,
+        )
+        .context("validation")?;
+        Ok(Some(p.accuracy()))
+    }
+
+    /// Precise BN on the training pool, unless the encoders are frozen (their statistics stay).
+    fn recalibrate(&self) -> Result<()> {
+        if self.frozen {
+            return Ok(());
+        }
+        let model = self.model;
+        crate::train::recalibrate(
+            &model.encoders(),
+            (self.pools.set, self.pools.train),
+            self.cfg.eval_batch,
+            self.dev,
+            |x| Ok(model.embed(x, true)?.remove(0).0),
+        )
+    }
 }

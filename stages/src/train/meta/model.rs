@@ -169,6 +169,13 @@ impl MetaModel {
         })
     }
 
+    /// Its encoders (the GFE or single one, then the AFE or cascade AFE).
+    pub fn encoders(&self) -> Vec<&dyn Encoder> {
+        std::iter::once(self.enc1.as_ref())
+            .chain(self.enc2.as_deref())
+            .collect()
+    }
+
     /// BatchNorm in eval mode even in training passes (frozen encoders keep their statistics).
     pub fn set_frozen_bn(&self, on: bool) {
         self.frozen_bn.set(on)
