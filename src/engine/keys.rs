@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use mpfnet_api::Stage;
-use mpfnet_cache::Digest;
+use mpfnet_cache::{Digest, PartsHasher};
 use serde_json::{json, Value};
 
 use super::{Bind, Node, NodeState, Shared};
@@ -16,17 +16,12 @@ pub const KEY_FORMAT: &str = "mpfnet-node-key/1";
 
 /// The seed of one node: a function of the pipeline's seed, the stage and the axis item only.
 pub(super) fn node_seed(pipeline_seed: u64, stage: &str, item_id: &str) -> u64 {
-    let mut h = blake3::Hasher::new();
-    for p in [
-        b"node-seed".as_slice(),
-        &pipeline_seed.to_le_bytes(),
-        stage.as_bytes(),
-        item_id.as_bytes(),
-    ] {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+    PartsHasher::new()
+        .part(b"node-seed")
+        .part(&pipeline_seed.to_le_bytes())
+        .part(stage.as_bytes())
+        .part(item_id.as_bytes())
+        .finalize_u64()
 }
 
 impl Shared {
@@ -100,5 +95,21 @@ impl Shared {
     /// The node's key now that its inputs are done.
     pub(super) fn current_key(&self, node: &Node) -> Result<Digest> {
         Ok(self.key(node, &self.input_digests(node)?).0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The node seed's recipe, written out: a change would reseed every node (and so change
+    /// every seeded stage's key).
+    #[test]
+    fn node_seed_recipe_is_pinned() {
+        let mut h = blake3::Hasher::new();
+        for p in [b"node-seed".as_slice(), &7u64.to_le_bytes(), b"gfe", b"s01"] {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let expected = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap());
+        assert_eq!(super::node_seed(7, "gfe", "s01"), expected);
     }
 }
