@@ -441,7 +441,7 @@ fn cached_row(what: &str, times: Vec<f64>, note: String) -> Row {
     }
 }
 
-/// 1. The first full run, on a fresh cache each time; the last one's setup is kept.
+/// Case 1: the first full run, on a fresh cache each time; the last one's setup is kept.
 fn first_runs(reps: usize) -> Result<(Bench, Row)> {
     let mut firsts = Vec::new();
     let mut bench = None;
@@ -463,8 +463,8 @@ fn first_runs(reps: usize) -> Result<(Bench, Row)> {
     Ok((bench.unwrap(), row))
 }
 
-/// 2. `plan` on the fully cached pipeline: open + prepare + plan (with the previous run record,
-/// as `mpfnet plan` loads it).
+/// Case 2: `plan` on the fully cached pipeline: open + prepare + plan (with the previous run
+/// record, as `mpfnet plan` loads it).
 fn plan_row(b: &Bench, reps: usize) -> Result<Row> {
     let mut plans = Vec::new();
     let mut plan_note = String::new();
@@ -493,7 +493,7 @@ fn plan_row(b: &Bench, reps: usize) -> Result<Row> {
     ))
 }
 
-/// 3. A no-op rerun.
+/// Case 3: a no-op rerun.
 fn noop_row(b: &Bench, reps: usize) -> Result<Row> {
     let mut noops = Vec::new();
     for _ in 0..reps {
@@ -512,8 +512,8 @@ fn noop_row(b: &Bench, reps: usize) -> Result<Row> {
     ))
 }
 
-/// 4./5. Change one parameter of one per-fold stage, then revert (a new value each repetition,
-/// else the second repetition would find the change cached).
+/// Cases 4 and 5: change one parameter of one per-fold stage, then revert (a new value each
+/// repetition, else the second repetition would find the change cached).
 fn change_rows(b: &Bench, reps: usize) -> Result<[Row; 2]> {
     let mut changes = Vec::new();
     let mut reverts = Vec::new();
