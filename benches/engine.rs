@@ -23,9 +23,13 @@ use anyhow::{bail, Result};
 use mpfnet::engine::{Engine, Options};
 use mpfnet::plan::{self, Status};
 use mpfnet::session::{self, Workspace};
-use mpfnet_api::{Array, Artifact, AxisItem, Ctx, Input, InputDecl, Registry, Stage};
+use mpfnet_api::{Array, Artifact, Handle, Input, InputDecl, Registry};
 use mpfnet_cache::{Digest, Store};
 use serde_json::{json, Value};
+
+#[path = "../tests/common/toy.rs"]
+mod toy;
+use toy::{axis_from_lines, Toy};
 
 // ---------------------------------------------------------------------------------------------
 // Shape
@@ -57,79 +61,40 @@ fn out(x: Vec<f32>, meta: Value) -> Artifact {
 }
 
 /// Volatile: reads `path` (lines "id value") and declares one axis item per line.
-struct AxisSource;
-impl Stage for AxisSource {
-    fn kind(&self) -> &'static str {
-        "axis"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "bench-axis".into()
-    }
-    fn about(&self) -> &'static str {
-        "bench: axis from a text file"
-    }
-    fn defaults(&self) -> Value {
-        json!({"path": ""})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::optional(
-            "after",
-            "ordering only (e.g. folds after the dataset)",
-        )];
-        I
-    }
-    fn volatile(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+fn axis_source() -> Toy {
+    const I: &[InputDecl] = &[InputDecl::optional(
+        "after",
+        "ordering only (e.g. folds after the dataset)",
+    )];
+    Toy::new("axis", "bench: axis from a text file", |ctx| {
         let path = ctx.params["path"].as_str().unwrap();
         let digest = ctx.services.file_digest(Path::new(path))?;
-        let text = std::fs::read_to_string(path)?;
-        let mut axis = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let (id, v) = line.split_once(' ').unwrap();
-            let v: f64 = v.trim().parse()?;
-            axis.push(AxisItem {
-                id: id.into(),
-                key: format!("{v}"),
-                attrs: json!({"value": v}),
-            });
-        }
+        let axis = axis_from_lines(&std::fs::read_to_string(path)?)?;
         let mut a = out(vec![axis.len() as f32], json!({"file": digest}));
         a.axis = Some(axis);
         Ok(a)
+    })
+    .code("bench-axis")
+    .defaults(json!({"path": ""}))
+    .inputs(I)
+    .volatile()
+}
+
+/// x += the input's x, elementwise.
+fn add_input(x: &mut [f32], h: &Handle) -> Result<()> {
+    for (a, b) in x.iter_mut().zip(vec_of(&h.load()?)?) {
+        *a += b;
     }
+    Ok(())
 }
 
 /// Per item: x[i] = scale * (item value + i) + offset + prev.x[i].
-struct PerItem;
-impl Stage for PerItem {
-    fn kind(&self) -> &'static str {
-        "item"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "bench-item".into()
-    }
-    fn about(&self) -> &'static str {
-        "bench: per-item arithmetic"
-    }
-    fn defaults(&self) -> Value {
-        json!({"scale": 1.0, "offset": 0.0})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::optional(
-            "prev",
-            "the same item's previous stage",
-        )];
-        I
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+fn per_item() -> Toy {
+    const I: &[InputDecl] = &[InputDecl::optional(
+        "prev",
+        "the same item's previous stage",
+    )];
+    Toy::new("item", "bench: per-item arithmetic", |ctx| {
         let v = ctx.item()?.attrs["value"].as_f64().unwrap_or(0.0) as f32;
         let scale = ctx.params["scale"].as_f64().unwrap() as f32;
         let offset = ctx.params["offset"].as_f64().unwrap() as f32;
@@ -137,42 +102,24 @@ impl Stage for PerItem {
             .map(|i| scale * (v + i as f32) + offset)
             .collect();
         if let Some(p) = ctx.inputs.get("prev") {
-            for (a, b) in x.iter_mut().zip(vec_of(&p.one()?.load()?)?) {
-                *a += b;
-            }
+            add_input(&mut x, p.one()?)?;
         }
         Ok(out(x, Value::Null))
-    }
+    })
+    .code("bench-item")
+    .defaults(json!({"scale": 1.0, "offset": 0.0}))
+    .inputs(I)
 }
 
 /// Per fold: gathers all items (`stage[*]`); x = lr * sum of the training items (those not held
 /// out, i % FOLDS != fold) + prev.x.
-struct PerFold;
-impl Stage for PerFold {
-    fn kind(&self) -> &'static str {
-        "fold"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "bench-fold".into()
-    }
-    fn about(&self) -> &'static str {
-        "bench: per-fold gather"
-    }
-    fn defaults(&self) -> Value {
-        json!({"lr": 0.1, "epochs": 1})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[
-            InputDecl::required("items", "all per-sample outputs"),
-            InputDecl::optional("extra", "more gathered outputs"),
-            InputDecl::optional("prev", "the same fold's previous stage"),
-        ];
-        I
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+fn per_fold() -> Toy {
+    const I: &[InputDecl] = &[
+        InputDecl::required("items", "all per-sample outputs"),
+        InputDecl::optional("extra", "more gathered outputs"),
+        InputDecl::optional("prev", "the same fold's previous stage"),
+    ];
+    Toy::new("fold", "bench: per-fold gather", |ctx| {
         let fold = ctx.item()?.attrs["value"].as_f64().unwrap() as usize;
         let lr = ctx.params["lr"].as_f64().unwrap() as f32;
         let mut x = vec![0f32; WIDTH];
@@ -182,50 +129,29 @@ impl Stage for PerFold {
                 continue;
             };
             for (i, (_, h)) in inp.many()?.iter().enumerate() {
-                if i % FOLDS == fold {
-                    continue;
+                if i % FOLDS != fold {
+                    add_input(&mut x, h)?;
+                    n += 1;
                 }
-                for (a, b) in x.iter_mut().zip(vec_of(&h.load()?)?) {
-                    *a += b;
-                }
-                n += 1;
             }
         }
         for a in x.iter_mut() {
             *a *= lr / n.max(1) as f32;
         }
         if let Some(p) = ctx.inputs.get("prev") {
-            for (a, b) in x.iter_mut().zip(vec_of(&p.one()?.load()?)?) {
-                *a += b;
-            }
+            add_input(&mut x, p.one()?)?;
         }
         Ok(out(x, json!({"train": n})))
-    }
+    })
+    .code("bench-fold")
+    .defaults(json!({"lr": 0.1, "epochs": 1}))
+    .inputs(I)
 }
 
 /// Global: mean of whatever it is given.
-struct Summary;
-impl Stage for Summary {
-    fn kind(&self) -> &'static str {
-        "summary"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "bench-summary".into()
-    }
-    fn about(&self) -> &'static str {
-        "bench: mean"
-    }
-    fn defaults(&self) -> Value {
-        json!({})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[InputDecl::required("ins", "anything with a tensor x")];
-        I
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+fn summary() -> Toy {
+    const I: &[InputDecl] = &[InputDecl::required("ins", "anything with a tensor x")];
+    Toy::new("summary", "bench: mean", |ctx| {
         let handles: Vec<_> = match ctx.input("ins")? {
             Input::One(h) => vec![h.clone()],
             Input::Many(v) => v.iter().map(|(_, h)| h.clone()).collect(),
@@ -241,12 +167,17 @@ impl Stage for Summary {
             x,
             json!({"summary": format!("mean {mean:.4}"), "metrics": {"mean": mean}}),
         ))
-    }
+    })
+    .code("bench-summary")
+    .inputs(I)
 }
 
 fn registry() -> Registry {
     let mut r = Registry::new();
-    r.add(AxisSource).add(PerItem).add(PerFold).add(Summary);
+    r.add(axis_source())
+        .add(per_item())
+        .add(per_fold())
+        .add(summary());
     r
 }
 
@@ -262,6 +193,22 @@ struct Bench {
 fn setup() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    write_axis_files(root);
+    let pipeline = root.join("casme2_shape.toml");
+    std::fs::write(&pipeline, pipeline_toml(root)).unwrap();
+    let ws = Workspace {
+        cache_dir: root.join("cache"),
+        runs_dir: root.join("runs"),
+    };
+    Bench {
+        _dir: dir,
+        ws,
+        pipeline,
+    }
+}
+
+/// The axes, as the axis sources read them: samples, folds and (sample, phi) pairs.
+fn write_axis_files(root: &Path) {
     let samples: String = (0..SAMPLES)
         .map(|i| format!("sub{:02}_EP{i:03} {}\n", i % 26, i as f64 * 0.01))
         .collect();
@@ -280,8 +227,12 @@ fn setup() -> Bench {
     std::fs::write(root.join("samples.txt"), samples).unwrap();
     std::fs::write(root.join("folds.txt"), folds).unwrap();
     std::fs::write(root.join("pairs.txt"), pairs).unwrap();
+}
+
+/// The pipeline: three axis sources, per-sample stages, per-fold stages, two globals.
+fn pipeline_toml(root: &Path) -> String {
     let p = |n: &str| root.join(n).display().to_string();
-    let toml = format!(
+    format!(
         r#"name = "casme2_shape"
 seed = 7
 report = ["report"]
@@ -348,18 +299,7 @@ inputs = {{ ins = "eval" }}
         samples = p("samples.txt"),
         folds = p("folds.txt"),
         pairs = p("pairs.txt"),
-    );
-    let pipeline = root.join("casme2_shape.toml");
-    std::fs::write(&pipeline, toml).unwrap();
-    let ws = Workspace {
-        cache_dir: root.join("cache"),
-        runs_dir: root.join("runs"),
-    };
-    Bench {
-        _dir: dir,
-        ws,
-        pipeline,
-    }
+    )
 }
 
 impl Bench {
@@ -457,7 +397,6 @@ fn main() -> Result<()> {
         .unwrap_or(5);
     println!("mpfnet engine benchmark: {TOTAL_NODES} nodes ({SAMPLES} samples x {} per-sample stages, {} (sample, phi) pairs, {FOLDS} folds x {} per-fold stages, {AXIS_SOURCES} axis sources, {GLOBALS} globals); median of {reps}", PER_SAMPLE.len(), SAMPLES * PHIS, PER_FOLD.len());
     println!();
-    let mut rows = Vec::new();
 
     // profiling aid: `MPFNET_BENCH_NOOP_ONLY=N` runs the pipeline once, then N no-op reruns, and
     // exits (e.g. under `perf record`)
@@ -465,20 +404,45 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
     {
-        let b = setup();
-        b.run(&[])?;
-        let t = Instant::now();
-        for _ in 0..n {
-            assert_eq!(b.run(&[])?.2, 0);
-        }
-        println!(
-            "{n} no-op reruns: {} each",
-            fmt_s(t.elapsed().as_secs_f64() / n.max(1) as f64).trim()
-        );
-        return Ok(());
+        return noop_only(n);
     }
+    let (b, first) = first_runs(reps)?;
+    let mut rows = vec![first, plan_row(&b, reps)?, noop_row(&b, reps)?];
+    rows.extend(change_rows(&b, reps)?);
+    rows.extend(noop_breakdown(&b, reps)?);
+    print_rows(&rows);
+    print_record_sizes(&b)?;
+    println!();
+    cache_throughput(reps)
+}
 
-    // 1. first full run, on a fresh cache each time
+fn noop_only(n: usize) -> Result<()> {
+    let b = setup();
+    b.run(&[])?;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert_eq!(b.run(&[])?.2, 0);
+    }
+    println!(
+        "{n} no-op reruns: {} each",
+        fmt_s(t.elapsed().as_secs_f64() / n.max(1) as f64).trim()
+    );
+    Ok(())
+}
+
+/// A row of the whole pipeline, nothing computed.
+fn cached_row(what: &str, times: Vec<f64>, note: String) -> Row {
+    Row {
+        what: what.into(),
+        times,
+        nodes: TOTAL_NODES,
+        computed: 0,
+        note,
+    }
+}
+
+/// Case 1: the first full run, on a fresh cache each time; the last one's setup is kept.
+fn first_runs(reps: usize) -> Result<(Bench, Row)> {
     let mut firsts = Vec::new();
     let mut bench = None;
     for _ in 0..reps {
@@ -489,17 +453,19 @@ fn main() -> Result<()> {
         firsts.push(s);
         bench = Some(b);
     }
-    let b = bench.unwrap();
-    rows.push(Row {
+    let row = Row {
         what: "first full run (fresh cache)".into(),
         times: firsts,
         nodes: TOTAL_NODES,
         computed: TOTAL_NODES,
         note: String::new(),
-    });
+    };
+    Ok((bench.unwrap(), row))
+}
 
-    // 2. plan on the fully cached pipeline: open + prepare + plan (with the previous run record,
-    // as `mpfnet plan` loads it)
+/// Case 2: `plan` on the fully cached pipeline: open + prepare + plan (with the previous run
+/// record, as `mpfnet plan` loads it).
+fn plan_row(b: &Bench, reps: usize) -> Result<Row> {
     let mut plans = Vec::new();
     let mut plan_note = String::new();
     for _ in 0..reps {
@@ -520,15 +486,15 @@ fn main() -> Result<()> {
             AXIS_SOURCES
         );
     }
-    rows.push(Row {
-        what: "plan, fully cached (open+prepare+plan)".into(),
-        times: plans,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: plan_note,
-    });
+    Ok(cached_row(
+        "plan, fully cached (open+prepare+plan)",
+        plans,
+        plan_note,
+    ))
+}
 
-    // 3. no-op rerun
+/// Case 3: a no-op rerun.
+fn noop_row(b: &Bench, reps: usize) -> Result<Row> {
     let mut noops = Vec::new();
     for _ in 0..reps {
         let (s, nodes, computed, cached) = b.run(&[])?;
@@ -538,37 +504,23 @@ fn main() -> Result<()> {
         noops.push(s);
     }
     let noop_median = median(noops.clone());
-    rows.push(Row {
-        what: "no-op rerun (open+run, all cached)".into(),
-        times: noops,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: format!(
-            "target < 300 ms: {}",
-            if noop_median < 0.3 { "OK" } else { "MISSED" }
-        ),
-    });
+    let verdict = if noop_median < 0.3 { "OK" } else { "MISSED" };
+    Ok(cached_row(
+        "no-op rerun (open+run, all cached)",
+        noops,
+        format!("target < 300 ms: {verdict}"),
+    ))
+}
 
-    // 4./5. change one parameter of one per-fold stage, then revert (a new value each repetition,
-    // else the second repetition would find the change cached)
+/// Cases 4 and 5: change one parameter of one per-fold stage, then revert (a new value each
+/// repetition, else the second repetition would find the change cached).
+fn change_rows(b: &Bench, reps: usize) -> Result<[Row; 2]> {
     let mut changes = Vec::new();
     let mut reverts = Vec::new();
     for r in 0..reps {
         let set = vec![format!("stages.afe.lr={:.1}", 0.2 + 0.1 * r as f64)];
         if r == 0 {
-            // what plan says about it
-            let mut e = b.open(&set)?;
-            e.prepare()?;
-            let p = plan::plan(
-                &e,
-                mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").as_ref(),
-            )?;
-            assert_eq!(p.count(&Status::Run), FOLDS, "afe[*] runs");
-            assert_eq!(
-                p.count(&Status::RunIfInputsChange),
-                AFE_DOWNSTREAM - FOLDS,
-                "meta[*], eval, report below it"
-            );
+            check_change_plan(b, &set)?;
         }
         let (s, nodes, computed, _) = b.run(&set)?;
         assert_eq!(nodes, TOTAL_NODES);
@@ -581,22 +533,38 @@ fn main() -> Result<()> {
         assert_eq!(computed, 0, "reverting restores everything from the cache");
         reverts.push(s);
     }
-    rows.push(Row {
-        what: "rerun after --set stages.afe.lr=<new>".into(),
-        times: changes,
-        nodes: TOTAL_NODES,
-        computed: AFE_DOWNSTREAM,
-        note: format!("afe[{FOLDS}] + meta[{FOLDS}] + eval + report"),
-    });
-    rows.push(Row {
-        what: "revert (restored from cache)".into(),
-        times: reverts,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: String::new(),
-    });
+    Ok([
+        Row {
+            what: "rerun after --set stages.afe.lr=<new>".into(),
+            times: changes,
+            nodes: TOTAL_NODES,
+            computed: AFE_DOWNSTREAM,
+            note: format!("afe[{FOLDS}] + meta[{FOLDS}] + eval + report"),
+        },
+        cached_row("revert (restored from cache)", reverts, String::new()),
+    ])
+}
 
-    // where the no-op time goes
+/// What plan says about a changed `afe` parameter.
+fn check_change_plan(b: &Bench, set: &[String]) -> Result<()> {
+    let mut e = b.open(set)?;
+    e.prepare()?;
+    let p = plan::plan(
+        &e,
+        mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape").as_ref(),
+    )?;
+    assert_eq!(p.count(&Status::Run), FOLDS, "afe[*] runs");
+    assert_eq!(
+        p.count(&Status::RunIfInputsChange),
+        AFE_DOWNSTREAM - FOLDS,
+        "meta[*], eval, report below it"
+    );
+    Ok(())
+}
+
+/// Where the no-op time goes: open, prepare, run_all, the whole session, and the run record
+/// (loading the previous one, as plan does, and writing one, as every run does).
+fn noop_breakdown(b: &Bench, reps: usize) -> Result<Vec<Row>> {
     let (mut t_open, mut t_prep, mut t_runall, mut t_session) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
@@ -616,7 +584,6 @@ fn main() -> Result<()> {
         session::run(&mut e, &b.ws, &[])?;
         t_session.push(t.elapsed().as_secs_f64());
     }
-    // the run record: loading the previous one (plan does) and writing one (every run does)
     let (mut t_latest, mut t_write) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t = Instant::now();
@@ -626,62 +593,49 @@ fn main() -> Result<()> {
         mpfnet::runs::write(&b.ws.runs_dir, &rec, &Default::default())?;
         t_write.push(t.elapsed().as_secs_f64());
     }
-    let (mo, mp, mr, ms) = (
-        median(t_open.clone()),
+    let (mp, mr, ms) = (
         median(t_prep.clone()),
         median(t_runall.clone()),
         median(t_session.clone()),
     );
     let mw = median(t_write.clone());
-    rows.push(Row {
-        what: "  no-op: session::open".into(),
-        times: t_open,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: "load TOML + Store::open + Engine::new".into(),
-    });
-    rows.push(Row {
-        what: "  no-op: engine.prepare()".into(),
-        times: t_prep,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: "expand + run 3 volatile axis sources".into(),
-    });
-    rows.push(Row {
-        what: "  no-op: engine.run_all()".into(),
-        times: t_runall,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: "key + action lookup per node".into(),
-    });
-    rows.push(Row {
-        what: "  no-op: session::run (prepare+run_all+record)".into(),
-        times: t_session,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: format!(
-            "so record() ~ {}, runs::write ~ {}",
-            fmt_s(ms - mp - mr - mw).trim(),
-            fmt_s(mw).trim()
+    let session_note = format!(
+        "so record() ~ {}, runs::write ~ {}",
+        fmt_s(ms - mp - mr - mw).trim(),
+        fmt_s(mw).trim()
+    );
+    Ok(vec![
+        cached_row(
+            "  no-op: session::open",
+            t_open,
+            "load TOML + Store::open + Engine::new".into(),
         ),
-    });
-    rows.push(Row {
-        what: "  runs::write (the run record)".into(),
-        times: t_write,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: String::new(),
-    });
-    rows.push(Row {
-        what: "  runs::latest (read previous record, plan)".into(),
-        times: t_latest,
-        nodes: TOTAL_NODES,
-        computed: 0,
-        note: String::new(),
-    });
-    let _ = mo;
+        cached_row(
+            "  no-op: engine.prepare()",
+            t_prep,
+            "expand + run 3 volatile axis sources".into(),
+        ),
+        cached_row(
+            "  no-op: engine.run_all()",
+            t_runall,
+            "key + action lookup per node".into(),
+        ),
+        cached_row(
+            "  no-op: session::run (prepare+run_all+record)",
+            t_session,
+            session_note,
+        ),
+        cached_row("  runs::write (the run record)", t_write, String::new()),
+        cached_row(
+            "  runs::latest (read previous record, plan)",
+            t_latest,
+            String::new(),
+        ),
+    ])
+}
 
-    print_rows(&rows);
+/// How many run records were written and how large they and the action records are.
+fn print_record_sizes(b: &Bench) -> Result<()> {
     let runs = std::fs::read_dir(b.ws.runs_dir.join("casme2_shape"))?.count();
     let run_json = mpfnet::runs::latest(&b.ws.runs_dir, "casme2_shape")
         .map(|r| serde_json::to_string_pretty(&r).unwrap().len())
@@ -710,16 +664,65 @@ fn main() -> Result<()> {
         act_bytes as f64 / (1 << 20) as f64,
         act_max as f64 / 1024.0
     );
-    println!();
-
-    cache_throughput(reps)?;
     Ok(())
 }
 
+/// Median seconds of `reps` calls of `f` (given the repetition's index).
+fn median_time(reps: usize, f: &mut dyn FnMut(usize)) -> f64 {
+    let mut v = Vec::new();
+    for r in 0..reps {
+        let t = Instant::now();
+        f(r);
+        v.push(t.elapsed().as_secs_f64());
+    }
+    median(v)
+}
+
+/// A throughput row: GB/s and the time.
+fn rate(what: &str, bytes: usize, secs: f64) -> (String, String) {
+    (
+        what.into(),
+        format!("{:6.2} GB/s  ({})", gbps(bytes, secs), fmt_s(secs).trim()),
+    )
+}
+
+/// A per-file row: microseconds per file and the time.
+fn per_file(what: String, files: usize, secs: f64) -> (String, String) {
+    (
+        what,
+        format!(
+            "{:8.1} us/file ({})",
+            secs * 1e6 / files as f64,
+            fmt_s(secs).trim()
+        ),
+    )
+}
+
 fn cache_throughput(reps: usize) -> Result<()> {
-    const SIZE: usize = 64 << 20;
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("cache"))?;
+    let mut rows = blob_rows(&store, reps);
+    let (file_rows, st) = file_digest_rows(
+        store,
+        &dir.path().join("cache"),
+        &dir.path().join("files"),
+        reps,
+    )?;
+    rows.extend(file_rows);
+    println!("{:<46} throughput (median)", "cache");
+    for (a, b) in rows {
+        println!("{a:<46} {b}");
+    }
+    println!(
+        "(stat cache after the in-process passes: {} hits, {} misses, {} entries)",
+        st.hits, st.misses, st.entries
+    );
+    Ok(())
+}
+
+/// Hashing, put_blob and get_blob on 64 MiB.
+fn blob_rows(store: &Store, reps: usize) -> Vec<(String, String)> {
+    const SIZE: usize = 64 << 20;
     let mut buf = vec![0u8; SIZE];
     let mut state = 0x9e3779b97f4a7c15u64;
     for chunk in buf.chunks_mut(8) {
@@ -728,71 +731,52 @@ fn cache_throughput(reps: usize) -> Result<()> {
         state ^= state << 17;
         chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
     }
-
-    let time = |f: &mut dyn FnMut(usize)| -> f64 {
-        let mut v = Vec::new();
-        for r in 0..reps {
-            let t = Instant::now();
-            f(r);
-            v.push(t.elapsed().as_secs_f64());
-        }
-        median(v)
-    };
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let h1 = time(&mut |_| {
+    let mut rows = Vec::new();
+    let h1 = median_time(reps, &mut |_| {
         std::hint::black_box(blake3::hash(std::hint::black_box(&buf)));
     });
-    rows.push((
-        "blake3::hash, 1 thread".into(),
-        format!("{:6.2} GB/s  ({})", gbps(SIZE, h1), fmt_s(h1).trim()),
-    ));
-    let h2 = time(&mut |_| {
+    rows.push(rate("blake3::hash, 1 thread", SIZE, h1));
+    let h2 = median_time(reps, &mut |_| {
         std::hint::black_box(Digest::of(std::hint::black_box(&buf)));
     });
-    rows.push((
-        "Digest::of (rayon above threshold)".into(),
-        format!("{:6.2} GB/s  ({})", gbps(SIZE, h2), fmt_s(h2).trim()),
-    ));
-
+    rows.push(rate("Digest::of (rayon above threshold)", SIZE, h2));
     // new blobs: change the first bytes so each repetition writes a new file (fsync + rename)
     let mut digests = Vec::new();
-    let put_new = time(&mut |r| {
+    let put_new = median_time(reps, &mut |r| {
         buf[..8].copy_from_slice(&(r as u64 + 1).to_le_bytes());
         digests.push(store.put_blob(&buf).unwrap());
     });
-    rows.push((
-        "put_blob 64 MiB, new (hash+write+fsync)".into(),
-        format!(
-            "{:6.2} GB/s  ({})",
-            gbps(SIZE, put_new),
-            fmt_s(put_new).trim()
-        ),
+    rows.push(rate(
+        "put_blob 64 MiB, new (hash+write+fsync)",
+        SIZE,
+        put_new,
     ));
-    let put_again = time(&mut |_| {
+    let put_again = median_time(reps, &mut |_| {
         store.put_blob(&buf).unwrap();
     });
-    rows.push((
-        "put_blob 64 MiB, already stored".into(),
-        format!(
-            "{:6.2} GB/s  ({})",
-            gbps(SIZE, put_again),
-            fmt_s(put_again).trim()
-        ),
-    ));
-    let get = time(&mut |r| {
+    rows.push(rate("put_blob 64 MiB, already stored", SIZE, put_again));
+    let get = median_time(reps, &mut |r| {
         let bytes = store.get_blob(&digests[r]).unwrap().unwrap();
         assert_eq!(bytes.len(), SIZE);
     });
-    rows.push((
-        "get_blob 64 MiB (read + re-hash, page cache)".into(),
-        format!("{:6.2} GB/s  ({})", gbps(SIZE, get), fmt_s(get).trim()),
+    rows.push(rate(
+        "get_blob 64 MiB (read + re-hash, page cache)",
+        SIZE,
+        get,
     ));
-    drop(buf);
+    rows
+}
 
-    // file_digest on 2,000 unchanged small files
+/// `file_digest` on 2,000 unchanged small files: first time, again, batched, and from a new
+/// `Store` (which `store` becomes, saving its stat cache). Also the stat cache's counters.
+fn file_digest_rows(
+    store: Store,
+    cache: &Path,
+    fdir: &Path,
+    reps: usize,
+) -> Result<(Vec<(String, String)>, mpfnet_cache::StatCacheStats)> {
     const FILES: usize = 2000;
-    let fdir = dir.path().join("files");
-    std::fs::create_dir_all(&fdir)?;
+    std::fs::create_dir_all(fdir)?;
     let paths: Vec<PathBuf> = (0..FILES)
         .map(|i| {
             let p = fdir.join(format!("img{i:05}.jpg"));
@@ -807,42 +791,33 @@ fn cache_throughput(reps: usize) -> Result<()> {
         store.file_digest(p)?;
     }
     let cold = t.elapsed().as_secs_f64();
-    rows.push((
+    let mut rows = vec![per_file(
         format!("file_digest x{FILES}, first time (hash)"),
-        format!(
-            "{:8.1} us/file ({})",
-            cold * 1e6 / FILES as f64,
-            fmt_s(cold).trim()
-        ),
-    ));
-    let warm = time(&mut |_| {
+        FILES,
+        cold,
+    )];
+    let warm = median_time(reps, &mut |_| {
         for p in &paths {
             store.file_digest(p).unwrap();
         }
     });
-    rows.push((
+    rows.push(per_file(
         format!("file_digest x{FILES}, unchanged (same Store)"),
-        format!(
-            "{:8.1} us/file ({})",
-            warm * 1e6 / FILES as f64,
-            fmt_s(warm).trim()
-        ),
+        FILES,
+        warm,
     ));
-    let batch = time(&mut |_| {
+    let batch = median_time(reps, &mut |_| {
         store.file_digests(&paths).unwrap();
     });
-    rows.push((
+    rows.push(per_file(
         format!("file_digests x{FILES} batch, unchanged"),
-        format!(
-            "{:8.1} us/file ({})",
-            batch * 1e6 / FILES as f64,
-            fmt_s(batch).trim()
-        ),
+        FILES,
+        batch,
     ));
     let st = store.stat_cache_stats();
     drop(store); // saves the stat cache
-    let reopen = time(&mut |_| {
-        let s = Store::open(&dir.path().join("cache")).unwrap();
+    let reopen = median_time(reps, &mut |_| {
+        let s = Store::open(cache).unwrap();
         for p in &paths {
             s.file_digest(p).unwrap();
         }
@@ -852,22 +827,10 @@ fn cache_throughput(reps: usize) -> Result<()> {
             "unchanged files are answered from the saved stat cache"
         );
     });
-    rows.push((
+    rows.push(per_file(
         format!("open Store + file_digest x{FILES} (new process)"),
-        format!(
-            "{:8.1} us/file ({})",
-            reopen * 1e6 / FILES as f64,
-            fmt_s(reopen).trim()
-        ),
+        FILES,
+        reopen,
     ));
-
-    println!("{:<46} throughput (median)", "cache");
-    for (a, b) in rows {
-        println!("{a:<46} {b}");
-    }
-    println!(
-        "(stat cache after the in-process passes: {} hits, {} misses, {} entries)",
-        st.hits, st.misses, st.entries
-    );
-    Ok(())
+    Ok((rows, st))
 }

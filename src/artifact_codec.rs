@@ -21,14 +21,8 @@ pub fn encode(art: &Artifact, extra_meta: &BTreeMap<String, String>) -> Result<V
             bail!("tensor name `{name}` uses the reserved prefix `{FILE_PREFIX}`");
         }
         let (dtype, data) = match a {
-            Array::F32 { data, .. } => (
-                Dtype::F32,
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            Array::I64 { data, .. } => (
-                Dtype::I64,
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
+            Array::F32 { data, .. } => (Dtype::F32, tensors::to_le_bytes(data)),
+            Array::I64 { data, .. } => (Dtype::I64, tensors::to_le_bytes(data)),
             Array::U8 { data, .. } => (Dtype::U8, data.clone()),
         };
         entries.push(TensorEntry {
@@ -64,20 +58,8 @@ pub fn decode(bytes: &[u8]) -> Result<Artifact> {
             continue;
         }
         let arr = match e.dtype {
-            Dtype::F32 => Array::f32(
-                e.shape,
-                e.data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )?,
-            Dtype::I64 => Array::i64(
-                e.shape,
-                e.data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )?,
+            Dtype::F32 => Array::f32(e.shape, tensors::from_le_bytes(&e.data))?,
+            Dtype::I64 => Array::i64(e.shape, tensors::from_le_bytes(&e.data))?,
             Dtype::U8 => Array::u8(e.shape, e.data)?,
             other => bail!(
                 "tensor `{}` has dtype {other:?}, which artifacts do not use",

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use mpfnet_api::Registry;
+use mpfnet_api::{Registry, Stage};
 use serde_json::{Map, Value};
 
 mod sweep;
@@ -491,32 +491,8 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
     }
     sweep::expand(&mut m)?;
     let top = m.value.as_object().cloned().unwrap_or_default();
-    const TOP_KEYS: [&str; 5] = ["name", "seed", "report", "stages", "description"];
-    for k in top.keys() {
-        if !TOP_KEYS.contains(&k.as_str()) {
-            return Err(err(
-                m.loc(k),
-                k,
-                format!("unknown top-level key; expected one of {TOP_KEYS:?}"),
-            ));
-        }
-    }
-    let name = match top.get("name") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(err(m.loc("name"), "name", "must be a string")),
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".into()),
-    };
-    // The name becomes a folder under runs/: a shared pipeline file must not write elsewhere.
-    if let Err(why) = check_file_name(&name) {
-        return Err(err(
-            m.loc("name"),
-            "name",
-            format!("pipeline name {name:?} {why}"),
-        ));
-    }
+    check_top_keys(&top, &m)?;
+    let name = pipeline_name(&top, path, &m)?;
     let seed = match top.get("seed") {
         None => 0,
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap(),
@@ -546,129 +522,220 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
         Some(Value::Object(s)) => s.clone(),
         Some(_) => return Err(err(m.loc("stages"), "stages", "must be a table of stages")),
     };
-
     let mut stages = BTreeMap::new();
     for (sname, sval) in &stage_tables {
         // `stages.NAME = false` in an overlay (or `--set`) drops a stage its base declares
         if sval == &Value::Bool(false) {
             continue;
         }
-        let base = format!("stages.{sname}");
-        let Value::Object(t) = sval else {
-            return Err(err(m.loc(&base), &base, "a stage must be a table"));
-        };
-        let kind = match t.get("kind") {
-            Some(Value::String(k)) => k.clone(),
-            _ => {
-                return Err(err(
-                    m.loc(&base),
-                    format!("{base}.kind"),
-                    "missing `kind` (a string naming a stage kind)",
-                ))
-            }
-        };
-        let Some(stage) = registry.get(&kind) else {
-            let known: Vec<_> = registry.kinds().collect();
+        stages.insert(sname.clone(), stage_decl(sname, sval, &m, registry)?);
+    }
+    check_references(&stages, &m)?;
+    for r in &report {
+        if !stages.contains_key(r) {
             return Err(err(
-                m.loc(&format!("{base}.kind")),
-                format!("{base}.kind"),
-                format!("unknown stage kind `{kind}`; known kinds: {known:?}"),
+                m.loc("report"),
+                "report",
+                format!("no stage named `{r}`"),
             ));
-        };
-        let over = match t.get("over") {
-            None => None,
-            Some(Value::String(o)) => Some(o.clone()),
-            Some(_) => {
-                return Err(err(
-                    m.loc(&format!("{base}.over")),
-                    format!("{base}.over"),
-                    "must be a stage name",
-                ))
-            }
-        };
-        let mut inputs = BTreeMap::new();
-        match t.get("inputs") {
-            None => {}
-            Some(Value::Object(im)) => {
-                for (iname, iv) in im {
-                    let key = format!("{base}.inputs.{iname}");
-                    let r = match iv {
-                        Value::String(r) => parse_input_ref(r),
-                        Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_string()) => InputRef {
+        }
+    }
+    check_cycles(&stages, &m)?;
+    Ok(Pipeline {
+        name,
+        path: path.to_path_buf(),
+        seed,
+        report,
+        stages,
+        resolved: m.value,
+    })
+}
+
+fn check_top_keys(top: &Map<String, Value>, m: &Merged) -> anyhow::Result<()> {
+    const TOP_KEYS: [&str; 5] = ["name", "seed", "report", "stages", "description"];
+    for k in top.keys() {
+        if !TOP_KEYS.contains(&k.as_str()) {
+            return Err(err(
+                m.loc(k),
+                k,
+                format!("unknown top-level key; expected one of {TOP_KEYS:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `name`, else the file's stem.
+fn pipeline_name(top: &Map<String, Value>, path: &Path, m: &Merged) -> anyhow::Result<String> {
+    let name = match top.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(err(m.loc("name"), "name", "must be a string")),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into()),
+    };
+    // The name becomes a folder under runs/: a shared pipeline file must not write elsewhere.
+    if let Err(why) = check_file_name(&name) {
+        return Err(err(
+            m.loc("name"),
+            "name",
+            format!("pipeline name {name:?} {why}"),
+        ));
+    }
+    Ok(name)
+}
+
+/// One `[stages.NAME]` table: its kind, axis, inputs, and parameters merged over the kind's
+/// defaults and validated by the stage.
+fn stage_decl(
+    sname: &str,
+    sval: &Value,
+    m: &Merged,
+    registry: &Registry,
+) -> anyhow::Result<StageDecl> {
+    let base = format!("stages.{sname}");
+    let Value::Object(t) = sval else {
+        return Err(err(m.loc(&base), &base, "a stage must be a table"));
+    };
+    let kind = match t.get("kind") {
+        Some(Value::String(k)) => k.clone(),
+        _ => {
+            return Err(err(
+                m.loc(&base),
+                format!("{base}.kind"),
+                "missing `kind` (a string naming a stage kind)",
+            ))
+        }
+    };
+    let Some(stage) = registry.get(&kind) else {
+        let known: Vec<_> = registry.kinds().collect();
+        return Err(err(
+            m.loc(&format!("{base}.kind")),
+            format!("{base}.kind"),
+            format!("unknown stage kind `{kind}`; known kinds: {known:?}"),
+        ));
+    };
+    let over = match t.get("over") {
+        None => None,
+        Some(Value::String(o)) => Some(o.clone()),
+        Some(_) => {
+            return Err(err(
+                m.loc(&format!("{base}.over")),
+                format!("{base}.over"),
+                "must be a stage name",
+            ))
+        }
+    };
+    let inputs = stage_inputs(t, &base, &**stage, &kind, m)?;
+    let mut user = t.clone();
+    for k in ["kind", "over", "inputs"] {
+        user.remove(k);
+    }
+    let params = stage_params(&**stage, &user, &base, &kind, m)?;
+    Ok(StageDecl {
+        name: sname.to_string(),
+        kind,
+        over,
+        inputs,
+        params,
+        loc: m.loc(&base),
+    })
+}
+
+/// The stage's `inputs` table, checked against the inputs its kind declares.
+fn stage_inputs(
+    t: &Map<String, Value>,
+    base: &str,
+    stage: &dyn Stage,
+    kind: &str,
+    m: &Merged,
+) -> anyhow::Result<BTreeMap<String, InputRef>> {
+    let mut inputs = BTreeMap::new();
+    match t.get("inputs") {
+        None => {}
+        Some(Value::Object(im)) => {
+            for (iname, iv) in im {
+                let key = format!("{base}.inputs.{iname}");
+                let r = match iv {
+                    Value::String(r) => parse_input_ref(r),
+                    Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_string()) => {
+                        InputRef {
                             stages: a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
                             gather: false,
                             list: true,
-                        },
-                        _ => {
-                            return Err(err(m.loc(&key), &key, "an input names a stage: \"stage\", \"stage[*]\" or a list [\"a\", \"b\"]"))
                         }
-                    };
-                    if !stage.inputs().iter().any(|d| d.name == iname) {
-                        let known: Vec<_> = stage.inputs().iter().map(|d| d.name).collect();
-                        return Err(err(
-                            m.loc(&key),
-                            &key,
-                            format!(
-                                "stage kind `{kind}` has no input `{iname}`; its inputs: {known:?}"
-                            ),
-                        ));
                     }
-                    inputs.insert(iname.clone(), r);
+                    _ => return Err(err(
+                        m.loc(&key),
+                        &key,
+                        "an input names a stage: \"stage\", \"stage[*]\" or a list [\"a\", \"b\"]",
+                    )),
+                };
+                if !stage.inputs().iter().any(|d| d.name == iname) {
+                    let known: Vec<_> = stage.inputs().iter().map(|d| d.name).collect();
+                    return Err(err(
+                        m.loc(&key),
+                        &key,
+                        format!(
+                            "stage kind `{kind}` has no input `{iname}`; its inputs: {known:?}"
+                        ),
+                    ));
                 }
-            }
-            Some(_) => {
-                return Err(err(
-                    m.loc(&format!("{base}.inputs")),
-                    format!("{base}.inputs"),
-                    "must be a table",
-                ))
+                inputs.insert(iname.clone(), r);
             }
         }
-        for d in stage.inputs() {
-            if d.required && !inputs.contains_key(d.name) {
-                return Err(err(
-                    m.loc(&base),
-                    format!("{base}.inputs.{}", d.name),
-                    format!(
-                        "missing required input `{}` of stage kind `{kind}` ({})",
-                        d.name, d.doc
-                    ),
-                ));
-            }
-        }
-        let mut user = t.clone();
-        for k in ["kind", "over", "inputs"] {
-            user.remove(k);
-        }
-        let params = merge_params(&stage.defaults(), &user, &base, &m, &kind)?;
-        if let Err(e) = stage.validate(&params) {
-            // point at the parameter the message names in backticks, where the user set it
-            let msg = format!("{e:#}");
-            let key = user
-                .keys()
-                .find(|k| msg.contains(&format!("`{k}`")))
-                .map(|k| format!("{base}.{k}"))
-                .unwrap_or_else(|| base.clone());
+        Some(_) => {
             return Err(err(
-                m.loc(&key),
-                &key,
-                format!("invalid parameters for `{kind}`: {msg}"),
+                m.loc(&format!("{base}.inputs")),
+                format!("{base}.inputs"),
+                "must be a table",
+            ))
+        }
+    }
+    for d in stage.inputs() {
+        if d.required && !inputs.contains_key(d.name) {
+            return Err(err(
+                m.loc(base),
+                format!("{base}.inputs.{}", d.name),
+                format!(
+                    "missing required input `{}` of stage kind `{kind}` ({})",
+                    d.name, d.doc
+                ),
             ));
         }
-        stages.insert(
-            sname.clone(),
-            StageDecl {
-                name: sname.clone(),
-                kind,
-                over,
-                inputs,
-                params,
-                loc: m.loc(&base),
-            },
-        );
     }
+    Ok(inputs)
+}
 
-    // references
+/// The user's parameters merged over the kind's defaults, then validated by the stage.
+fn stage_params(
+    stage: &dyn Stage,
+    user: &Map<String, Value>,
+    base: &str,
+    kind: &str,
+    m: &Merged,
+) -> anyhow::Result<Value> {
+    let params = merge_params(&stage.defaults(), user, base, m, kind)?;
+    if let Err(e) = stage.validate(&params) {
+        // point at the parameter the message names in backticks, where the user set it
+        let msg = format!("{e:#}");
+        let key = user
+            .keys()
+            .find(|k| msg.contains(&format!("`{k}`")))
+            .map(|k| format!("{base}.{k}"))
+            .unwrap_or_else(|| base.to_string());
+        return Err(err(
+            m.loc(&key),
+            &key,
+            format!("invalid parameters for `{kind}`: {msg}"),
+        ));
+    }
+    Ok(params)
+}
+
+/// Every `over` and input names an existing stage whose fan-out fits the reference.
+fn check_references(stages: &BTreeMap<String, StageDecl>, m: &Merged) -> anyhow::Result<()> {
     for s in stages.values() {
         if let Some(o) = &s.over {
             let key = format!("stages.{}.over", s.name);
@@ -689,43 +756,39 @@ pub fn load(path: &Path, sets: &[String], registry: &Registry) -> anyhow::Result
         for (iname, r) in &s.inputs {
             let key = format!("stages.{}.inputs.{iname}", s.name);
             for st in &r.stages {
-                let Some(src) = stages.get(st) else {
-                    return Err(err(m.loc(&key), &key, format!("no stage named `{st}`")));
-                };
-                if r.list && src.over.is_some() {
-                    return Err(err(
-                        m.loc(&key),
-                        &key,
-                        format!("`{st}` fans out; a list input takes global stages only"),
-                    ));
-                }
-                if !r.gather && src.over.is_some() && src.over != s.over {
-                    return Err(err(m.loc(&key), &key, format!(
-                        "`{st}` fans out over `{}` but this stage does not: write \"{st}[*]\" to gather all its instances",
-                        src.over.as_deref().unwrap_or("")
-                    )));
-                }
+                check_input_source(stages, s, r, st, &key, m)?;
             }
         }
     }
-    for r in &report {
-        if !stages.contains_key(r) {
-            return Err(err(
-                m.loc("report"),
-                "report",
-                format!("no stage named `{r}`"),
-            ));
-        }
+    Ok(())
+}
+
+/// Input `key` of stage `s` reads stage `st` (one of `r`'s).
+fn check_input_source(
+    stages: &BTreeMap<String, StageDecl>,
+    s: &StageDecl,
+    r: &InputRef,
+    st: &str,
+    key: &str,
+    m: &Merged,
+) -> anyhow::Result<()> {
+    let Some(src) = stages.get(st) else {
+        return Err(err(m.loc(key), key, format!("no stage named `{st}`")));
+    };
+    if r.list && src.over.is_some() {
+        return Err(err(
+            m.loc(key),
+            key,
+            format!("`{st}` fans out; a list input takes global stages only"),
+        ));
     }
-    check_cycles(&stages, &m)?;
-    Ok(Pipeline {
-        name,
-        path: path.to_path_buf(),
-        seed,
-        report,
-        stages,
-        resolved: m.value,
-    })
+    if !r.gather && src.over.is_some() && src.over != s.over {
+        return Err(err(m.loc(key), key, format!(
+            "`{st}` fans out over `{}` but this stage does not: write \"{st}[*]\" to gather all its instances",
+            src.over.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(())
 }
 
 fn check_cycles(stages: &BTreeMap<String, StageDecl>, m: &Merged) -> anyhow::Result<()> {

@@ -276,37 +276,29 @@ mod tests {
             .collect()
     }
 
+    fn describe(old: Option<&BTreeMap<String, String>>, new: &[(String, String)]) -> String {
+        CodeFiles { old, new }.describe()
+    }
+
     #[test]
     fn code_change_names_edited_added_and_removed_files() {
         let old: BTreeMap<String, String> = files(&[("a.rs", "1"), ("b.rs", "2"), ("c.rs", "3")])
             .into_iter()
             .collect();
         let new = files(&[("a.rs", "1"), ("b.rs", "9"), ("d.rs", "4")]);
-        let c = CodeFiles {
-            old: Some(&old),
-            new: &new,
-        };
         assert_eq!(
-            c.describe(),
+            describe(Some(&old), &new),
             "stage source code changed: b.rs, d.rs (new), c.rs (gone)"
         );
         // A record from before files were recorded: the plain reason.
-        let c = CodeFiles {
-            old: None,
-            new: &new,
-        };
-        assert_eq!(c.describe(), "stage source code changed");
+        assert_eq!(describe(None, &new), "stage source code changed");
         // Many files: the first four and a count.
         let many_old: BTreeMap<String, String> =
             (0..7).map(|i| (format!("f{i}.rs"), "0".into())).collect();
         let many_new: Vec<(String, String)> =
             (0..7).map(|i| (format!("f{i}.rs"), "1".into())).collect();
-        let c = CodeFiles {
-            old: Some(&many_old),
-            new: &many_new,
-        };
         assert_eq!(
-            c.describe(),
+            describe(Some(&many_old), &many_new),
             "stage source code changed: f0.rs, f1.rs, f2.rs, f3.rs (+3 more)"
         );
     }

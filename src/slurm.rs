@@ -315,20 +315,7 @@ pub fn submit(
         return Ok(None);
     };
     if !opts.dry_run {
-        if which("sbatch").is_none() {
-            bail!("`sbatch` is not on PATH: is this a Slurm login node? (--dry-run writes the scripts anyway)");
-        }
-        // the plan cannot see work in flight: submitting now would run those folds twice
-        if let Some(last) = last_submission(ws, &name) {
-            let live = live_jobs(&last);
-            if !live.is_empty() {
-                bail!(
-                    "the last submission ({}) still has jobs queued or running: {}; wait for them or scancel them, then submit again",
-                    last.created,
-                    live.join(", ")
-                );
-            }
-        }
+        check_can_submit(ws, &name)?;
     }
     let items: Vec<String> = prog.items.iter().map(|(i, _)| i.clone()).collect();
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -340,7 +327,6 @@ pub fn submit(
         }
         None => record_dir.clone(),
     };
-
     let mut parts = Vec::new();
     if jobs.shared {
         parts.push(Part::Shared);
@@ -364,36 +350,7 @@ pub fn submit(
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         scripts.insert(part.name().to_string(), path);
     }
-
-    // each part waits for the one before it; a part whose dependency can never be met is
-    // cancelled by Slurm instead of pending forever
-    let mut ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut commands = Vec::new();
-    let mut prev: Option<String> = None;
-    for &part in &parts {
-        let mut args = vec!["--parsable".to_string()];
-        if let Some(p) = &prev {
-            let id = ids
-                .get(p)
-                .cloned()
-                .unwrap_or_else(|| format!("<{p} job id>"));
-            args.push(format!("--dependency=afterok:{id}"));
-            args.push("--kill-on-invalid-dep=yes".into());
-        }
-        args.push(scripts[part.name()].display().to_string());
-        commands.push(format!("sbatch {}", args.join(" ")));
-        if !opts.dry_run {
-            let id = sbatch(&args).with_context(|| {
-                format!(
-                    "submitting the {} job (already submitted: {ids:?}; scancel them before retrying)",
-                    part.name()
-                )
-            })?;
-            ids.insert(part.name().to_string(), id);
-        }
-        prev = Some(part.name().to_string());
-    }
-
+    let (ids, commands) = submit_chain(&parts, &scripts, opts.dry_run)?;
     let sub = Submission {
         pipeline: name.clone(),
         created,
@@ -408,17 +365,79 @@ pub fn submit(
         cache: inv.cache.clone(),
         runs: inv.runs.clone(),
     };
+    write_record(ws, &record_dir, &sub)?;
+    Ok(Some((record_dir, sub)))
+}
+
+/// Refuses to submit without `sbatch`, or while the last submission still has live jobs.
+fn check_can_submit(ws: &Workspace, name: &str) -> Result<()> {
+    if which("sbatch").is_none() {
+        bail!("`sbatch` is not on PATH: is this a Slurm login node? (--dry-run writes the scripts anyway)");
+    }
+    // the plan cannot see work in flight: submitting now would run those folds twice
+    if let Some(last) = last_submission(ws, name) {
+        let live = live_jobs(&last);
+        if !live.is_empty() {
+            bail!(
+                "the last submission ({}) still has jobs queued or running: {}; wait for them or scancel them, then submit again",
+                last.created,
+                live.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits the parts in order (unless `dry_run`): each waits for the one before it, and a
+/// part whose dependency can never be met is cancelled by Slurm instead of pending forever.
+/// Returns the job ids by part and the sbatch command lines.
+fn submit_chain(
+    parts: &[Part],
+    scripts: &BTreeMap<String, PathBuf>,
+    dry_run: bool,
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut commands = Vec::new();
+    let mut prev: Option<String> = None;
+    for &part in parts {
+        let mut args = vec!["--parsable".to_string()];
+        if let Some(p) = &prev {
+            let id = ids
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| format!("<{p} job id>"));
+            args.push(format!("--dependency=afterok:{id}"));
+            args.push("--kill-on-invalid-dep=yes".into());
+        }
+        args.push(scripts[part.name()].display().to_string());
+        commands.push(format!("sbatch {}", args.join(" ")));
+        if !dry_run {
+            let id = sbatch(&args).with_context(|| {
+                format!(
+                    "submitting the {} job (already submitted: {ids:?}; scancel them before retrying)",
+                    part.name()
+                )
+            })?;
+            ids.insert(part.name().to_string(), id);
+        }
+        prev = Some(part.name().to_string());
+    }
+    Ok((ids, commands))
+}
+
+/// `submission.json` in the record folder; a real submission also becomes `latest`.
+fn write_record(ws: &Workspace, record_dir: &Path, sub: &Submission) -> Result<()> {
     std::fs::write(
         record_dir.join("submission.json"),
-        serde_json::to_string_pretty(&sub)?,
+        serde_json::to_string_pretty(sub)?,
     )?;
-    if !opts.dry_run {
+    if !sub.dry_run {
         std::fs::write(
-            slurm_dir(ws, &name).join("latest"),
+            slurm_dir(ws, &sub.pipeline).join("latest"),
             record_dir.file_name().unwrap().to_string_lossy().as_bytes(),
         )?;
     }
-    Ok(Some((record_dir, sub)))
+    Ok(())
 }
 
 fn claim_dir(base: &Path, stamp: &str) -> Result<PathBuf> {

@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The tiny pipeline with training long enough to be caught in the act: a checkpoint after
 /// every epoch and meta step.
 fn slow_pipeline(dir: &Path, data: &Path, epochs: usize) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut text = include_str!("tiny_pipeline.toml")
-        .replace("PIPELINES", &root.join("pipelines").display().to_string())
-        .replace("DATA", &data.display().to_string());
+    let mut text = common::tiny::text(data);
     let (enc, meta) = (
         &format!("train = {{ epochs = {epochs}, batch = 8, checkpoint_every = 1 }}"),
         &format!("train = {{ steps = {epochs}, eval_every = 2, checkpoint_every = 1, k_shot = 1, n_query = 1 }}"),

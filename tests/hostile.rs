@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use mpfnet_stages::bundle::{tiny_example, Bundle};
 
+mod common;
+
 fn mpfnet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_mpfnet")
 }
@@ -37,14 +39,14 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn tiny_pipeline(dir: &Path) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = include_str!("tiny_pipeline.toml")
-        .replace("PIPELINES", &root.join("pipelines").display().to_string())
-        .replace("DATA", &dir.join("synth").display().to_string());
-    let p = dir.join("tiny.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+/// A clip folder of three 16x16 PNG frames `{prefix}{k}.png`, pixel (x, y) of frame k
+/// `rgb(x, y, k)`.
+fn write_clip(dir: &Path, prefix: &str, rgb: impl Fn(u32, u32, u32) -> [u8; 3]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 0..3 {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb(rgb(x, y, k)));
+        img.save(dir.join(format!("{prefix}{k}.png"))).unwrap();
+    }
 }
 
 #[test]
@@ -52,7 +54,7 @@ fn paths_a_pipeline_controls_stay_below_the_runs_folder() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("a/b/c");
     std::fs::create_dir_all(&work).unwrap();
-    let tiny = tiny_pipeline(&work);
+    let tiny = common::tiny::write(&work);
     let outside = dir.path().join("outside.safetensors");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--set".into(), "name=../../x".into()], "name"),
@@ -136,13 +138,9 @@ fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
     let d = dir.path();
     // a real clip to predict on
     let clip = d.join("clip");
-    std::fs::create_dir_all(&clip).unwrap();
-    for k in 0..3 {
-        let img = image::RgbImage::from_fn(16, 16, |x, y| {
-            image::Rgb([(x * 16) as u8, (y * 16) as u8, (k * 40) as u8])
-        });
-        img.save(clip.join(format!("img{k}.png"))).unwrap();
-    }
+    write_clip(&clip, "img", |x, y, k| {
+        [(x * 16) as u8, (y * 16) as u8, (k * 40) as u8]
+    });
     let good = d.join("good.safetensors");
     std::fs::write(&good, crafted(|_| {})).unwrap();
     let o = capped(
@@ -245,13 +243,9 @@ fn predict_reports_each_bad_clip_and_runs_the_good_ones() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let good = d.join("good");
-    std::fs::create_dir_all(&good).unwrap();
-    for k in 0..3 {
-        let img = image::RgbImage::from_fn(16, 16, |x, y| {
-            image::Rgb([(x * 9) as u8, (y * 5) as u8, (k * 70) as u8])
-        });
-        img.save(good.join(format!("f{k}.png"))).unwrap();
-    }
+    write_clip(&good, "f", |x, y, k| {
+        [(x * 9) as u8, (y * 5) as u8, (k * 70) as u8]
+    });
     let broken = d.join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     for k in 0..3 {
@@ -300,7 +294,7 @@ fn framed_checkpoint(step: u64, payload: &[u8]) -> Vec<u8> {
 fn crafted_checkpoints_and_action_records_are_refused_cleanly_under_a_memory_cap() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let tiny = tiny_pipeline(d);
+    let tiny = common::tiny::write(d);
     let tiny = tiny.to_str().unwrap();
     // the reference, and the keys of its training nodes
     let o = capped(d, &["run", tiny, "--quiet"]);

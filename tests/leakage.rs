@@ -5,28 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mpfnet::session::{self, Workspace};
-use mpfnet::Options;
+use common::tiny::Tiny;
+use mpfnet::session;
 use serde_json::Value;
 
-const TINY: &str = include_str!("tiny_pipeline.toml");
+mod common;
 
 fn check(sets: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let text = TINY
-        .replace("PIPELINES", &pipelines.display().to_string())
-        .replace("DATA", &dir.path().join("synth").display().to_string());
-    let p = dir.path().join("tiny.toml");
-    std::fs::write(&p, text).unwrap();
-    let ws = Workspace {
-        cache_dir: dir.path().join("cache"),
-        runs_dir: dir.path().join("runs"),
-    };
-    let reg = mpfnet_stages::registry();
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let mut e = session::open(&p, &sets, &reg, &ws, Options::default()).unwrap();
-    let out = session::run(&mut e, &ws, &[]).unwrap();
+    let tiny = Tiny::new();
+    let mut e = tiny.open(sets);
+    let out = session::run(&mut e, &tiny.ws, &[]).unwrap();
     assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
     let ds = e.load(e.instances("dataset")[0]).unwrap();
     let subject: BTreeMap<String, String> = ds.meta["samples"]

@@ -3,33 +3,20 @@
 //! evaluation -> report. Then: a rerun computes nothing, and changing gamma re-plans only the
 //! meta-learning and evaluation nodes of MPFNet-P.
 
+use common::tiny::Tiny;
 use mpfnet::plan::{self, Status};
-use mpfnet::session::{self, Workspace};
-use mpfnet::Options;
+use mpfnet::session;
 
-const TINY: &str = include_str!("tiny_pipeline.toml");
+mod common;
 
 #[test]
 fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let text = TINY
-        .replace("PIPELINES", &pipelines.display().to_string())
-        .replace("DATA", &dir.path().join("synth").display().to_string());
-    let p = dir.path().join("tiny.toml");
-    std::fs::write(&p, text).unwrap();
-    let ws = Workspace {
-        cache_dir: dir.path().join("cache"),
-        runs_dir: dir.path().join("runs"),
-    };
-    let reg = mpfnet_stages::registry();
-    let open = |sets: &[&str]| {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        session::open(&p, &sets, &reg, &ws, Options::default()).unwrap()
-    };
+    let tiny = Tiny::new();
+    let (dir, ws, reg) = (&tiny.dir, &tiny.ws, &tiny.registry);
+    let open = |sets: &[&str]| tiny.open(sets);
 
     let mut e = open(&[]);
-    let out = session::run(&mut e, &ws, &[]).unwrap();
+    let out = session::run(&mut e, ws, &[]).unwrap();
     assert!(out.summary.ok(), "failed: {:?}", out.summary.failed);
     assert!(
         out.report_text.contains("MPFNet-P") && out.report_text.contains("MPFNet-C"),
@@ -82,7 +69,7 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
         shown.contains("x ") && shown.contains("F32") && shown.contains("\"kind\": \"features\""),
         "{shown}"
     );
-    let files = mpfnet::inspect::export(&store, &reg, &target, &dir.path().join("export")).unwrap();
+    let files = mpfnet::inspect::export(&store, reg, &target, &dir.path().join("export")).unwrap();
     let names: Vec<String> = files
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -104,7 +91,7 @@ fn whole_method_runs_caches_and_replans_only_downstream_of_gamma() {
 
     // the same command again: everything from the cache, same numbers
     let mut e2 = open(&[]);
-    let again = session::run(&mut e2, &ws, &[]).unwrap();
+    let again = session::run(&mut e2, ws, &[]).unwrap();
     let recomputed: Vec<&str> = again
         .record
         .nodes

@@ -3,7 +3,7 @@
 //! `cargo run --release --example bench_cache [-- DIR]` (DIR: where to put the
 //! temporary store, default the system temp dir; use the filesystem you care about).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mpfnet_cache::{Digest, Store, StoreOptions};
@@ -45,8 +45,15 @@ fn main() -> anyhow::Result<()> {
         dir.path().display(),
         rayon::current_num_threads()
     );
+    hashing();
+    let root = dir.path().join("store");
+    let store = Store::open(&root)?;
+    blobs(&store)?;
+    file_digests(&store, &root, &dir.path().join("files"))
+}
 
-    // 1. blake3 hashing.
+/// blake3 on one thread and `Digest::of` (rayon).
+fn hashing() {
     let big = buffer(256 * MIB, 1);
     let t1 = median(5, || {
         let t = Instant::now();
@@ -63,9 +70,10 @@ fn main() -> anyhow::Result<()> {
         gbs(big.len(), t1),
         gbs(big.len(), tn)
     );
+}
 
-    // 2./3. put_blob and get_blob (fsync included).
-    let store = Store::open(&dir.path().join("store"))?;
+/// put_blob and get_blob (fsync included), on 1 MiB and 64 MiB blobs.
+fn blobs(store: &Store) -> anyhow::Result<()> {
     for (size, count) in [(MIB, 64usize), (64 * MIB, 4)] {
         let blobs: Vec<Vec<u8>> = (0..count).map(|i| buffer(size, 100 + i as u64)).collect();
         let t = Instant::now();
@@ -100,10 +108,12 @@ fn main() -> anyhow::Result<()> {
             gbs(size * count, read),
         );
     }
+    Ok(())
+}
 
-    // 4. file_digest on 2,000 unchanged small files.
-    let files_dir = dir.path().join("files");
-    std::fs::create_dir_all(&files_dir)?;
+/// `file_digest` on 2,000 unchanged small files: cold, warm, and from a fresh `Store`.
+fn file_digests(store: &Store, root: &Path, files_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(files_dir)?;
     let files: Vec<PathBuf> = (0..2000)
         .map(|i| {
             let p = files_dir.join(format!("f{i:04}.bin"));
@@ -112,7 +122,6 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     // Past the racy window, so the files are cacheable.
     std::thread::sleep(StoreOptions::default().stat_racy_window + Duration::from_millis(100));
-    let root = dir.path().join("store");
     let t = Instant::now();
     store.file_digests(&files)?;
     let cold = t.elapsed();
@@ -132,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     // A fresh process: open, load the snapshot, check all files.
     let fresh = median(5, || {
         let t = Instant::now();
-        let s = Store::open(&root).unwrap();
+        let s = Store::open(root).unwrap();
         s.file_digests(&files).unwrap();
         let e = t.elapsed();
         assert_eq!(s.stat_cache_stats().misses, 0);

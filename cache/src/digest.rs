@@ -217,6 +217,44 @@ impl KeyHasher {
     }
 }
 
+/// blake3 over parts, each preceded by its length as a u64 (LE), so `"ab", "c"` and
+/// `"a", "bc"` differ. Unlike [`KeyHasher`] it writes no domain or type tags: it is the
+/// recipe of digests that already exist (node seeds, bundle checksums) and must not change.
+#[derive(Clone, Default)]
+pub struct PartsHasher {
+    h: blake3::Hasher,
+}
+
+impl PartsHasher {
+    /// An empty hash.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A length-prefixed part.
+    pub fn part(&mut self, p: &[u8]) -> &mut Self {
+        self.h.update(&(p.len() as u64).to_le_bytes());
+        self.h.update(p);
+        self
+    }
+
+    /// Bytes without a length (fixed-width fields, or the last field).
+    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.h.update(b);
+        self
+    }
+
+    /// The blake3 hash.
+    pub fn finalize(&self) -> blake3::Hash {
+        self.h.finalize()
+    }
+
+    /// The first 8 bytes of the hash as a u64 (LE): a seed.
+    pub fn finalize_u64(&self) -> u64 {
+        u64::from_le_bytes(self.finalize().as_bytes()[..8].try_into().unwrap())
+    }
+}
+
 /// Compact JSON with object keys sorted at every level.
 pub(crate) fn canonical_json(v: &serde_json::Value) -> String {
     fn write(v: &serde_json::Value, out: &mut String) {

@@ -52,7 +52,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use actions::ActionRecord;
-pub use digest::{Digest, KeyHasher, ParseDigestError};
+pub use digest::{Digest, KeyHasher, ParseDigestError, PartsHasher};
 pub use fsutil::Sharing;
 pub use maintenance::{DuReport, GcOptions, GcReport, Usage, VerifyReport};
 pub use stat::StatCacheStats;
@@ -60,6 +60,16 @@ pub use stat::StatCacheStats;
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_MAGIC: &str = "mpfnet-cache-format";
+
+/// The store's areas: one folder each under the root.
+pub const AREAS: [&str; 6] = [
+    "blobs",
+    "actions",
+    "checkpoints",
+    "stat",
+    "tmp",
+    "quarantine",
+];
 
 /// Errors callers may want to match on (via `anyhow::Error::downcast_ref`).
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +150,7 @@ impl Store {
             .with_context(|| format!("creating store directory {}", root.display()))?;
         let sharing = read_sharing(root)?;
         sharing.fix_dir(root)?;
-        for sub in [
-            "blobs",
-            "actions",
-            "checkpoints",
-            "stat",
-            "tmp",
-            "quarantine",
-        ] {
+        for sub in AREAS {
             let d = root.join(sub);
             sharing.create_dir_all(&d)?;
             // A store's areas are its own folders: a symlink would let whoever planted it

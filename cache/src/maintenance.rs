@@ -240,22 +240,33 @@ impl Store {
     /// within `opts.grace` (concurrent writers are safe: `put_blob` refreshes
     /// the mtime of a blob it finds present). Also prunes the stat cache.
     pub fn gc(&self, keep: &HashSet<Digest>, opts: &GcOptions) -> Result<GcReport> {
-        let now = SystemTime::now();
-        let mut rep = GcReport::default();
-        let young = |m: &fs::Metadata| fsutil::age(m, now) < opts.grace;
-        let remove = |path: &Path, len: u64, rep: &mut GcReport| -> Result<bool> {
-            if opts.dry_run {
-                rep.bytes_freed += len;
-                return Ok(true);
-            }
-            let gone = fsutil::remove_file_opt(path)?;
-            if gone {
-                rep.bytes_freed += len;
-            }
-            Ok(gone)
+        let mut sweep = Sweep {
+            now: SystemTime::now(),
+            opts,
+            rep: GcReport::default(),
         };
+        let referenced = self.gc_actions(keep, &mut sweep)?;
+        self.gc_checkpoints(keep, &mut sweep)?;
+        self.gc_blobs(&referenced, &mut sweep)?;
+        self.gc_tmp(&mut sweep)?;
+        if opts.purge_quarantine {
+            for e in fsutil::list_dir(&self.quarantine_dir())? {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_file() && !sweep.young(&meta) && sweep.remove(&e.path(), meta.len())? {
+                    sweep.rep.quarantine_removed += 1;
+                }
+            }
+        }
+        if !opts.dry_run {
+            sweep.rep.stat_entries_pruned = self.prune_stat_cache()?;
+            self.flush()?;
+        }
+        Ok(sweep.rep)
+    }
 
-        let mut referenced: HashSet<Digest> = opts.keep_blobs.clone();
+    /// Removes the old action records not in `keep`; returns the blobs the rest reference.
+    fn gc_actions(&self, keep: &HashSet<Digest>, sweep: &mut Sweep) -> Result<HashSet<Digest>> {
+        let mut referenced: HashSet<Digest> = sweep.opts.keep_blobs.clone();
         for (key, path) in self.list_sharded("actions", ".json")? {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
@@ -264,16 +275,20 @@ impl Store {
                 .and_then(|b| parse_action(&b).ok())
                 .map(|r| r.output);
             if keep.contains(&key) {
-                rep.actions_kept += 1;
+                sweep.rep.actions_kept += 1;
                 referenced.extend(output);
-            } else if young(&meta) {
-                rep.young_spared += 1;
+            } else if sweep.young(&meta) {
+                sweep.rep.young_spared += 1;
                 referenced.extend(output);
-            } else if remove(&path, meta.len(), &mut rep)? {
-                rep.actions_removed += 1;
+            } else if sweep.remove(&path, meta.len())? {
+                sweep.rep.actions_removed += 1;
             }
         }
+        Ok(referenced)
+    }
 
+    /// Removes the checkpoint folders of nodes not in `keep` that saw no write lately.
+    fn gc_checkpoints(&self, keep: &HashSet<Digest>, sweep: &mut Sweep) -> Result<()> {
         for dir in fsutil::list_dir(&self.dir("checkpoints"))? {
             let key = dir
                 .file_name()
@@ -283,12 +298,13 @@ impl Store {
                 continue;
             }
             let newest = newest_mtime(&dir.path())?;
-            if newest.is_some_and(|t| now.duration_since(t).unwrap_or_default() < opts.grace) {
-                rep.young_spared += 1;
+            let grace = sweep.opts.grace;
+            if newest.is_some_and(|t| sweep.now.duration_since(t).unwrap_or_default() < grace) {
+                sweep.rep.young_spared += 1;
                 continue;
             }
             let u = usage(&dir.path())?;
-            if !opts.dry_run {
+            if !sweep.opts.dry_run {
                 // Same dance as `clear_checkpoints`: out of the lookup path first.
                 let doomed = self.tmp_dir().join(fsutil::unique_name("ckpt-gc-"));
                 match fs::rename(dir.path(), &doomed) {
@@ -300,57 +316,51 @@ impl Store {
                     }
                 }
             }
-            rep.bytes_freed += u.bytes;
-            rep.checkpoints_removed += 1;
+            sweep.rep.bytes_freed += u.bytes;
+            sweep.rep.checkpoints_removed += 1;
         }
+        Ok(())
+    }
 
+    /// Removes the old blobs no remaining action references.
+    fn gc_blobs(&self, referenced: &HashSet<Digest>, sweep: &mut Sweep) -> Result<()> {
         for (d, path) in self.list_sharded("blobs", "")? {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
             };
             if referenced.contains(&d) {
-                rep.blobs_kept += 1;
-            } else if young(&meta) {
-                rep.young_spared += 1;
-            } else if remove(&path, meta.len(), &mut rep)? {
-                rep.blobs_removed += 1;
+                sweep.rep.blobs_kept += 1;
+            } else if sweep.young(&meta) {
+                sweep.rep.young_spared += 1;
+            } else if sweep.remove(&path, meta.len())? {
+                sweep.rep.blobs_removed += 1;
             }
         }
+        Ok(())
+    }
 
+    /// Removes old temp files, and checkpoint folders set aside by a process that died before
+    /// removing them.
+    fn gc_tmp(&self, sweep: &mut Sweep) -> Result<()> {
         for e in fsutil::list_dir(&self.tmp_dir())? {
             let Ok(meta) = e.metadata() else { continue };
             if meta.is_dir() {
-                // checkpoint folders set aside by a process that died before removing them
-                if !young(&meta) && !opts.dry_run {
+                if !sweep.young(&meta) && !sweep.opts.dry_run {
                     fsutil::remove_tree_racy(&e.path())?;
-                    rep.tmp_removed += 1;
+                    sweep.rep.tmp_removed += 1;
                 }
                 continue;
             }
             if !meta.is_file() {
                 continue;
             }
-            if young(&meta) {
-                rep.young_spared += 1;
-            } else if remove(&e.path(), meta.len(), &mut rep)? {
-                rep.tmp_removed += 1;
+            if sweep.young(&meta) {
+                sweep.rep.young_spared += 1;
+            } else if sweep.remove(&e.path(), meta.len())? {
+                sweep.rep.tmp_removed += 1;
             }
         }
-
-        if opts.purge_quarantine {
-            for e in fsutil::list_dir(&self.quarantine_dir())? {
-                let Ok(meta) = e.metadata() else { continue };
-                if meta.is_file() && !young(&meta) && remove(&e.path(), meta.len(), &mut rep)? {
-                    rep.quarantine_removed += 1;
-                }
-            }
-        }
-
-        if !opts.dry_run {
-            rep.stat_entries_pruned = self.prune_stat_cache()?;
-            self.flush()?;
-        }
-        Ok(rep)
+        Ok(())
     }
 
     /// Disk usage by area.
@@ -363,5 +373,32 @@ impl Store {
             tmp: usage(&self.tmp_dir())?,
             quarantine: usage(&self.quarantine_dir())?,
         })
+    }
+}
+
+/// One `gc` pass: its clock, options and tally.
+struct Sweep<'a> {
+    now: SystemTime,
+    opts: &'a GcOptions,
+    rep: GcReport,
+}
+
+impl Sweep<'_> {
+    /// Modified within the grace period: a concurrent writer may still need it.
+    fn young(&self, m: &fs::Metadata) -> bool {
+        fsutil::age(m, self.now) < self.opts.grace
+    }
+
+    /// Removes the file (or, in a dry run, only counts it); false if it was already gone.
+    fn remove(&mut self, path: &Path, len: u64) -> Result<bool> {
+        if self.opts.dry_run {
+            self.rep.bytes_freed += len;
+            return Ok(true);
+        }
+        let gone = fsutil::remove_file_opt(path)?;
+        if gone {
+            self.rep.bytes_freed += len;
+        }
+        Ok(gone)
     }
 }

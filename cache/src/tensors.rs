@@ -120,6 +120,23 @@ element!(i64, I64);
 element!(u32, U32);
 element!(i32, I32);
 
+/// Values as little-endian bytes (the layout of a safetensors tensor).
+pub fn to_le_bytes<T: Element>(values: &[T]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(values.len() * T::DTYPE.size());
+    for v in values {
+        v.write_le(&mut data);
+    }
+    data
+}
+
+/// Values from little-endian bytes; a trailing partial element is ignored.
+pub fn from_le_bytes<T: Element>(bytes: &[u8]) -> Vec<T> {
+    bytes
+        .chunks_exact(T::DTYPE.size())
+        .map(T::read_le)
+        .collect()
+}
+
 /// One named tensor: dtype, shape and little-endian data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorEntry {
@@ -142,15 +159,11 @@ impl TensorEntry {
             "tensor {name:?}: shape {shape:?} needs {numel} values, got {}",
             values.len()
         );
-        let mut data = Vec::with_capacity(values.len() * T::DTYPE.size());
-        for v in values {
-            v.write_le(&mut data);
-        }
         Ok(TensorEntry {
             name: name.to_string(),
             dtype: T::DTYPE,
             shape: shape.to_vec(),
-            data,
+            data: to_le_bytes(values),
         })
     }
 
@@ -163,11 +176,7 @@ impl TensorEntry {
             self.dtype,
             T::DTYPE
         );
-        Ok(self
-            .data
-            .chunks_exact(T::DTYPE.size())
-            .map(T::read_le)
-            .collect())
+        Ok(from_le_bytes(&self.data))
     }
 
     fn expected_len(&self) -> Result<usize> {

@@ -50,14 +50,7 @@ fn open_creates_layout_and_refuses_newer_format() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     drop(Store::open(&root).unwrap());
-    for sub in [
-        "blobs",
-        "actions",
-        "checkpoints",
-        "stat",
-        "tmp",
-        "quarantine",
-    ] {
+    for sub in mpfnet_cache::AREAS {
         assert!(root.join(sub).is_dir(), "{sub} missing");
     }
     assert_eq!(

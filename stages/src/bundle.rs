@@ -18,6 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use mpfnet_api::Array;
+use mpfnet_cache::{tensors, PartsHasher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -181,29 +182,24 @@ pub struct Bundle {
 /// blake3 over every tensor (name, dtype, shape, bytes) and the metadata (with this field
 /// blank): a bundle's metadata is as much a part of it as its weights.
 fn checksum(tensors: &BTreeMap<String, Array>, meta: &BundleMeta) -> String {
-    let mut h = blake3::Hasher::new();
     let mut m = meta.clone();
     m.tensors_blake3.clear();
-    let mj = serde_json::to_vec(&m).expect("bundle metadata serialises");
-    h.update(&(mj.len() as u64).to_le_bytes());
-    h.update(&mj);
+    let mut h = PartsHasher::new();
+    h.part(&serde_json::to_vec(&m).expect("bundle metadata serialises"));
     for (name, a) in tensors {
-        for part in [name.as_bytes(), a.dtype().as_bytes()] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
+        h.part(name.as_bytes()).part(a.dtype().as_bytes());
         for d in a.shape() {
-            h.update(&(*d as u64).to_le_bytes());
+            h.raw(&(*d as u64).to_le_bytes());
         }
-        h.update(&le_bytes(a));
+        h.raw(&le_bytes(a));
     }
     h.finalize().to_hex().to_string()
 }
 
 fn le_bytes(a: &Array) -> Vec<u8> {
     match a {
-        Array::F32 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Array::I64 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Array::F32 { data, .. } => tensors::to_le_bytes(data),
+        Array::I64 { data, .. } => tensors::to_le_bytes(data),
         Array::U8 { data, .. } => data.clone(),
     }
 }
@@ -272,18 +268,8 @@ impl Bundle {
             let shape = view.shape().to_vec();
             let data = view.data();
             let a = match view.dtype() {
-                safetensors::Dtype::F32 => Array::f32(
-                    shape,
-                    data.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                )?,
-                safetensors::Dtype::I64 => Array::i64(
-                    shape,
-                    data.chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                )?,
+                safetensors::Dtype::F32 => Array::f32(shape, tensors::from_le_bytes(data))?,
+                safetensors::Dtype::I64 => Array::i64(shape, tensors::from_le_bytes(data))?,
                 safetensors::Dtype::U8 => Array::u8(shape, data.to_vec())?,
                 d => bail!("{source}: tensor `{name}` has dtype {d:?}, not one a bundle holds"),
             };

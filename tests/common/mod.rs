@@ -7,8 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use mpfnet::engine::{Engine, Options};
 use mpfnet::session::{self, Workspace};
-use mpfnet_api::{Array, Artifact, AxisItem, Ctx, Input, InputDecl, Registry, Stage};
-use serde_json::{json, Value};
+use mpfnet_api::{Array, Artifact, Ctx, Input, InputDecl, Registry};
+use serde_json::json;
+
+pub mod tiny;
+pub mod toy;
+
+use toy::{axis_from_lines, Toy};
 
 fn scalar(art: &Artifact) -> Result<f32> {
     Ok(art.tensor("v")?.as_f32()?[0])
@@ -41,31 +46,12 @@ fn sum_inputs(ctx: &Ctx) -> Result<f32> {
 }
 
 /// v = value + sum of inputs; optional sleep and failure.
-pub struct Num;
-impl Stage for Num {
-    fn kind(&self) -> &'static str {
-        "num"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "num-code".into()
-    }
-    fn about(&self) -> &'static str {
-        "toy: value + sum of inputs"
-    }
-    fn defaults(&self) -> Value {
-        json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": "", "width": 1})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        const I: &[InputDecl] = &[
-            InputDecl::optional("ins", "anything with a tensor v"),
-            InputDecl::optional("more", "more"),
-        ];
-        I
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+pub fn num() -> Toy {
+    const I: &[InputDecl] = &[
+        InputDecl::optional("ins", "anything with a tensor v"),
+        InputDecl::optional("more", "more"),
+    ];
+    Toy::new("num", "toy: value + sum of inputs", |ctx| {
         let p = ctx.params;
         let ms = p["sleep_ms"].as_u64().unwrap();
         if ms > 0 {
@@ -80,106 +66,39 @@ impl Stage for Num {
             .unwrap_or(0.0) as f32;
         let v = p["value"].as_f64().unwrap() as f32 + item + sum_inputs(ctx)?;
         Ok(out_wide(v, p["width"].as_u64().unwrap() as usize))
-    }
+    })
+    .code("num-code")
+    .defaults(json!({"value": 0.0, "sleep_ms": 0, "fail": false, "label": "", "width": 1}))
+    .inputs(I)
 }
 
 /// Volatile: reads `path` (lines "id value") and declares one axis item per line.
-pub struct Source;
-impl Stage for Source {
-    fn kind(&self) -> &'static str {
-        "source"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "source-code".into()
-    }
-    fn about(&self) -> &'static str {
-        "toy: axis from a text file"
-    }
-    fn defaults(&self) -> Value {
-        json!({"path": ""})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        &[]
-    }
-    fn volatile(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+pub fn source() -> Toy {
+    Toy::new("source", "toy: axis from a text file", |ctx| {
         let path = ctx.params["path"].as_str().unwrap();
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        let mut axis = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let (id, v) = line.split_once(' ').unwrap();
-            let v: f64 = v.trim().parse()?;
-            axis.push(AxisItem {
-                id: id.into(),
-                key: format!("{v}"),
-                attrs: json!({"value": v}),
-            });
-        }
+        let axis = axis_from_lines(&text)?;
         let mut a = out(axis.len() as f32);
         a.axis = Some(axis);
         Ok(a)
-    }
+    })
+    .code("source-code")
+    .defaults(json!({"path": ""}))
+    .volatile()
 }
 
 /// Seeded: v = a pseudo-random number from the node seed (tests seed derivation).
-pub struct Noise;
-impl Stage for Noise {
-    fn kind(&self) -> &'static str {
-        "noise"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "noise-code".into()
-    }
-    fn about(&self) -> &'static str {
-        "toy: seeded value"
-    }
-    fn defaults(&self) -> Value {
-        json!({})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        &[]
-    }
-    fn uses_seed(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+pub fn noise() -> Toy {
+    Toy::new("noise", "toy: seeded value", |ctx| {
         Ok(out((ctx.seed % 1000) as f32))
-    }
+    })
+    .code("noise-code")
+    .seeded()
 }
 
 /// A long node that checkpoints each step and resumes from its last checkpoint.
-pub struct Steps;
-impl Stage for Steps {
-    fn kind(&self) -> &'static str {
-        "steps"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn code(&self) -> String {
-        "steps-code".into()
-    }
-    fn about(&self) -> &'static str {
-        "toy: checkpointed loop"
-    }
-    fn defaults(&self) -> Value {
-        json!({"steps": 5, "sleep_ms": 0})
-    }
-    fn inputs(&self) -> &'static [InputDecl] {
-        &[]
-    }
-    fn heavy(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &Ctx) -> Result<Artifact> {
+pub fn steps() -> Toy {
+    Toy::new("steps", "toy: checkpointed loop", |ctx| {
         let steps = ctx.params["steps"].as_u64().unwrap();
         let ms = ctx.params["sleep_ms"].as_u64().unwrap();
         let (mut start, mut acc) = (0u64, 0u64);
@@ -197,12 +116,15 @@ impl Stage for Steps {
         let mut a = out(acc as f32);
         a.meta = json!({"resumed_from": resumed_from});
         Ok(a)
-    }
+    })
+    .code("steps-code")
+    .defaults(json!({"steps": 5, "sleep_ms": 0}))
+    .heavy()
 }
 
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.add(Num).add(Source).add(Noise).add(Steps);
+    r.add(num()).add(source()).add(noise()).add(steps());
     r
 }
 
