@@ -4,10 +4,9 @@ use mpfnet_api::Array;
 
 /// blake3 of several strings, length-prefixed (item keys).
 pub fn key_of(parts: &[&str]) -> String {
-    let mut h = blake3::Hasher::new();
+    let mut h = mpfnet_cache::PartsHasher::new();
     for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
+        h.part(p.as_bytes());
     }
     h.finalize().to_hex().to_string()
 }
