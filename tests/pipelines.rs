@@ -353,6 +353,10 @@ fn frame_sweep_runs_the_whole_method_per_length() {
             p.stages[&s("eval_c")].inputs["predictions"].stage(),
             s("meta_c")
         );
+        // `each`: no row trains a final model nobody reads
+        for st in ["gfe", "afe", "meta_c"] {
+            assert_eq!(params(&p, &s(st))["final_model"], false, "{}", s(st));
+        }
     }
     assert_eq!(report_evaluations(&p).len(), 2 * lengths.len() + 2);
 }

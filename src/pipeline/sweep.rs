@@ -54,149 +54,58 @@ pub(super) fn expand(m: &mut Merged) -> anyhow::Result<()> {
     Ok(())
 }
 
+const KEYS: [&str; 7] = [
+    "stages", "rows", "set", "values", "each", "labels", "report",
+];
+
 fn parse(m: &Merged, name: &str, table: Value) -> anyhow::Result<Sweep> {
-    let base = format!("sweeps.{name}");
-    let fail = |key: &str, msg: String| {
-        let path = if key.is_empty() {
-            base.clone()
-        } else {
-            format!("{base}.{key}")
-        };
-        err(m.loc(&path), path, msg)
+    let mut p = Parser {
+        m,
+        base: format!("sweeps.{name}"),
+        stages: Vec::new(),
     };
-    check_row_name(name).map_err(|why| fail("", format!("sweep name {name:?} {why}")))?;
+    check_row_name(name).map_err(|why| p.fail("", format!("sweep name {name:?} {why}")))?;
     let Value::Object(t) = table else {
-        return Err(fail("", "a sweep must be a table".into()));
+        return Err(p.fail("", "a sweep must be a table".into()));
     };
-    for k in t.keys() {
-        if ![
-            "stages", "rows", "set", "values", "labels", "report", "each",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(fail(
-                k,
-                "unknown key; expected stages, rows, set, values, each, labels or report".into(),
-            ));
-        }
+    if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(p.fail(k, format!("unknown key; expected one of {KEYS:?}")));
     }
-    let stages = string_list(t.get("stages"))
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| fail("stages", "must be a non-empty array of stage names".into()))?;
-    for s in &stages {
-        if m.value["stages"].get(s).is_none() {
-            return Err(fail("stages", format!("no stage `{s}` in this pipeline")));
+    p.stages = p.stage_list(t.get("stages"))?;
+    let each = p.assignments(t.get("each"), "each")?;
+    let rows = match (t.get("rows"), t.get("values")) {
+        (Some(Value::Object(named)), None) => named
+            .iter()
+            .map(|(row, assigns)| p.row(row, assigns, &each))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (Some(Value::Array(list)), None) => p.listed_rows(list, &each)?,
+        (None, Some(Value::Array(values))) => p.value_rows(name, values, t.get("set"), &each)?,
+        _ => {
+            let msg = "give either `rows` (a table or an array of rows) or `values` (an array) with `set`";
+            return Err(p.fail("", msg.into()));
         }
-    }
-    let split = |key: &str, at: &str| -> anyhow::Result<(String, Vec<String>)> {
-        let mut parts = key.split('.').map(str::to_string);
-        let stage = parts.next().unwrap_or_default();
-        let path: Vec<String> = parts.collect();
-        if path.is_empty() || path.iter().any(|p| p.is_empty()) || !stages.contains(&stage) {
-            return Err(fail(
-                at,
-                format!(
-                    "`{key}`: expected STAGE.KEY with STAGE one of this sweep's stages {stages:?}"
-                ),
-            ));
-        }
-        Ok((stage, path))
     };
-    let mut each = Vec::new();
-    match t.get("each") {
-        None => {}
-        Some(Value::Object(assigns)) => {
-            for (key, v) in assigns {
-                let (stage, path) = split(key, "each")?;
-                each.push((stage, path, v.clone()));
-            }
-        }
-        Some(_) => return Err(fail("each", "must be a table of STAGE.KEY = value".into())),
-    }
-    let mut rows = Vec::new();
-    match (t.get("rows"), t.get("values")) {
-        (Some(Value::Object(named)), None) => {
-            for (row, assigns) in named {
-                rows.push(parse_row(row, assigns, &each, &split, &fail)?);
-            }
-        }
-        // an array keeps the file's row order: [{ name = "a", "STAGE.KEY" = v }, ...]
-        (Some(Value::Array(list)), None) => {
-            for (i, r) in list.iter().enumerate() {
-                let mut r = r.clone();
-                let name = match r.as_object_mut().and_then(|o| o.remove("name")) {
-                    Some(Value::String(n)) => n,
-                    _ => {
-                        return Err(fail(
-                            &format!("rows[{i}]"),
-                            "a row needs `name` (a string)".into(),
-                        ))
-                    }
-                };
-                rows.push(parse_row(&name, &r, &each, &split, &fail)?);
-            }
-        }
-        (None, Some(Value::Array(values))) => {
-            let keys = string_list(t.get("set"))
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    fail(
-                        "set",
-                        "with `values`, `set` lists the STAGE.KEY each value goes to".into(),
-                    )
-                })?;
-            let keys = keys
-                .iter()
-                .map(|k| split(k, "set"))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            for v in values {
-                let label = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                let row = format!("{name}{}", label.replace('.', "_").replace('-', "m"));
-                check_row_name(&row)
-                    .map_err(|why| fail("values", format!("value {label:?} {why}")))?;
-                let assignments = keys
-                    .iter()
-                    .map(|(s, p)| (s.clone(), p.clone(), v.clone()))
-                    .collect();
-                rows.push(Row {
-                    name: row,
-                    label,
-                    assignments,
-                });
-            }
-        }
-        _ => return Err(fail(
-            "",
-            "give either `rows` (a table or an array of rows) or `values` (an array) with `set`"
-                .into(),
-        )),
-    }
     if rows.is_empty() {
-        return Err(fail("", "a sweep needs at least one row".into()));
+        return Err(p.fail("", "a sweep needs at least one row".into()));
     }
     let labels = match t.get("labels") {
         None => Map::new(),
-        Some(Value::Object(l)) if l.iter().all(|(k, v)| stages.contains(k) && v.is_string()) => {
+        Some(Value::Object(l)) if l.iter().all(|(k, v)| p.stages.contains(k) && v.is_string()) => {
             l.clone()
         }
         Some(_) => {
-            return Err(fail(
-                "labels",
-                "must map this sweep's stages to label templates".into(),
-            ))
+            let msg = "must map this sweep's stages to label templates";
+            return Err(p.fail("labels", msg.into()));
         }
     };
     let report = match t.get("report") {
         None => None,
         Some(Value::String(r)) if m.value["stages"].get(r).is_some() => Some(r.clone()),
-        Some(_) => return Err(fail("report", "must name a stage of this pipeline".into())),
+        Some(_) => return Err(p.fail("report", "must name a stage of this pipeline".into())),
     };
     Ok(Sweep {
         name: name.to_string(),
-        stages,
+        stages: p.stages,
         rows,
         labels,
         report,
@@ -205,31 +114,123 @@ fn parse(m: &Merged, name: &str, table: Value) -> anyhow::Result<Sweep> {
 
 type Assignment = (String, Vec<String>, Value);
 
-fn parse_row(
-    row: &str,
-    assigns: &Value,
-    each: &[Assignment],
-    split: &dyn Fn(&str, &str) -> anyhow::Result<(String, Vec<String>)>,
-    fail: &dyn Fn(&str, String) -> anyhow::Error,
-) -> anyhow::Result<Row> {
-    let at = format!("rows.{row}");
-    check_row_name(row).map_err(|why| fail(&at, format!("row name {row:?} {why}")))?;
-    let Value::Object(assigns) = assigns else {
-        return Err(fail(
-            &at,
-            "a row must be a table of STAGE.KEY = value".into(),
-        ));
-    };
-    let mut assignments = each.to_vec();
-    for (key, v) in assigns {
-        let (stage, path) = split(key, &at)?;
-        assignments.push((stage, path, v.clone()));
+/// Reads one sweep table; every error names `sweeps.NAME.KEY` and where it was written.
+struct Parser<'a> {
+    m: &'a Merged,
+    base: String,
+    stages: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn fail(&self, key: &str, msg: String) -> anyhow::Error {
+        let path = match key.is_empty() {
+            true => self.base.clone(),
+            false => format!("{}.{key}", self.base),
+        };
+        err(self.m.loc(&path), path, msg)
     }
-    Ok(Row {
-        name: row.to_string(),
-        label: row.to_string(),
-        assignments,
-    })
+
+    fn stage_list(&self, v: Option<&Value>) -> anyhow::Result<Vec<String>> {
+        let stages = string_list(v).filter(|s| !s.is_empty()).ok_or_else(|| {
+            self.fail("stages", "must be a non-empty array of stage names".into())
+        })?;
+        match stages
+            .iter()
+            .find(|s| self.m.value["stages"].get(s).is_none())
+        {
+            Some(s) => Err(self.fail("stages", format!("no stage `{s}` in this pipeline"))),
+            None => Ok(stages),
+        }
+    }
+
+    /// `STAGE.KEY.SUBKEY` -> (stage, [KEY, SUBKEY]), STAGE one of the sweep's stages.
+    fn split(&self, key: &str, at: &str) -> anyhow::Result<(String, Vec<String>)> {
+        let mut parts = key.split('.').map(str::to_string);
+        let stage = parts.next().unwrap_or_default();
+        let path: Vec<String> = parts.collect();
+        if path.is_empty() || path.iter().any(|p| p.is_empty()) || !self.stages.contains(&stage) {
+            let msg = format!(
+                "`{key}`: expected STAGE.KEY with STAGE one of this sweep's stages {:?}",
+                self.stages
+            );
+            return Err(self.fail(at, msg));
+        }
+        Ok((stage, path))
+    }
+
+    /// A table of `STAGE.KEY = value` (absent: none).
+    fn assignments(&self, v: Option<&Value>, at: &str) -> anyhow::Result<Vec<Assignment>> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(Value::Object(assigns)) => assigns
+                .iter()
+                .map(|(key, v)| self.split(key, at).map(|(s, p)| (s, p, v.clone())))
+                .collect(),
+            Some(_) => Err(self.fail(at, "must be a table of STAGE.KEY = value".into())),
+        }
+    }
+
+    fn row(&self, name: &str, assigns: &Value, each: &[Assignment]) -> anyhow::Result<Row> {
+        let at = format!("rows.{name}");
+        check_row_name(name).map_err(|why| self.fail(&at, format!("row name {name:?} {why}")))?;
+        let mut assignments = each.to_vec();
+        assignments.extend(self.assignments(Some(assigns), &at)?);
+        Ok(Row {
+            name: name.to_string(),
+            label: name.to_string(),
+            assignments,
+        })
+    }
+
+    /// An array keeps the file's row order: `[{ name = "a", "STAGE.KEY" = v }, ...]`.
+    fn listed_rows(&self, list: &[Value], each: &[Assignment]) -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            let mut r = r.clone();
+            let Some(Value::String(name)) = r.as_object_mut().and_then(|o| o.remove("name")) else {
+                let msg = "a row needs `name` (a string)";
+                return Err(self.fail(&format!("rows[{i}]"), msg.into()));
+            };
+            rows.push(self.row(&name, &r, each)?);
+        }
+        Ok(rows)
+    }
+
+    /// One row per value, the value going to every key of `set`; rows named NAME + value.
+    fn value_rows(
+        &self,
+        name: &str,
+        values: &[Value],
+        set: Option<&Value>,
+        each: &[Assignment],
+    ) -> anyhow::Result<Vec<Row>> {
+        let keys = string_list(set).filter(|s| !s.is_empty()).ok_or_else(|| {
+            let msg = "with `values`, `set` lists the STAGE.KEY each value goes to";
+            self.fail("set", msg.into())
+        })?;
+        let keys = keys
+            .iter()
+            .map(|k| self.split(k, "set"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut rows = Vec::new();
+        for v in values {
+            let label = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let row = format!("{name}{}", label.replace('.', "_").replace('-', "m"));
+            check_row_name(&row)
+                .map_err(|why| self.fail("values", format!("value {label:?} {why}")))?;
+            let mut assignments = each.to_vec();
+            assignments.extend(keys.iter().map(|(s, p)| (s.clone(), p.clone(), v.clone())));
+            rows.push(Row {
+                name: row,
+                label,
+                assignments,
+            });
+        }
+        Ok(rows)
+    }
 }
 
 fn apply(m: &mut Merged, sw: &Sweep) -> anyhow::Result<()> {
