@@ -173,6 +173,18 @@ fn conv3d_finite_differences() {
     );
 }
 
+/// BatchNorm with eps 1e-3 and momentum 0.1.
+fn bn_args<'a>(rm: &'a Var, rv: &'a Var, mode: BnMode, relu: bool) -> ops::BnArgs<'a> {
+    ops::BnArgs {
+        running_mean: rm,
+        running_var: rv,
+        eps: 1e-3,
+        momentum: 0.1,
+        mode,
+        relu,
+    }
+}
+
 #[test]
 fn bn_finite_differences() {
     let rm = Var::zeros(4, DType::F32, &Device::Cpu).unwrap();
@@ -182,7 +194,7 @@ fn bn_finite_differences() {
         "bn (train)",
         rand_t(&[3, 4, 2, 3, 3], 14),
         (rand_t(&[4], 15) + 1.5).unwrap(),
-        |x, g| ops::batch_norm3d(x, g, &beta, &rm, &rv, 1e-3, 0.1, BnMode::Train, false).unwrap(),
+        |x, g| ops::batch_norm(x, g, &beta, &bn_args(&rm, &rv, BnMode::Train, false)).unwrap(),
     );
 }
 
@@ -300,14 +312,14 @@ fn batch_norm3d_matches_reference() {
             Var::from_tensor(&rm0).unwrap(),
             Var::from_tensor(&rv0).unwrap(),
         );
-        let y = ops::batch_norm3d(&x, &gamma, &beta, &rm, &rv, 1e-3, 0.1, mode, relu).unwrap();
+        let y = ops::batch_norm(&x, &gamma, &beta, &bn_args(&rm, &rv, mode, relu)).unwrap();
         let r = rand_t(y.dims(), 36);
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
 
         let f64v = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
         let (x6, g6, b6) = (f64v(&x), f64v(&gamma), f64v(&beta));
         let (rm6, rv6) = (f64v(&rm0), f64v(&rv0));
-        let y6 = reference::batch_norm3d(&x6, &g6, &b6, &rm6, &rv6, 1e-3, 0.1, mode, relu).unwrap();
+        let y6 = reference::batch_norm3d(&x6, &g6, &b6, &bn_args(&rm6, &rv6, mode, relu)).unwrap();
         let gr = (&y6 * r.to_dtype(DType::F64).unwrap())
             .unwrap()
             .sum_all()

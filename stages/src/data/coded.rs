@@ -85,9 +85,11 @@ pub(crate) fn read_coded_rows(
             &origin,
             &mut |d: &Path, n: u32| find(&subject, d, n),
             &frame_dir,
-            onset,
-            apex,
-            offset,
+            FrameNumbers {
+                onset,
+                apex,
+                offset,
+            },
             cols,
             folder_known,
         );
@@ -117,22 +119,30 @@ fn is_blank_frame(s: &str) -> bool {
     s.is_empty() || s == "/" || s.parse::<f64>().map(|v| v < 0.0).unwrap_or(false)
 }
 
+/// A row's onset, apex and offset frame numbers (None: blank or unreadable).
+struct FrameNumbers {
+    onset: Option<u32>,
+    apex: Option<u32>,
+    offset: Option<u32>,
+}
+
 /// Checks onset <= apex <= offset and that the onset and apex frames exist. Returns the frame
 /// paths (empty when not found) and the faults. `stat_files` is false when the row is already
 /// faulty in a way that makes the folder meaningless (no subject, no filename).
-#[allow(clippy::too_many_arguments)]
 fn check_frames(
     origin: &Origin,
     find: &mut dyn FnMut(&Path, u32) -> Option<PathBuf>,
     frame_dir: &Path,
-    onset: Option<u32>,
-    apex: Option<u32>,
-    offset: Option<u32>,
+    frames: FrameNumbers,
     cols: &Columns,
     stat_files: bool,
 ) -> ((PathBuf, PathBuf), Vec<crate::data::Fault>) {
+    let FrameNumbers {
+        onset,
+        mut apex,
+        offset,
+    } = frames;
     let mut faults = Vec::new();
-    let mut apex = apex;
     if let (Some(o), Some(a)) = (onset, apex) {
         let hi = offset.unwrap_or(u32::MAX);
         if a == o {

@@ -11,6 +11,7 @@
 //!
 //! Layouts are PyTorch's: `[B, C, H, W]`, f32.
 
+use crate::model::ops::f32_slice;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -20,25 +21,11 @@ thread_local! {
 
 /// Runs `f` with the stock-op paths forced on the current thread (tests, benchmarks).
 pub fn with_reference<R>(f: impl FnOnce() -> R) -> R {
-    let prev = FORCE_REFERENCE.with(|c| c.replace(true));
-    let r = f();
-    FORCE_REFERENCE.with(|c| c.set(prev));
-    r
+    crate::model::ops::forcing(&FORCE_REFERENCE, f)
 }
 
 fn use_custom(x: &Tensor) -> bool {
-    x.device().is_cpu() && !FORCE_REFERENCE.with(|c| c.get())
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("{what}: only f32 is supported"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{what}: input must be contiguous"),
-    }
+    crate::model::ops::custom_on(&FORCE_REFERENCE, x)
 }
 
 fn dims4(s: &Shape, what: &str) -> Result<[usize; 4]> {

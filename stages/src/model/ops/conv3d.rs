@@ -9,7 +9,7 @@
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
 use super::{
-    cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, SendPtr,
+    cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, SendPtr, Strided,
     REDUCE_PARTS,
 };
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -216,19 +216,11 @@ pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
             // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
             unsafe {
                 sgemm(
-                    cout,
-                    np,
-                    cin,
-                    outp.ptr().add(bi * cout * vol + p0),
-                    vol as isize,
-                    1,
+                    [cout, np, cin],
+                    Strided::rows(outp.ptr().add(bi * cout * vol + p0), vol),
                     false,
-                    w.as_ptr(),
-                    cin as isize,
-                    1,
-                    x.as_ptr().add(bi * cin * vol + p0),
-                    vol as isize,
-                    1,
+                    Strided::rows(w.as_ptr(), cin),
+                    Strided::rows(x.as_ptr().add(bi * cin * vol + p0), vol),
                 );
             }
         });
@@ -247,19 +239,14 @@ pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
             // SAFETY: rows r0..r1 of frame oti of batch item bi belong to this task.
             unsafe {
                 sgemm(
-                    cout,
-                    np,
-                    kd,
-                    outp.ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                    ovol as isize,
-                    1,
+                    [cout, np, kd],
+                    Strided::rows(
+                        outp.ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                        ovol,
+                    ),
                     false,
-                    w.as_ptr(),
-                    kd as isize,
-                    1,
-                    col.as_ptr(),
-                    np as isize,
-                    1,
+                    Strided::rows(w.as_ptr(), kd),
+                    Strided::rows(col.as_ptr(), np),
                 );
             }
         },
@@ -282,19 +269,11 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
                     let np = PW_TILE.min(vol - p0);
                     unsafe {
                         sgemm(
-                            cout,
-                            cin,
-                            np,
-                            acc.as_mut_ptr(),
-                            cin as isize,
-                            1,
+                            [cout, cin, np],
+                            Strided::rows(acc.as_mut_ptr(), cin),
                             true,
-                            gout.as_ptr().add(bi * cout * vol + p0),
-                            vol as isize,
-                            1,
-                            x.as_ptr().add(bi * cin * vol + p0),
-                            1,
-                            vol as isize,
+                            Strided::rows(gout.as_ptr().add(bi * cout * vol + p0), vol),
+                            Strided::cols(x.as_ptr().add(bi * cin * vol + p0), vol),
                         );
                     }
                 }
@@ -325,19 +304,14 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
                     );
                     unsafe {
                         sgemm(
-                            cout,
-                            kd,
-                            np,
-                            acc.as_mut_ptr(),
-                            kd as isize,
-                            1,
+                            [cout, kd, np],
+                            Strided::rows(acc.as_mut_ptr(), kd),
                             true,
-                            gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                            ovol as isize,
-                            1,
-                            col.as_ptr(),
-                            1,
-                            np as isize,
+                            Strided::rows(
+                                gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                                ovol,
+                            ),
+                            Strided::cols(col.as_ptr(), np),
                         );
                     }
                 }
@@ -373,19 +347,11 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
             let np = PW_TILE.min(vol - p0);
             unsafe {
                 sgemm(
-                    cin,
-                    np,
-                    cout,
-                    gxp.ptr().add(bi * cin * vol + p0),
-                    vol as isize,
-                    1,
+                    [cin, np, cout],
+                    Strided::rows(gxp.ptr().add(bi * cin * vol + p0), vol),
                     false,
-                    w.as_ptr(),
-                    1,
-                    cin as isize,
-                    gout.as_ptr().add(bi * cout * vol + p0),
-                    vol as isize,
-                    1,
+                    Strided::cols(w.as_ptr(), cin),
+                    Strided::rows(gout.as_ptr().add(bi * cout * vol + p0), vol),
                 );
             }
         });
@@ -425,19 +391,14 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
                     let np = (r1 - r0) * g.wo;
                     unsafe {
                         sgemm(
-                            ks,
-                            np,
-                            cout,
-                            colg.as_mut_ptr(),
-                            np as isize,
-                            1,
+                            [ks, np, cout],
+                            Strided::rows(colg.as_mut_ptr(), np),
                             false,
-                            wt.as_ptr().add(dt * ks * cout),
-                            cout as isize,
-                            1,
-                            gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                            ovol as isize,
-                            1,
+                            Strided::rows(wt.as_ptr().add(dt * ks * cout), cout),
+                            Strided::rows(
+                                gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                                ovol,
+                            ),
                         );
                     }
                     add_col(g, &colg[..ks * np], gxb, ti, r0, r1);

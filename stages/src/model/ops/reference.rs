@@ -1,10 +1,10 @@
 //! Reference implementations from stock candle ops only (all have CUDA/Metal kernels and
 //! autograd). Used on non-CPU devices and as ground truth in the tests.
 
-use super::bn::BnMode;
+use super::bn::{BnArgs, BnMode};
 use super::dims5;
 use super::pool3d::adaptive_bin;
-use candle_core::{bail, Device, Result, Tensor, Var};
+use candle_core::{bail, Device, Result, Tensor};
 
 fn index(dev: &Device, n: usize, stride: usize, offset: usize) -> Result<Tensor> {
     let idx: Vec<u32> = (0..n).map(|o| (o * stride + offset) as u32).collect();
@@ -148,18 +148,15 @@ fn channel_mean(x: &Tensor, n: usize) -> Result<Tensor> {
 }
 
 /// BatchNorm (+ReLU) from broadcast ops; same statistics conventions as the custom op.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm3d(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Var,
-    running_var: &Var,
-    eps: f64,
-    momentum: f64,
-    mode: BnMode,
-    relu: bool,
-) -> Result<Tensor> {
+pub fn batch_norm3d(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Result<Tensor> {
+    let BnArgs {
+        running_mean,
+        running_var,
+        eps,
+        momentum,
+        mode,
+        relu,
+    } = *a;
     let [b, c, t, h, w] = dims5(x.shape(), "batch_norm3d")?;
     let n = b * t * h * w;
     let (mean, var) = match mode {
