@@ -297,49 +297,38 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Resu
     if !use_custom(x) {
         return super::reference::batch_norm3d(x, gamma, beta, a);
     }
-    let BnArgs {
-        running_mean,
-        running_var,
-        eps,
-        momentum,
-        mode,
-        relu,
-    } = *a;
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let given = match mode {
+    let given = match a.mode {
         BnMode::Train => None,
         BnMode::Eval => Some((
-            running_mean.as_tensor().to_vec1::<f32>()?,
-            running_var.as_tensor().to_vec1::<f32>()?,
+            a.running_mean.as_tensor().to_vec1::<f32>()?,
+            a.running_var.as_tensor().to_vec1::<f32>()?,
         )),
     };
     let op = BnOp {
-        eps: eps as f32,
-        relu,
+        eps: a.eps as f32,
+        relu: a.relu,
         given,
         stats: stats.clone(),
     };
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    if mode == BnMode::Train {
+    if a.mode == BnMode::Train {
         let st = stats.lock().unwrap().clone();
-        let m = momentum as f32;
-        let rm = running_mean.as_tensor().to_vec1::<f32>()?;
-        let rv = running_var.as_tensor().to_vec1::<f32>()?;
-        let nm: Vec<f32> = rm
-            .iter()
-            .zip(&st.mean)
-            .map(|(r, s)| (1.0 - m) * r + m * s)
-            .collect();
-        let nv: Vec<f32> = rv
-            .iter()
-            .zip(&st.var_unbiased)
-            .map(|(r, s)| (1.0 - m) * r + m * s)
-            .collect();
-        let dev = x.device();
-        running_mean.set(&Tensor::from_vec(nm, rm.len(), dev)?)?;
-        running_var.set(&Tensor::from_vec(nv, rv.len(), dev)?)?;
+        let m = a.momentum as f32;
+        // r = (1 - m) r + m s
+        let update = |r: &Var, s: &[f32]| -> Result<()> {
+            let old = r.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(s)
+                .map(|(r, s)| (1.0 - m) * r + m * s)
+                .collect();
+            r.set(&Tensor::from_vec(new, old.len(), x.device())?)
+        };
+        update(a.running_mean, &st.mean)?;
+        update(a.running_var, &st.var_unbiased)?;
     }
     Ok(y)
 }

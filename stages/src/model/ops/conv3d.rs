@@ -85,6 +85,17 @@ impl Geo {
     fn pointwise(&self) -> bool {
         self.k == [1, 1, 1] && self.s == [1, 1, 1] && self.p == [0, 0, 0]
     }
+    /// Column tiles of `PW_TILE` voxels per batch item (pointwise path).
+    fn pw_tiles(&self) -> usize {
+        self.in_vol().div_ceil(PW_TILE)
+    }
+    /// Pointwise task `task`'s (batch item, first voxel, voxel count).
+    fn pw_tile(&self, task: usize) -> (usize, usize, usize) {
+        let nt = self.pw_tiles();
+        let (bi, tile) = (task / nt, task % nt);
+        let p0 = tile * PW_TILE;
+        (bi, p0, PW_TILE.min(self.in_vol() - p0))
+    }
     fn hwo(&self) -> usize {
         self.ho * self.wo
     }
@@ -208,11 +219,8 @@ pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     if g.pointwise() {
         let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        (0..g.b * nt).into_par_iter().for_each(|task| {
-            let (bi, tile) = (task / nt, task % nt);
-            let p0 = tile * PW_TILE;
-            let np = PW_TILE.min(vol - p0);
+        (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
+            let (bi, p0, np) = g.pw_tile(task);
             // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
             unsafe {
                 sgemm(
@@ -258,15 +266,12 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     let partials: Vec<Vec<f32>> = if g.pointwise() {
         let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        fixed_chunks(g.b * nt, REDUCE_PARTS)
+        fixed_chunks(g.b * g.pw_tiles(), REDUCE_PARTS)
             .into_par_iter()
             .map(|range| {
                 let mut acc = vec![0f32; cout * cin];
                 for task in range {
-                    let (bi, tile) = (task / nt, task % nt);
-                    let p0 = tile * PW_TILE;
-                    let np = PW_TILE.min(vol - p0);
+                    let (bi, p0, np) = g.pw_tile(task);
                     unsafe {
                         sgemm(
                             [cout, cin, np],
@@ -340,11 +345,8 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
     let gxp = SendPtr(gx.as_mut_ptr());
     if g.pointwise() {
         let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        (0..g.b * nt).into_par_iter().for_each(|task| {
-            let (bi, tile) = (task / nt, task % nt);
-            let p0 = tile * PW_TILE;
-            let np = PW_TILE.min(vol - p0);
+        (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
+            let (bi, p0, np) = g.pw_tile(task);
             unsafe {
                 sgemm(
                     [cin, np, cout],

@@ -65,13 +65,8 @@ struct Pass {
 
 /// 1D max over the windows of pass `ps`.
 fn pool_axis(v: &[f32], ps: Pass) -> Vec<f32> {
-    let Pass {
-        outer,
-        n,
-        inner,
-        win: (k, s, p),
-        no,
-    } = ps;
+    let (outer, n, inner, no) = (ps.outer, ps.n, ps.inner, ps.no);
+    let (k, s, p) = ps.win;
     let mut out_v = vec![f32::NEG_INFINITY; outer * no * inner];
     for o in 0..outer {
         for oi in 0..no {
@@ -94,13 +89,8 @@ fn pool_axis(v: &[f32], ps: Pass) -> Vec<f32> {
 /// Reverse of [`pool_axis`]: adds each output's gradient `g` to the first tap of its window
 /// whose value in `v` equals the output `best`. Lanes run over `inner` (contiguous).
 fn route_axis(v: &[f32], best: &[f32], g: &[f32], ps: Pass) -> Vec<f32> {
-    let Pass {
-        outer,
-        n,
-        inner,
-        win: (k, s, p),
-        no,
-    } = ps;
+    let (outer, n, inner, no) = (ps.outer, ps.n, ps.inner, ps.no);
+    let (k, s, p) = ps.win;
     let mut gin = vec![0f32; outer * n * inner];
     let mut done = vec![false; inner];
     for o in 0..outer {

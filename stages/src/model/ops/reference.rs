@@ -149,17 +149,10 @@ fn channel_mean(x: &Tensor, n: usize) -> Result<Tensor> {
 
 /// BatchNorm (+ReLU) from broadcast ops; same statistics conventions as the custom op.
 pub fn batch_norm3d(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Result<Tensor> {
-    let BnArgs {
-        running_mean,
-        running_var,
-        eps,
-        momentum,
-        mode,
-        relu,
-    } = *a;
+    let (running_mean, running_var) = (a.running_mean, a.running_var);
     let [b, c, t, h, w] = dims5(x.shape(), "batch_norm3d")?;
     let n = b * t * h * w;
-    let (mean, var) = match mode {
+    let (mean, var) = match a.mode {
         BnMode::Train => {
             let mean = channel_mean(x, n)?;
             let var = channel_mean(&x.broadcast_sub(&mean)?.sqr()?, n)?;
@@ -168,7 +161,7 @@ pub fn batch_norm3d(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Re
             } else {
                 1.0
             };
-            let m = momentum;
+            let m = a.momentum;
             let rm = (running_mean.as_tensor().affine(1.0 - m, 0.0)?
                 + mean.flatten_all()?.detach().affine(m, 0.0)?)?;
             let rv = (running_var.as_tensor().affine(1.0 - m, 0.0)?
@@ -184,10 +177,10 @@ pub fn batch_norm3d(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Re
     };
     let y = x
         .broadcast_sub(&mean)?
-        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_div(&(var + a.eps)?.sqrt()?)?
         .broadcast_mul(&gamma.reshape((1, c, 1, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1, 1))?)?;
-    if relu {
+    if a.relu {
         y.relu()
     } else {
         Ok(y)
