@@ -11,8 +11,8 @@
 //!
 //! Layouts are PyTorch's: `[B, C, H, W]`, f32.
 
-use crate::model::ops::f32_slice;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use crate::model::ops::{f32_slice, Cpu2, F32Op2};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 thread_local! {
@@ -82,7 +82,8 @@ impl Correlation {
             bail!("correlation: stride2 must be positive");
         }
         if use_custom(f1) {
-            f1.contiguous()?.apply_op2_no_bwd(&f2.contiguous()?, self)
+            f1.contiguous()?
+                .apply_op2_no_bwd(&f2.contiguous()?, &Cpu2(*self))
         } else {
             self.reference(f1, f2)
         }
@@ -107,21 +108,16 @@ impl Correlation {
     }
 }
 
-impl CustomOp2 for Correlation {
-    fn name(&self) -> &'static str {
-        "flownet2-correlation"
-    }
+impl F32Op2 for Correlation {
+    const NAME: &'static str = "flownet2-correlation";
+    const WHAT: &'static str = "correlation";
 
-    fn cpu_fwd(
+    fn fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let [b, c, h, w] = dims4(l1.shape(), "correlation")?;
-        let a = f32_slice(s1, l1, "correlation")?;
-        let bb = f32_slice(s2, l2, "correlation")?;
+        (a, sa): (&[f32], &Shape),
+        (bb, _): (&[f32], &Shape),
+    ) -> Result<(Vec<f32>, Shape)> {
+        let [b, c, h, w] = dims4(sa, "correlation")?;
         let hw = h * w;
         // channels last, so that every product is a contiguous dot product over C
         let to_hwc = |src: &[f32]| -> Vec<f32> {
@@ -165,7 +161,7 @@ impl CustomOp2 for Correlation {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, planes, h, w))))
+        Ok((out, Shape::from((b, planes, h, w))))
     }
 }
 
@@ -201,21 +197,16 @@ pub fn correlation(f1: &Tensor, f2: &Tensor) -> Result<Tensor> {
 #[derive(Clone, Copy, Debug)]
 struct Resample2d;
 
-impl CustomOp2 for Resample2d {
-    fn name(&self) -> &'static str {
-        "flownet2-resample2d"
-    }
+impl F32Op2 for Resample2d {
+    const NAME: &'static str = "flownet2-resample2d";
+    const WHAT: &'static str = "resample2d";
 
-    fn cpu_fwd(
+    fn fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let [b, c, h, w] = dims4(l1.shape(), "resample2d")?;
-        let img = f32_slice(s1, l1, "resample2d")?;
-        let flow = f32_slice(s2, l2, "resample2d")?;
+        (img, si): (&[f32], &Shape),
+        (flow, _): (&[f32], &Shape),
+    ) -> Result<(Vec<f32>, Shape)> {
+        let [b, c, h, w] = dims4(si, "resample2d")?;
         let hw = h * w;
         let mut out = vec![0f32; b * c * hw];
         out.par_chunks_mut(w).enumerate().for_each(|(row, o)| {
@@ -241,7 +232,7 @@ impl CustomOp2 for Resample2d {
                     + al * be * plane[yb * w + xr];
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, si.clone()))
     }
 }
 
@@ -257,7 +248,7 @@ pub fn resample2d(img: &Tensor, flow: &Tensor) -> Result<Tensor> {
     }
     if use_custom(img) {
         img.contiguous()?
-            .apply_op2_no_bwd(&flow.contiguous()?, &Resample2d)
+            .apply_op2_no_bwd(&flow.contiguous()?, &Cpu2(Resample2d))
     } else {
         resample2d_reference(img, flow)
     }

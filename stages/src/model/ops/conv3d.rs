@@ -9,10 +9,10 @@
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
 use super::{
-    cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, SendPtr, Strided,
-    REDUCE_PARTS,
+    dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, Cpu2, F32Op2, SendPtr,
+    Strided, REDUCE_PARTS,
 };
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output pixels per unfolded tile (keeps the column buffer in L2/L3: ~1k pixels x 27*Cin).
@@ -418,26 +418,22 @@ pub struct Conv3dOp {
     pub padding: [usize; 3],
 }
 
-impl CustomOp2 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        "mpf-conv3d"
-    }
+impl F32Op2 for Conv3dOp {
+    const NAME: &'static str = "mpf-conv3d";
+    const WHAT: &'static str = "model ops";
 
-    fn cpu_fwd(
+    fn fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+        (x, xs): (&[f32], &Shape),
+        (w, ws): (&[f32], &Shape),
+    ) -> Result<(Vec<f32>, Shape)> {
         let g = Geo::new(
-            dims5(l1.shape(), "conv3d input")?,
-            dims5(l2.shape(), "conv3d weight")?,
+            dims5(xs, "conv3d input")?,
+            dims5(ws, "conv3d weight")?,
             self.stride,
             self.padding,
         )?;
-        let out = conv3d_fwd_cpu(&g, cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
-        Ok((CpuStorage::F32(out), g.out_shape()))
+        Ok((conv3d_fwd_cpu(&g, x, w), g.out_shape()))
     }
 
     fn bwd(
@@ -477,7 +473,7 @@ impl CustomOp2 for Conv3dOp {
 pub fn conv3d(x: &Tensor, w: &Tensor, stride: [usize; 3], padding: [usize; 3]) -> Result<Tensor> {
     if use_custom(x) {
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv3dOp { stride, padding })
+            .apply_op2(&w.contiguous()?, Cpu2(Conv3dOp { stride, padding }))
     } else {
         super::reference::conv3d(x, w, stride, padding)
     }

@@ -14,7 +14,7 @@ pub mod conv3d;
 pub mod pool3d;
 pub mod reference;
 
-use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::cell::Cell;
 use std::thread::LocalKey;
 
@@ -68,6 +68,59 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// A binary custom op's CPU forward over contiguous f32 inputs (with their shapes), and its
+/// backward; [`Cpu2`] adapts it to candle's `CustomOp2`, slicing the storages once for all.
+pub(crate) trait F32Op2: Send + Sync {
+    /// candle's name for the op.
+    const NAME: &'static str;
+    /// What the input errors name (wrong dtype, not contiguous).
+    const WHAT: &'static str;
+
+    fn fwd(&self, a: (&[f32], &Shape), b: (&[f32], &Shape)) -> Result<(Vec<f32>, Shape)>;
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// An [`F32Op2`] as a candle `CustomOp2`.
+pub(crate) struct Cpu2<T>(pub T);
+
+impl<T: F32Op2> CustomOp2 for Cpu2<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = (f32_slice(s1, l1, T::WHAT)?, l1.shape());
+        let b = (f32_slice(s2, l2, T::WHAT)?, l2.shape());
+        let (out, shape) = self.0.fwd(a, b)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.0.bwd(a, b, res, grad)
     }
 }
 
