@@ -298,15 +298,44 @@ impl Module for FlowNetS {
 /// full-resolution conv0 and `inter_conv` layers before each flow prediction.
 #[derive(Clone, Debug)]
 pub struct FlowNetSD {
+    fine: Fine,
+    conv3: ConvLeaky,
+    conv3_1: ConvLeaky,
+    deep: Deep,
+    decoder: Decoder,
+}
+
+/// The full- and half-resolution 3x3 layers (conv0 ... conv2_1) FlowNetSD and FlowNetFusion
+/// open with.
+#[derive(Clone, Debug)]
+struct Fine {
     conv0: ConvLeaky,
     conv1: ConvLeaky,
     conv1_1: ConvLeaky,
     conv2: ConvLeaky,
     conv2_1: ConvLeaky,
-    conv3: ConvLeaky,
-    conv3_1: ConvLeaky,
-    deep: Deep,
-    decoder: Decoder,
+}
+
+impl Fine {
+    fn new(vb: &VarBuilder, cfg: &FlowNet2Config, input_channels: usize) -> Result<Self> {
+        let c = |n| cfg.ch(n);
+        let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
+        Ok(Self {
+            conv0: conv("conv0", input_channels, c(64), 1)?,
+            conv1: conv("conv1", c(64), c(64), 2)?,
+            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
+            conv2: conv("conv2", c(128), c(128), 2)?,
+            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
+        })
+    }
+
+    /// (conv0, conv1_1, conv2_1) outputs.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let c0 = self.conv0.forward(x)?;
+        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
+        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
+        Ok((c0, c1, c2))
+    }
 }
 
 impl FlowNetSD {
@@ -314,11 +343,7 @@ impl FlowNetSD {
         let c = |n| cfg.ch(n);
         let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
         Ok(Self {
-            conv0: conv("conv0", 6, c(64), 1)?,
-            conv1: conv("conv1", c(64), c(64), 2)?,
-            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
-            conv2: conv("conv2", c(128), c(128), 2)?,
-            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
+            fine: Fine::new(&vb, cfg, 6)?,
             conv3: conv("conv3", c(128), c(256), 2)?,
             conv3_1: conv("conv3_1", c(256), c(256), 1)?,
             deep: Deep::new(&vb, cfg)?,
@@ -329,9 +354,7 @@ impl FlowNetSD {
 
 impl Module for FlowNetSD {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c0 = self.conv0.forward(x)?;
-        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
-        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
+        let (_, _, c2) = self.fine.forward(x)?;
         let c3 = self.conv3_1.forward(&self.conv3.forward(&c2)?)?;
         let (c4, c5, c6) = self.deep.forward(&c3)?;
         self.decoder.forward(&c6, &[&c5, &c4, &c3, &c2])
@@ -342,11 +365,7 @@ impl Module for FlowNetSD {
 /// full resolution. Input `[B, 11, H, W]`, output the final flow in pixels.
 #[derive(Clone, Debug)]
 pub struct FlowNetFusion {
-    conv0: ConvLeaky,
-    conv1: ConvLeaky,
-    conv1_1: ConvLeaky,
-    conv2: ConvLeaky,
-    conv2_1: ConvLeaky,
+    fine: Fine,
     decoder: Decoder,
 }
 
@@ -355,7 +374,6 @@ impl FlowNetFusion {
         let c = |n| cfg.ch(n);
         let cat1 = c(128) + c(32) + 2;
         let cat0 = c(64) + c(16) + 2;
-        let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
         let specs = [
             LevelSpec {
                 level: 1,
@@ -371,11 +389,7 @@ impl FlowNetFusion {
             },
         ];
         Ok(Self {
-            conv0: conv("conv0", 11, c(64), 1)?,
-            conv1: conv("conv1", c(64), c(64), 2)?,
-            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
-            conv2: conv("conv2", c(128), c(128), 2)?,
-            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
+            fine: Fine::new(&vb, cfg, 11)?,
             decoder: Decoder::new(&vb, (2, c(128)), &specs, true)?,
         })
     }
@@ -383,9 +397,7 @@ impl FlowNetFusion {
 
 impl Module for FlowNetFusion {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c0 = self.conv0.forward(x)?;
-        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
-        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
+        let (c0, c1, c2) = self.fine.forward(x)?;
         self.decoder.forward(&c2, &[&c1, &c0])
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Layouts are PyTorch's: `[B, C, H, W]`, f32.
 
-use crate::model::ops::{f32_slice, Cpu2, F32Op2};
+use crate::model::ops::{f32_slice, Cpu2, F32In, F32Op2, F32Out};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -112,11 +112,7 @@ impl F32Op2 for Correlation {
     const NAME: &'static str = "flownet2-correlation";
     const WHAT: &'static str = "correlation";
 
-    fn fwd(
-        &self,
-        (a, sa): (&[f32], &Shape),
-        (bb, _): (&[f32], &Shape),
-    ) -> Result<(Vec<f32>, Shape)> {
+    fn fwd(&self, (a, sa): F32In, (bb, _): F32In) -> F32Out {
         let [b, c, h, w] = dims4(sa, "correlation")?;
         let hw = h * w;
         // channels last, so that every product is a contiguous dot product over C
@@ -201,11 +197,7 @@ impl F32Op2 for Resample2d {
     const NAME: &'static str = "flownet2-resample2d";
     const WHAT: &'static str = "resample2d";
 
-    fn fwd(
-        &self,
-        (img, si): (&[f32], &Shape),
-        (flow, _): (&[f32], &Shape),
-    ) -> Result<(Vec<f32>, Shape)> {
+    fn fwd(&self, (img, si): F32In, (flow, _): F32In) -> F32Out {
         let [b, c, h, w] = dims4(si, "resample2d")?;
         let hw = h * w;
         let mut out = vec![0f32; b * c * hw];

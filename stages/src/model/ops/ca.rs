@@ -5,7 +5,7 @@
 //! - `ca_apply`: `y = x * a_t[t] * a_h[h] * a_w[w]` with `a = [a_t | a_h | a_w]` of
 //!   `[B,C,T+H+W]`, one pass forward and one backward instead of ~8 broadcast passes.
 
-use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, Cpu2, F32Op2};
+use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, Cpu2, F32In, F32Op2, F32Out};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -107,11 +107,7 @@ impl F32Op2 for CaApply {
     const NAME: &'static str = "mpf-ca-apply";
     const WHAT: &'static str = "model ops";
 
-    fn fwd(
-        &self,
-        (x, xs): (&[f32], &Shape),
-        (a, as_): (&[f32], &Shape),
-    ) -> Result<(Vec<f32>, Shape)> {
+    fn fwd(&self, (x, xs): F32In, (a, as_): F32In) -> F32Out {
         let d = dims5(xs, "ca_apply")?;
         check(d, as_.dims())?;
         let [_, _, t, h, w] = d;

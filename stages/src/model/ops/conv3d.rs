@@ -9,8 +9,8 @@
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
 use super::{
-    dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, Cpu2, F32Op2, SendPtr,
-    Strided, REDUCE_PARTS,
+    dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, Cpu2, F32In, F32Op2, F32Out,
+    SendPtr, Strided, REDUCE_PARTS,
 };
 use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -212,28 +212,47 @@ fn add_col(g: &Geo, colg: &[f32], gxb: SendPtr, ti: usize, r0: usize, r1: usize)
     }
 }
 
+/// A pointwise conv (or its input gradient) as one GEMM per column tile: for each batch item,
+/// `out (m x vol) = w (m x k) * src (k x vol)`, with `w` stored `[m, k]`, or `[k, m]` when
+/// `transposed`. Writes every element of `out`.
+fn pointwise_gemm(
+    g: &Geo,
+    out: &mut [f32],
+    (m, k): (usize, usize),
+    (w, transposed): (&[f32], bool),
+    src: &[f32],
+) {
+    let vol = g.in_vol();
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
+        let (bi, p0, np) = g.pw_tile(task);
+        let lhs = if transposed {
+            Strided::cols(w.as_ptr(), m)
+        } else {
+            Strided::rows(w.as_ptr(), k)
+        };
+        // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
+        unsafe {
+            sgemm(
+                [m, np, k],
+                Strided::rows(outp.ptr().add(bi * m * vol + p0), vol),
+                false,
+                lhs,
+                Strided::rows(src.as_ptr().add(bi * k * vol + p0), vol),
+            );
+        }
+    });
+}
+
 pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
     // Every element is written by one GEMM (accumulate = false): no zero fill needed.
     let mut out = uninit_vec(g.b * g.cout * g.out_vol());
-    let outp = SendPtr(out.as_mut_ptr());
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     if g.pointwise() {
-        let vol = g.in_vol();
-        (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
-            let (bi, p0, np) = g.pw_tile(task);
-            // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
-            unsafe {
-                sgemm(
-                    [cout, np, cin],
-                    Strided::rows(outp.ptr().add(bi * cout * vol + p0), vol),
-                    false,
-                    Strided::rows(w.as_ptr(), cin),
-                    Strided::rows(x.as_ptr().add(bi * cin * vol + p0), vol),
-                );
-            }
-        });
+        pointwise_gemm(g, &mut out, (cout, cin), (w, false), x);
         return out;
     }
+    let outp = SendPtr(out.as_mut_ptr());
     let nt = g.n_tiles();
     let (ovol, hwo, ivol) = (g.out_vol(), g.hwo(), g.in_vol());
     (0..g.b * g.to * nt).into_par_iter().for_each_init(
@@ -342,23 +361,11 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
     } else {
         vec![0f32; g.b * cin * g.in_vol()]
     };
-    let gxp = SendPtr(gx.as_mut_ptr());
     if g.pointwise() {
-        let vol = g.in_vol();
-        (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
-            let (bi, p0, np) = g.pw_tile(task);
-            unsafe {
-                sgemm(
-                    [cin, np, cout],
-                    Strided::rows(gxp.ptr().add(bi * cin * vol + p0), vol),
-                    false,
-                    Strided::cols(w.as_ptr(), cin),
-                    Strided::rows(gout.as_ptr().add(bi * cout * vol + p0), vol),
-                );
-            }
-        });
+        pointwise_gemm(g, &mut gx, (cin, cout), (w, true), gout);
         return gx;
     }
+    let gxp = SendPtr(gx.as_mut_ptr());
     let [kt, kh, kw] = g.k;
     let khw = kh * kw;
     let ks = cin * khw;
@@ -422,11 +429,7 @@ impl F32Op2 for Conv3dOp {
     const NAME: &'static str = "mpf-conv3d";
     const WHAT: &'static str = "model ops";
 
-    fn fwd(
-        &self,
-        (x, xs): (&[f32], &Shape),
-        (w, ws): (&[f32], &Shape),
-    ) -> Result<(Vec<f32>, Shape)> {
+    fn fwd(&self, (x, xs): F32In, (w, ws): F32In) -> F32Out {
         let g = Geo::new(
             dims5(xs, "conv3d input")?,
             dims5(ws, "conv3d weight")?,

@@ -71,6 +71,11 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     }
 }
 
+/// An input of [`F32Op2::fwd`]: contiguous data and shape.
+pub(crate) type F32In<'a> = (&'a [f32], &'a Shape);
+/// What [`F32Op2::fwd`] returns: the output data and shape.
+pub(crate) type F32Out = Result<(Vec<f32>, Shape)>;
+
 /// A binary custom op's CPU forward over contiguous f32 inputs (with their shapes), and its
 /// backward; [`Cpu2`] adapts it to candle's `CustomOp2`, slicing the storages once for all.
 pub(crate) trait F32Op2: Send + Sync {
@@ -79,7 +84,7 @@ pub(crate) trait F32Op2: Send + Sync {
     /// What the input errors name (wrong dtype, not contiguous).
     const WHAT: &'static str;
 
-    fn fwd(&self, a: (&[f32], &Shape), b: (&[f32], &Shape)) -> Result<(Vec<f32>, Shape)>;
+    fn fwd(&self, a: F32In, b: F32In) -> F32Out;
 
     fn bwd(
         &self,
