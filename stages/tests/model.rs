@@ -10,16 +10,10 @@ use mpfnet_stages::train::ckpt::{decode, encode, StateWriter};
 use mpfnet_stages::train::init::{snapshot, sorted_vars, var_builder, weights_digest};
 use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
 use mpfnet_stages::train::state::{read_part, write_part};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+mod common;
+use common::{rand_t, rel_err};
 
 fn tiny_cfg() -> CaI3dConfig {
     CaI3dConfig {
@@ -417,28 +411,7 @@ fn reference_path_model_matches_custom() {
     };
     let (y1, g1) = run(false);
     let (y2, g2) = run(true);
-    let rel = |a: &Tensor, b: &Tensor| {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert!(rel(&y1, &y2) < 1e-4, "embedding {}", rel(&y1, &y2));
-    assert!(rel(&g1, &g2) < 1e-3, "grad {}", rel(&g1, &g2));
+    assert!(rel_err(&y1, &y2) < 1e-4, "embedding {}", rel_err(&y1, &y2));
+    assert!(rel_err(&g1, &g2) < 1e-3, "grad {}", rel_err(&g1, &g2));
     let _ = VarBuilder::zeros(DType::F32, &dev);
 }
