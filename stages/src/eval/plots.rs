@@ -123,6 +123,23 @@ fn short(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// (epoch from 1, value) for each log entry that has the value `f` reads.
+fn per_epoch(
+    log: &TrainLog,
+    f: impl Fn(&crate::train::progress::EpochLog) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    log.entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| f(e).map(|v| (i as f64 + 1.0, v)))
+        .collect()
+}
+
+/// A legend mark: a short line in `colour`, 2 px wide.
+fn legend_line(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
+}
+
 /// Loss (left axis) and accuracy (right axis, and validation accuracy where logged) per epoch.
 pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
     fonts();
@@ -157,36 +174,22 @@ pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
         .y_desc("accuracy")
         .draw()
         .map_err(err("drawing", path))?;
-    let loss = log
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i as f64 + 1.0, e.loss));
+    let loss = per_epoch(log, |e| Some(e.loss));
     ch.draw_series(LineSeries::new(loss, PALETTE[3].stroke_width(2)))
         .map_err(err("drawing", path))?
         .label("loss")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[3].stroke_width(2)));
-    let acc: Vec<(f64, f64)> = log
-        .entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.acc.map(|a| (i as f64 + 1.0, a)))
-        .collect();
+        .legend(legend_line(PALETTE[3]));
+    let acc = per_epoch(log, |e| e.acc);
     ch.draw_secondary_series(LineSeries::new(acc, PALETTE[0].stroke_width(2)))
         .map_err(err("drawing", path))?
         .label("train acc")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[0].stroke_width(2)));
-    let val: Vec<(f64, f64)> = log
-        .entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.val_acc.map(|a| (i as f64 + 1.0, a)))
-        .collect();
+        .legend(legend_line(PALETTE[0]));
+    let val = per_epoch(log, |e| e.val_acc);
     if !val.is_empty() {
         ch.draw_secondary_series(LineSeries::new(val, PALETTE[2].stroke_width(2)))
             .map_err(err("drawing", path))?
             .label("val acc")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[2].stroke_width(2)));
+            .legend(legend_line(PALETTE[2]));
     }
     ch.configure_series_labels()
         .background_style(WHITE.mix(0.85))
