@@ -260,6 +260,12 @@ fn small_network_overfits() {
 }
 
 /// The bytes a training stage checkpoints for one model and its optimiser.
+/// Gradients of the sum of squared training-mode embeddings.
+fn sq_loss_grads(m: &CaI3d, x: &Tensor) -> candle_core::backprop::GradStore {
+    let y = m.forward(x, true).unwrap();
+    y.sqr().unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 fn ckpt_bytes(vm: &VarMap, opt: &SgdMomentum) -> Vec<u8> {
     let mut w = StateWriter::default();
     write_part(&mut w, "enc", vm, opt).unwrap();
@@ -286,16 +292,7 @@ fn checkpoint_roundtrip_with_momentum() {
         (vm, m, opt)
     };
     let (vm, m, mut opt) = make(1);
-    let g = m
-        .forward(&x, true)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    opt.step(&g).unwrap();
+    opt.step(&sq_loss_grads(&m, &x)).unwrap();
     let bytes = ckpt_bytes(&vm, &opt);
     assert_eq!(bytes, ckpt_bytes(&vm, &opt), "bytes not deterministic");
     let (names, _) = decode(&bytes, &dev).unwrap();
@@ -308,16 +305,7 @@ fn checkpoint_roundtrip_with_momentum() {
     assert_eq!(ckpt_bytes(&vm2, &opt2), bytes);
     // One more identical step on both gives identical states (momentum restored).
     for (mm, o) in [(&m, &mut opt), (&m2, &mut opt2)] {
-        let g = mm
-            .forward(&x, true)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        o.step(&g).unwrap();
+        o.step(&sq_loss_grads(mm, &x)).unwrap();
     }
     assert_eq!(ckpt_bytes(&vm, &opt), ckpt_bytes(&vm2, &opt2));
 }
