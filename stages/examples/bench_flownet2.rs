@@ -15,10 +15,8 @@ use mpfnet_stages::flownet2::{FlowNet2, FlowNet2Config, FlowNet2Flow, FlowNetC};
 use mpfnet_stages::prep::flow::{FlowEstimator, TvL1};
 use mpfnet_stages::prep::pattern::{smooth_field, warp_lanczos3, Texture};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+mod common;
+use common::median;
 
 fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     f()?;

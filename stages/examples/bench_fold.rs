@@ -14,29 +14,16 @@
 //! `cargo run --release --example bench_fold [-- --batch 8 --steps 2 --device cuda:0]`
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
 use mpfnet_stages::kinds::features::FeatureParams;
-use mpfnet_stages::model::{CaI3d, CaI3dConfig};
+use mpfnet_stages::model::CaI3dConfig;
 use mpfnet_stages::prep::pattern::{smooth_field, warp_lanczos3, Texture};
 use mpfnet_stages::train::afe::AfeConfig;
-use mpfnet_stages::train::init::{sorted_vars, var_builder};
 use mpfnet_stages::train::meta::MetaConfig;
-use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
 use mpfnet_stages::train::triplet::GfeConfig;
 use std::time::Instant;
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+mod common;
+use common::{arg, median, trainer};
 
 fn hms(s: f64) -> String {
     let h = (s / 3600.0).floor();
@@ -44,20 +31,8 @@ fn hms(s: f64) -> String {
     format!("{h:.0} h {m:02.0} min")
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let (batch, steps) = (arg(&args, "--batch", 8), arg(&args, "--steps", 2));
-    // `--device cuda:0` (a build with --features cuda) times the training on a GPU
-    let dev = match args
-        .iter()
-        .position(|a| a == "--device")
-        .and_then(|i| args.get(i + 1))
-    {
-        Some(d) if d.starts_with("cuda:") => Device::new_cuda(d[5..].parse()?)?,
-        _ => Device::Cpu,
-    };
-
-    // 1. pre-processing of one clip, paper settings
+/// Median seconds to pre-process one clip at the paper's settings (crop 128, L = 11, flows).
+fn time_prep() -> Result<f64> {
     let prep = FeatureParams::default();
     let onset = Texture::new(160, 160, 3).render(160, 160, None);
     let apex = warp_lanczos3(&onset, &smooth_field(160, 160, 1.5, 4));
@@ -73,21 +48,21 @@ fn main() -> Result<()> {
         assert_eq!(p.shape, vec![5, prep.frames - 1, prep.size, prep.size]);
         t_prep.push(t0.elapsed().as_secs_f64());
     }
-    let prep_s = median(t_prep);
+    Ok(median(t_prep))
+}
 
-    // 2. training step and eval forward of the paper's CA-I3D on 5 x 10 x 128 x 128
-    let cfg = CaI3dConfig::paper();
-    let vm = VarMap::new();
-    let model = CaI3d::new(var_builder(&vm, 1, &dev), &cfg)?;
-    let mut opt = SgdMomentum::new(
-        sorted_vars(&vm),
-        SgdConfig {
-            lr: 1e-3,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        },
-    )?;
-    let x = Tensor::randn(0f32, 1.0, (batch, 5, 10, 128, 128), &dev)?;
+/// What the paper's CA-I3D costs here on 5 x 10 x 128 x 128 inputs, per sample.
+struct ModelTimes {
+    params: usize,
+    /// One training step (forward, backward, update), at the given batch.
+    step_s: f64,
+    /// One eval-mode forward pass.
+    fwd_s: f64,
+}
+
+fn time_model(batch: usize, steps: usize, dev: &Device) -> Result<ModelTimes> {
+    let (model, mut opt) = trainer(&CaI3dConfig::paper(), dev)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, 5, 10, 128, 128), dev)?;
     let mut t_step = Vec::new();
     for _ in 0..steps + 1 {
         let t0 = Instant::now();
@@ -97,17 +72,27 @@ fn main() -> Result<()> {
         t_step.push(t0.elapsed().as_secs_f64());
     }
     t_step.remove(0); // warm-up
-    let step_s = median(t_step) / batch as f64;
-    let xe = Tensor::randn(0f32, 1.0, (16, 5, 10, 128, 128), &dev)?;
+    let xe = Tensor::randn(0f32, 1.0, (16, 5, 10, 128, 128), dev)?;
     let mut t_fwd = Vec::new();
     for _ in 0..2 {
         let t0 = Instant::now();
         model.forward(&xe, false)?.sum_all()?.to_scalar::<f32>()?;
         t_fwd.push(t0.elapsed().as_secs_f64());
     }
-    let fwd_s = median(t_fwd) / 16.0;
+    Ok(ModelTimes {
+        params: model.param_count(),
+        step_s: median(t_step) / batch as f64,
+        fwd_s: median(t_fwd) / 16.0,
+    })
+}
 
-    // 3. CASME II's per-fold workload under the paper's schedule
+/// CASME II's per-fold workload under the paper's schedule, extrapolated and printed.
+fn report(prep_s: f64, m_t: &ModelTimes, batch: usize) {
+    let ModelTimes {
+        params,
+        step_s,
+        fwd_s,
+    } = *m_t;
     let counts = [32usize, 25, 63, 27, 99];
     let n: usize = counts.iter().sum();
     let per_fold = |c: usize| c * 25 / 26; // one subject out
@@ -138,7 +123,7 @@ fn main() -> Result<()> {
     let prep_all_s = (n + magnified_copies) as f64 * prep_s;
 
     println!("CPU: {} threads (rayon)", rayon::current_num_threads());
-    println!("measured: pre-processing {prep_s:.2} s/clip (128 px, L = 11); CA-I3D paper widths ({} params): train {:.2} s/sample (batch {batch}), eval forward {:.3} s/sample", model.param_count(), step_s, fwd_s);
+    println!("measured: pre-processing {prep_s:.2} s/clip (128 px, L = 11); CA-I3D paper widths ({params} params): train {step_s:.2} s/sample (batch {batch}), eval forward {fwd_s:.3} s/sample");
     println!("CASME II SDE per fold: {train} training samples, {val} validation, {balanced} after balancing (phi_max {phi:?})");
     println!(
         "  GFE  {:>3} epochs x {train:>4} samples              {}",
@@ -168,5 +153,22 @@ fn main() -> Result<()> {
         hms(26.0 * fold_s + prep_all_s),
         (26.0 * fold_s + prep_all_s) / 86400.0
     );
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (batch, steps) = (arg(&args, "--batch", 8), arg(&args, "--steps", 2));
+    // `--device cuda:0` (a build with --features cuda) times the training on a GPU
+    let dev = match args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(d) if d.starts_with("cuda:") => Device::new_cuda(d[5..].parse()?)?,
+        _ => Device::Cpu,
+    };
+    let prep_s = time_prep()?;
+    let times = time_model(batch, steps, &dev)?;
+    report(prep_s, &times, batch);
     Ok(())
 }

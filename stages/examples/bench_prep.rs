@@ -15,10 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+mod common;
+use common::median;
 
 fn write_f32(path: &Path, data: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -26,7 +24,7 @@ fn write_f32(path: &Path, data: &[f32]) -> Result<()> {
 }
 
 /// (name, a, b, truth) with a(x) = b(x + truth(x)); both written as 8-bit PNG and read back.
-fn make_pairs(out: &Path) -> Result<Vec<(String, Frame, Frame, FlowField)>> {
+fn make_pairs(out: &Path) -> Result<Vec<Pair>> {
     let photo = mpfnet_stages::prep::pattern::remove_colour_marks(&load_frame(
         "tests/fixtures/rustface_test.png",
     )?);
@@ -57,28 +55,12 @@ fn make_pairs(out: &Path) -> Result<Vec<(String, Frame, Frame, FlowField)>> {
     Ok(pairs)
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .map(|i| args[i + 1].clone())
-        .unwrap_or_else(|| "bench/out".into());
-    let out = Path::new(&out);
-    std::fs::create_dir_all(out)?;
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()?;
-    let pairs = make_pairs(out)?;
-    let opencv: Option<serde_json::Value> = std::fs::read_to_string(out.join("opencv.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
+/// A test pair: (name, a, b, truth).
+type Pair = (String, Frame, Frame, FlowField);
 
-    let configs = [
+/// The TV-L1 settings compared, by name.
+fn configs() -> [(&'static str, TvL1Params); 4] {
+    [
         ("default (5 scales x0.5)", TvL1Params::default()),
         (
             "6 scales x0.5",
@@ -101,7 +83,55 @@ fn main() -> Result<()> {
                 ..Default::default()
             },
         ),
-    ];
+    ]
+}
+
+/// One table row: EPE and median time of each configuration on a pair, then OpenCV's figures;
+/// adds them to `sums` (per column: EPE, ms).
+fn tvl1_row(
+    (id, a, b, truth): &Pair,
+    configs: &[(&str, TvL1Params)],
+    opencv: Option<&serde_json::Value>,
+    sums: &mut [(f64, f64)],
+) -> Result<String> {
+    let zero = FlowField::zeros(128, 128).epe(truth);
+    let mut line = format!("{id:<14} {zero:>7.3}");
+    for (ci, (_, p)) in configs.iter().enumerate() {
+        let est = TvL1::new(p.clone());
+        let f = est.flow(a, b)?;
+        let times: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = est.flow(a, b).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let (e, t) = (f.epe(truth) as f64, median(times));
+        sums[ci].0 += e;
+        sums[ci].1 += t;
+        line += &format!(" | {:<30}", format!("{e:.4} / {t:.1}"));
+    }
+    for (k, key) in ["default", "nscales6"].iter().enumerate() {
+        let r = opencv.and_then(|j| j[id.as_str()][key].as_object().cloned());
+        match r {
+            Some(o) => {
+                let (e, t) = (o["epe"].as_f64().unwrap(), o["ms"].as_f64().unwrap());
+                sums[configs.len() + k].0 += e;
+                sums[configs.len() + k].1 += t;
+                line += &format!(" | {:<16}", format!("{e:.4} / {t:.1}"));
+            }
+            None => line += &format!(" | {:<16}", "-"),
+        }
+    }
+    Ok(line)
+}
+
+/// TV-L1's EPE and time on every pair and setting, beside OpenCV's when measured.
+fn tvl1_table(pairs: &[Pair], out: &Path, threads: usize) -> Result<()> {
+    let opencv: Option<serde_json::Value> = std::fs::read_to_string(out.join("opencv.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let configs = configs();
     println!("TV-L1, 128x128, {threads} threads; EPE px / median ms (of 7 runs)");
     let mut header = format!("{:<14} {:>7}", "pair", "zeroEPE");
     for (name, _) in &configs {
@@ -110,39 +140,8 @@ fn main() -> Result<()> {
     header += &format!(" | {:<16} | {:<16}", "OpenCV default", "OpenCV 6 x0.5");
     println!("{header}");
     let mut sums = vec![(0.0f64, 0.0f64); configs.len() + 2];
-    for (id, a, b, truth) in &pairs {
-        let zero = FlowField::zeros(128, 128).epe(truth);
-        let mut line = format!("{id:<14} {zero:>7.3}");
-        for (ci, (_, p)) in configs.iter().enumerate() {
-            let est = TvL1::new(p.clone());
-            let f = est.flow(a, b)?;
-            let times: Vec<f64> = (0..7)
-                .map(|_| {
-                    let t = Instant::now();
-                    let _ = est.flow(a, b).unwrap();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            let (e, t) = (f.epe(truth) as f64, median(times));
-            sums[ci].0 += e;
-            sums[ci].1 += t;
-            line += &format!(" | {:<30}", format!("{e:.4} / {t:.1}"));
-        }
-        for (k, key) in ["default", "nscales6"].iter().enumerate() {
-            let r = opencv
-                .as_ref()
-                .and_then(|j| j[id.as_str()][key].as_object().cloned());
-            match r {
-                Some(o) => {
-                    let (e, t) = (o["epe"].as_f64().unwrap(), o["ms"].as_f64().unwrap());
-                    sums[configs.len() + k].0 += e;
-                    sums[configs.len() + k].1 += t;
-                    line += &format!(" | {:<16}", format!("{e:.4} / {t:.1}"));
-                }
-                None => line += &format!(" | {:<16}", "-"),
-            }
-        }
-        println!("{line}");
+    for pair in pairs {
+        println!("{}", tvl1_row(pair, &configs, opencv.as_ref(), &mut sums)?);
     }
     let n = pairs.len() as f64;
     let mut line = format!("{:<14} {:>7}", "mean", "");
@@ -151,9 +150,11 @@ fn main() -> Result<()> {
         line += &format!(" | {:<w$}", format!("{:.4} / {:.1}", e / n, t / n));
     }
     println!("{line}");
+    Ok(())
+}
 
-    // Whole per-sample pre-processing on a face pair with ~2 px motion.
-    let (_, a, b, _) = &pairs[1];
+/// Whole per-sample pre-processing on a face pair with ~2 px motion.
+fn per_sample((_, a, b, _): &Pair, threads: usize) -> Result<()> {
     let est: Arc<dyn FlowEstimator> = Arc::new(TvL1::default());
     let vfi = FlowInterpolator::new(est.clone(), ConsistencyParams::default());
     let mut t_interp = Vec::new();
@@ -175,4 +176,25 @@ fn main() -> Result<()> {
     let (ti, tf) = (median(t_interp), median(t_fuse));
     println!("per sample (128x128, L = 11, {threads} threads): interpolation {ti:.0} ms + 10 flows & diffs {tf:.0} ms = {:.0} ms", ti + tf);
     Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .map(|i| args[i + 1].clone())
+        .unwrap_or_else(|| "bench/out".into());
+    let out = Path::new(&out);
+    std::fs::create_dir_all(out)?;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()?;
+    let pairs = make_pairs(out)?;
+    tvl1_table(&pairs, out, threads)?;
+    per_sample(&pairs[1], threads)
 }

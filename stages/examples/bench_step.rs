@@ -18,9 +18,11 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use mpfnet_stages::model::ops;
 use mpfnet_stages::model::{CaI3d, CaI3dConfig};
-use mpfnet_stages::train::init::{sorted_vars, var_builder};
-use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
+use mpfnet_stages::train::init::var_builder;
 use std::time::Instant;
+
+mod common;
+use common::{arg, trainer};
 
 extern "C" {
     fn mallopt(param: i32, value: i32) -> i32;
@@ -46,17 +48,61 @@ fn cpu_ms() -> f64 {
     (tick(11) + tick(12)) * 10.0
 }
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn count(cfg: &CaI3dConfig) -> anyhow::Result<usize> {
     let vm = VarMap::new();
     Ok(CaI3d::new(var_builder(&vm, 0, &Device::Cpu), cfg)?.param_count())
+}
+
+/// Wall times of one training step and of its forward pass, and CPU time, in ms.
+#[derive(Default)]
+struct StepTimes {
+    step: Vec<f64>,
+    fwd: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl StepTimes {
+    /// Drops the warm-up step and sorts each series.
+    fn finish(&mut self) {
+        for v in [&mut self.step, &mut self.fwd, &mut self.cpu] {
+            v.remove(0);
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        }
+    }
+}
+
+/// Runs `steps + 1` training steps of the bench network on `x` (the first is the warm-up).
+fn run_steps(x: &Tensor, steps: usize, reference: bool) -> anyhow::Result<StepTimes> {
+    let (model, mut opt) = trainer(&CaI3dConfig::bench(), x.device())?;
+    let mut t = StepTimes::default();
+    for _ in 0..steps + 1 {
+        let c0 = cpu_ms();
+        let t0 = Instant::now();
+        let (loss, tf) = {
+            let run = || -> candle_core::Result<(Tensor, f64)> {
+                let e = model.forward(x, true)?;
+                let tf = t0.elapsed().as_secs_f64() * 1e3;
+                Ok((e.sqr()?.mean_all()?, tf))
+            };
+            if reference {
+                ops::with_reference(run)?
+            } else {
+                run()?
+            }
+        };
+        let grads = if reference {
+            ops::with_reference(|| loss.backward())?
+        } else {
+            loss.backward()?
+        };
+        opt.step(&grads)?;
+        drop(grads);
+        t.step.push(t0.elapsed().as_secs_f64() * 1e3);
+        t.fwd.push(tf);
+        t.cpu.push(cpu_ms() - c0);
+    }
+    t.finish();
+    Ok(t)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,54 +139,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let dev = Device::Cpu;
-    let cfg = CaI3dConfig::bench();
-    let vm = VarMap::new();
-    let model = CaI3d::new(var_builder(&vm, 1, &dev), &cfg)?;
-    let mut opt = SgdMomentum::new(
-        sorted_vars(&vm),
-        SgdConfig {
-            lr: 1e-3,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        },
-    )?;
-    let x = Tensor::randn(0f32, 1.0, (b, cfg.in_channels, frames, size, size), &dev)?;
-    let mut times = Vec::new();
-    let mut fwd_times = Vec::new();
-    let mut cpu = Vec::new();
-    for _ in 0..steps + 1 {
-        let c0 = cpu_ms();
-        let t0 = Instant::now();
-        let (loss, tf) = {
-            let run = || -> candle_core::Result<(Tensor, f64)> {
-                let e = model.forward(&x, true)?;
-                let tf = t0.elapsed().as_secs_f64() * 1e3;
-                Ok((e.sqr()?.mean_all()?, tf))
-            };
-            if reference {
-                ops::with_reference(run)?
-            } else {
-                run()?
-            }
-        };
-        let grads = if reference {
-            ops::with_reference(|| loss.backward())?
-        } else {
-            loss.backward()?
-        };
-        opt.step(&grads)?;
-        drop(grads);
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-        fwd_times.push(tf);
-        cpu.push(cpu_ms() - c0);
-    }
-    // Drop the warm-up step.
-    times.remove(0);
-    fwd_times.remove(0);
-    cpu.remove(0);
-    cpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    fwd_times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let channels = CaI3dConfig::bench().in_channels;
+    let x = Tensor::randn(0f32, 1.0, (b, channels, frames, size, size), &dev)?;
+    let StepTimes {
+        step: times,
+        fwd: fwd_times,
+        cpu,
+    } = run_steps(&x, steps, reference)?;
     let alloc = if cfg!(feature = "mimalloc") {
         "mimalloc"
     } else if use_mallopt {

@@ -97,7 +97,15 @@ fn run_case(
 fn cases() -> Vec<Case> {
     let bn = |mode: BnMode, relu: bool| -> Box<OpFn> {
         Box::new(move |t: &[Tensor], s: &[Var]| {
-            ops::batch_norm3d(&t[0], &t[1], &t[2], &s[0], &s[1], 1e-3, 0.1, mode, relu)
+            let args = ops::BnArgs {
+                running_mean: &s[0],
+                running_var: &s[1],
+                eps: 1e-3,
+                momentum: 0.1,
+                mode,
+                relu,
+            };
+            ops::batch_norm(&t[0], &t[1], &t[2], &args)
         })
     };
     vec![

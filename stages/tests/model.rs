@@ -10,16 +10,10 @@ use mpfnet_stages::train::ckpt::{decode, encode, StateWriter};
 use mpfnet_stages::train::init::{snapshot, sorted_vars, var_builder, weights_digest};
 use mpfnet_stages::train::sgd::{SgdConfig, SgdMomentum};
 use mpfnet_stages::train::state::{read_part, write_part};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+mod common;
+use common::{rand_t, rel_err};
 
 fn tiny_cfg() -> CaI3dConfig {
     CaI3dConfig {
@@ -266,6 +260,12 @@ fn small_network_overfits() {
 }
 
 /// The bytes a training stage checkpoints for one model and its optimiser.
+/// Gradients of the sum of squared training-mode embeddings.
+fn sq_loss_grads(m: &CaI3d, x: &Tensor) -> candle_core::backprop::GradStore {
+    let y = m.forward(x, true).unwrap();
+    y.sqr().unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 fn ckpt_bytes(vm: &VarMap, opt: &SgdMomentum) -> Vec<u8> {
     let mut w = StateWriter::default();
     write_part(&mut w, "enc", vm, opt).unwrap();
@@ -292,16 +292,7 @@ fn checkpoint_roundtrip_with_momentum() {
         (vm, m, opt)
     };
     let (vm, m, mut opt) = make(1);
-    let g = m
-        .forward(&x, true)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    opt.step(&g).unwrap();
+    opt.step(&sq_loss_grads(&m, &x)).unwrap();
     let bytes = ckpt_bytes(&vm, &opt);
     assert_eq!(bytes, ckpt_bytes(&vm, &opt), "bytes not deterministic");
     let (names, _) = decode(&bytes, &dev).unwrap();
@@ -314,16 +305,7 @@ fn checkpoint_roundtrip_with_momentum() {
     assert_eq!(ckpt_bytes(&vm2, &opt2), bytes);
     // One more identical step on both gives identical states (momentum restored).
     for (mm, o) in [(&m, &mut opt), (&m2, &mut opt2)] {
-        let g = mm
-            .forward(&x, true)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        o.step(&g).unwrap();
+        o.step(&sq_loss_grads(mm, &x)).unwrap();
     }
     assert_eq!(ckpt_bytes(&vm, &opt), ckpt_bytes(&vm2, &opt2));
 }
@@ -417,28 +399,7 @@ fn reference_path_model_matches_custom() {
     };
     let (y1, g1) = run(false);
     let (y2, g2) = run(true);
-    let rel = |a: &Tensor, b: &Tensor| {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert!(rel(&y1, &y2) < 1e-4, "embedding {}", rel(&y1, &y2));
-    assert!(rel(&g1, &g2) < 1e-3, "grad {}", rel(&g1, &g2));
+    assert!(rel_err(&y1, &y2) < 1e-4, "embedding {}", rel_err(&y1, &y2));
+    assert!(rel_err(&g1, &g2) < 1e-3, "grad {}", rel_err(&g1, &g2));
     let _ = VarBuilder::zeros(DType::F32, &dev);
 }

@@ -3,40 +3,59 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use mpfnet_stages::model::ops::{self, reference, BnMode};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// (input or shape, a, b, c) test case.
 type Case<A> = (A, [usize; 3], [usize; 3], [usize; 3]);
 type ConvCase = ([usize; 5], [usize; 5], [usize; 3], [usize; 3]);
 
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-/// max |a - b| / max |b| (b is the f64 reference).
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let d = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let m = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-12)
-}
+mod common;
+use common::{rand_t, rel_err};
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let e = rel_err(a, b);
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// Runs `custom` on `inputs` as f32 and `refr` on them as f64; compares the outputs and the
+/// gradients of `sum(y * r)` (`r` random from `r_seed`) for each input, `names[i]` naming input
+/// `i`'s gradient.
+fn compare(
+    what: &str,
+    inputs: &[Tensor],
+    names: &[&str],
+    r_seed: u64,
+    custom: impl Fn(&[&Tensor]) -> Result<Tensor>,
+    refr: impl Fn(&[&Tensor]) -> Result<Tensor>,
+) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let vars64: Vec<Var> = vars
+        .iter()
+        .map(|v| Var::from_tensor(&v.to_dtype(DType::F64).unwrap()).unwrap())
+        .collect();
+    let ts = |vs: &[Var]| -> Vec<Tensor> { vs.iter().map(|v| v.as_tensor().clone()).collect() };
+    let (t32, t64) = (ts(&vars), ts(&vars64));
+    let y = custom(&t32.iter().collect::<Vec<_>>()).unwrap();
+    let r = rand_t(y.dims(), r_seed);
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let y64 = refr(&t64.iter().collect::<Vec<_>>()).unwrap();
+    let g64 = (&y64 * r.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_close(&format!("{what} forward"), &y, &y64, 1e-5);
+    for ((v, v64), name) in vars.iter().zip(&vars64).zip(names) {
+        assert_close(
+            &format!("{what} {name}"),
+            g.get(v).unwrap(),
+            g64.get(v64).unwrap(),
+            1e-5,
+        );
+    }
 }
 
 /// Runs `f` on (x, w) as f32 through the custom op and as f64 through the reference; compares
@@ -48,32 +67,13 @@ fn check2(
     custom: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     refr: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) {
-    let x = Var::from_tensor(&rand_t(xs, 1)).unwrap();
-    let w = Var::from_tensor(&rand_t(ws, 2)).unwrap();
-    let y = custom(x.as_tensor(), w.as_tensor()).unwrap();
-    let r = rand_t(y.dims(), 3);
-    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
-    let w64 = Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap();
-    let y64 = refr(x64.as_tensor(), w64.as_tensor()).unwrap();
-    let g64 = (&y64 * r.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    assert_close(&format!("{what} forward"), &y, &y64, 1e-5);
-    assert_close(
-        &format!("{what} grad x"),
-        g.get(&x).unwrap(),
-        g64.get(&x64).unwrap(),
-        1e-5,
-    );
-    assert_close(
-        &format!("{what} grad w"),
-        g.get(&w).unwrap(),
-        g64.get(&w64).unwrap(),
-        1e-5,
+    compare(
+        what,
+        &[rand_t(xs, 1), rand_t(ws, 2)],
+        &["grad x", "grad w"],
+        3,
+        |t| custom(t[0], t[1]),
+        |t| refr(t[0], t[1]),
     );
 }
 
@@ -173,6 +173,18 @@ fn conv3d_finite_differences() {
     );
 }
 
+/// BatchNorm with eps 1e-3 and momentum 0.1.
+fn bn_args<'a>(rm: &'a Var, rv: &'a Var, mode: BnMode, relu: bool) -> ops::BnArgs<'a> {
+    ops::BnArgs {
+        running_mean: rm,
+        running_var: rv,
+        eps: 1e-3,
+        momentum: 0.1,
+        mode,
+        relu,
+    }
+}
+
 #[test]
 fn bn_finite_differences() {
     let rm = Var::zeros(4, DType::F32, &Device::Cpu).unwrap();
@@ -182,7 +194,7 @@ fn bn_finite_differences() {
         "bn (train)",
         rand_t(&[3, 4, 2, 3, 3], 14),
         (rand_t(&[4], 15) + 1.5).unwrap(),
-        |x, g| ops::batch_norm3d(x, g, &beta, &rm, &rv, 1e-3, 0.1, BnMode::Train, false).unwrap(),
+        |x, g| ops::batch_norm(x, g, &beta, &bn_args(&rm, &rv, BnMode::Train, false)).unwrap(),
     );
 }
 
@@ -216,24 +228,13 @@ fn check2_unary(
     custom: impl Fn(&Tensor) -> Result<Tensor>,
     refr: impl Fn(&Tensor) -> Result<Tensor>,
 ) {
-    let x = Var::from_tensor(&rand_t(xs, 21)).unwrap();
-    let y = custom(x.as_tensor()).unwrap();
-    let r = rand_t(y.dims(), 22);
-    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
-    let y64 = refr(x64.as_tensor()).unwrap();
-    let g64 = (&y64 * r.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    assert_close(&format!("{what} forward"), &y, &y64, 1e-5);
-    assert_close(
-        &format!("{what} grad"),
-        g.get(&x).unwrap(),
-        g64.get(&x64).unwrap(),
-        1e-5,
+    compare(
+        what,
+        &[rand_t(xs, 21)],
+        &["grad"],
+        22,
+        |t| custom(t[0]),
+        |t| refr(t[0]),
     );
 }
 
@@ -300,14 +301,14 @@ fn batch_norm3d_matches_reference() {
             Var::from_tensor(&rm0).unwrap(),
             Var::from_tensor(&rv0).unwrap(),
         );
-        let y = ops::batch_norm3d(&x, &gamma, &beta, &rm, &rv, 1e-3, 0.1, mode, relu).unwrap();
+        let y = ops::batch_norm(&x, &gamma, &beta, &bn_args(&rm, &rv, mode, relu)).unwrap();
         let r = rand_t(y.dims(), 36);
         let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
 
         let f64v = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap();
         let (x6, g6, b6) = (f64v(&x), f64v(&gamma), f64v(&beta));
         let (rm6, rv6) = (f64v(&rm0), f64v(&rv0));
-        let y6 = reference::batch_norm3d(&x6, &g6, &b6, &rm6, &rv6, 1e-3, 0.1, mode, relu).unwrap();
+        let y6 = reference::batch_norm3d(&x6, &g6, &b6, &bn_args(&rm6, &rv6, mode, relu)).unwrap();
         let gr = (&y6 * r.to_dtype(DType::F64).unwrap())
             .unwrap()
             .sum_all()

@@ -2,12 +2,12 @@
 //! in the raw (`CASME2_RAW_selected/sub01/EP02_01f/img46.jpg`) or registered-crop
 //! (`Cropped/sub01/EP02_01f/reg_img46.jpg`) layout.
 
-use crate::data::coded::{read_coded_rows, Columns};
+use crate::data::coded::{read_coded_rows, sheet_in, sheets_named, Columns};
 use crate::data::frames::FrameFinder;
 use crate::data::index::{map_entries, Entry};
 use crate::data::sheet::parse_frame;
 use crate::data::{ClassMap, DatasetIndex, DatasetKind, FaultPolicy, Task};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -91,18 +91,7 @@ pub fn normalise_subject(s: &str) -> Option<String> {
 }
 
 fn find_sheet(root: &Path) -> Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("reading CASME II root {}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_lowercase();
-            n.starts_with("casme2-coding") && (n.ends_with(".xlsx") || n.ends_with(".csv"))
-        })
-        .collect();
+    let mut found = sheets_named("CASME II", root, "casme2-coding", &[".xlsx", ".csv"])?;
     // xlsx before csv, then by name.
     found.sort_by_key(|p| (!p.to_string_lossy().ends_with(".xlsx"), p.clone()));
     match found.into_iter().next() {
@@ -116,13 +105,7 @@ fn find_sheet(root: &Path) -> Result<PathBuf> {
 
 /// Reads the sheet and checks every row against the frames (one `stat` per onset/apex frame).
 pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
-    if !opts.root.is_dir() {
-        bail!("CASME II root not found: {}", opts.root.display());
-    }
-    let sheet = match &opts.sheet {
-        Some(s) => s.clone(),
-        None => find_sheet(&opts.root)?,
-    };
+    let sheet = sheet_in("CASME II", &opts.root, &opts.sheet, find_sheet)?;
     let frames = opts
         .frames
         .clone()

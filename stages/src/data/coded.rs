@@ -4,7 +4,7 @@
 
 use crate::data::index::{Entry, Origin};
 use crate::data::sheet::{locate, parse_frame};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// A coded sheet's header names for the fields every sample has.
@@ -16,6 +16,45 @@ pub(crate) struct Columns {
     /// Optional column: absent or blank means no offset.
     pub offset: &'static str,
     pub emotion: &'static str,
+}
+
+/// The sheet a coded dataset reads: `given`, else what `find` picks in `root`; `root` must be a
+/// folder (`dataset` names it in the error).
+pub(crate) fn sheet_in(
+    dataset: &str,
+    root: &Path,
+    given: &Option<PathBuf>,
+    find: fn(&Path) -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    if !root.is_dir() {
+        bail!("{dataset} root not found: {}", root.display());
+    }
+    match given {
+        Some(s) => Ok(s.clone()),
+        None => find(root),
+    }
+}
+
+/// The files in `root` (the `dataset` root) whose lower-case name starts with `prefix` and ends
+/// with one of `exts`.
+pub(crate) fn sheets_named(
+    dataset: &str,
+    root: &Path,
+    prefix: &str,
+    exts: &[&str],
+) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(root)
+        .with_context(|| format!("reading {dataset} root {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_lowercase();
+            n.starts_with(prefix) && exts.iter().any(|e| n.ends_with(e))
+        })
+        .collect())
 }
 
 /// Reads every data row of `sheet` into an [`Entry`] (faulty rows included, with their faults).
@@ -85,9 +124,11 @@ pub(crate) fn read_coded_rows(
             &origin,
             &mut |d: &Path, n: u32| find(&subject, d, n),
             &frame_dir,
-            onset,
-            apex,
-            offset,
+            FrameNumbers {
+                onset,
+                apex,
+                offset,
+            },
             cols,
             folder_known,
         );
@@ -117,22 +158,30 @@ fn is_blank_frame(s: &str) -> bool {
     s.is_empty() || s == "/" || s.parse::<f64>().map(|v| v < 0.0).unwrap_or(false)
 }
 
+/// A row's onset, apex and offset frame numbers (None: blank or unreadable).
+struct FrameNumbers {
+    onset: Option<u32>,
+    apex: Option<u32>,
+    offset: Option<u32>,
+}
+
 /// Checks onset <= apex <= offset and that the onset and apex frames exist. Returns the frame
 /// paths (empty when not found) and the faults. `stat_files` is false when the row is already
 /// faulty in a way that makes the folder meaningless (no subject, no filename).
-#[allow(clippy::too_many_arguments)]
 fn check_frames(
     origin: &Origin,
     find: &mut dyn FnMut(&Path, u32) -> Option<PathBuf>,
     frame_dir: &Path,
-    onset: Option<u32>,
-    apex: Option<u32>,
-    offset: Option<u32>,
+    frames: FrameNumbers,
     cols: &Columns,
     stat_files: bool,
 ) -> ((PathBuf, PathBuf), Vec<crate::data::Fault>) {
+    let FrameNumbers {
+        onset,
+        mut apex,
+        offset,
+    } = frames;
     let mut faults = Vec::new();
-    let mut apex = apex;
     if let (Some(o), Some(a)) = (onset, apex) {
         let hi = offset.unwrap_or(u32::MAX);
         if a == o {

@@ -38,6 +38,7 @@ impl From<u32> for Cell {
 pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<Cell>]) -> Result<()> {
     use rust_xlsxwriter::{DocProperties, ExcelDateTime, Workbook};
     let mut wb = Workbook::new();
+    // A fixed creation date keeps the file byte-identical across runs.
     let date = ExcelDateTime::from_ymd(2014, 5, 8)?;
     wb.set_properties(&DocProperties::new().set_creation_datetime(&date));
     let ws = wb.add_worksheet();
@@ -141,21 +142,19 @@ pub fn casme2_row(
     ]
 }
 
-/// Writes the frames `first..=last` of one CASME II sample (same bytes for each frame).
-#[allow(clippy::too_many_arguments)]
+/// Writes the frames `frames` of one CASME II sample, `(subject, filename)`, as `ext` files
+/// (same bytes for each frame).
 pub fn casme2_frames(
     root: &Path,
     layout: Layout,
-    subject: &str,
-    filename: &str,
-    first: u32,
-    last: u32,
+    (subject, filename): (&str, &str),
+    frames: std::ops::RangeInclusive<u32>,
     ext: &str,
     bytes: &[u8],
 ) -> Result<PathBuf> {
     let dir = root.join(layout.folder()).join(subject).join(filename);
     std::fs::create_dir_all(&dir)?;
-    for n in first..=last {
+    for n in frames {
         std::fs::write(dir.join(format!("{}{n}.{ext}", layout.prefix())), bytes)?;
     }
     Ok(dir)
@@ -170,7 +169,6 @@ pub fn casme2_tree(
     per_subject: u32,
     frames: u32,
 ) -> Result<PathBuf> {
-    const EMO: [&str; 5] = ["happiness", "surprise", "disgust", "repression", "others"];
     let bytes = tiny_frame("jpg", 8, 100, 2)?;
     let mut rows = vec![casme2_header()];
     for s in 1..=subjects {
@@ -184,15 +182,14 @@ pub fn casme2_tree(
                 onset,
                 apex.into(),
                 offset,
-                EMO[(s + k) as usize % 5],
+                crate::data::synth::EMOTIONS[(s + k) as usize % 5],
             ));
+            let sample = (format!("sub{s:02}"), name);
             casme2_frames(
                 root,
                 layout,
-                &format!("sub{s:02}"),
-                &name,
-                onset,
-                offset,
+                (&sample.0, &sample.1),
+                onset..=offset,
                 "jpg",
                 &bytes,
             )?;

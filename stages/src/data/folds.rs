@@ -65,37 +65,8 @@ pub fn loso_folds(index: &DatasetIndex, n_val: usize, seed: u64) -> Vec<Fold> {
         .iter()
         .enumerate()
         .map(|(k, test_subject)| {
-            let mut others: Vec<String> = subjects
-                .iter()
-                .filter(|s| *s != test_subject)
-                .cloned()
-                .collect();
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut shuffled = others.clone();
-            shuffled.shuffle(&mut rng);
-            let nv = n_val.min(others.len().saturating_sub(1));
-            let mut val_subjects: Vec<String> = shuffled[..nv].to_vec();
-            val_subjects.sort_by(|a, b| natural_cmp(a, b));
-            others.retain(|s| !val_subjects.contains(s));
-            let pick = |subj: &[String]| -> Vec<usize> {
-                index
-                    .samples
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| subj.contains(&s.subject))
-                    .map(|(i, _)| i)
-                    .collect()
-            };
-            Fold {
-                index: k,
-                test_subject: test_subject.clone(),
-                train: pick(&others),
-                val: pick(&val_subjects),
-                test: pick(std::slice::from_ref(test_subject)),
-                train_subjects: others,
-                val_subjects,
-            }
+            let test = std::slice::from_ref(test_subject);
+            split(index, k, test_subject.clone(), test, n_val, seed)
         })
         .collect()
 }
@@ -110,33 +81,14 @@ pub fn kfold_folds(index: &DatasetIndex, k: usize, n_val: usize, seed: u64) -> V
     (0..k)
         .map(|j| {
             let test_subjects: Vec<String> = subjects.iter().skip(j).step_by(k).cloned().collect();
-            let mut others: Vec<String> = subjects
-                .iter()
-                .filter(|s| !test_subjects.contains(s))
-                .cloned()
-                .collect();
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut shuffled = others.clone();
-            shuffled.shuffle(&mut rng);
-            let nv = n_val.min(others.len().saturating_sub(1));
-            let mut val_subjects: Vec<String> = shuffled[..nv].to_vec();
-            val_subjects.sort_by(|a, b| natural_cmp(a, b));
-            others.retain(|s| !val_subjects.contains(s));
-            let pick = |subj: &[String]| -> Vec<usize> {
-                (0..index.samples.len())
-                    .filter(|&i| subj.contains(&index.samples[i].subject))
-                    .collect()
-            };
-            Fold {
-                index: j,
-                test_subject: format!("fold{}", j + 1),
-                train: pick(&others),
-                val: pick(&val_subjects),
-                test: pick(&test_subjects),
-                train_subjects: others,
-                val_subjects,
-            }
+            split(
+                index,
+                j,
+                format!("fold{}", j + 1),
+                &test_subjects,
+                n_val,
+                seed,
+            )
         })
         .collect()
 }
@@ -147,20 +99,32 @@ pub const FINAL_FOLD: &str = "final";
 /// The final-model split: all subjects train, `n_val` of them (seeded, at most all but one)
 /// validate for model selection, none is tested. Index = the number of LOSO folds.
 pub fn final_split(index: &DatasetIndex, n_val: usize, seed: u64) -> Fold {
-    let subjects = index.subjects();
-    let k = subjects.len();
-    let mut shuffled = subjects.clone();
-    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(
-        seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    ));
-    let nv = n_val.min(k.saturating_sub(1));
+    let k = index.subjects().len();
+    split(index, k, FINAL_FOLD.to_string(), &[], n_val, seed)
+}
+
+/// Fold `k` (named `id`) testing `test_subjects`: of the other subjects, `n_val` (at most all
+/// but one) drawn with a ChaCha8 seeded from `seed` and `k` validate, the rest train.
+fn split(
+    index: &DatasetIndex,
+    k: usize,
+    id: String,
+    test_subjects: &[String],
+    n_val: usize,
+    seed: u64,
+) -> Fold {
+    let mut others: Vec<String> = index
+        .subjects()
+        .into_iter()
+        .filter(|s| !test_subjects.contains(s))
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut shuffled = others.clone();
+    shuffled.shuffle(&mut rng);
+    let nv = n_val.min(others.len().saturating_sub(1));
     let mut val_subjects: Vec<String> = shuffled[..nv].to_vec();
     val_subjects.sort_by(|a, b| natural_cmp(a, b));
-    let train_subjects: Vec<String> = subjects
-        .iter()
-        .filter(|s| !val_subjects.contains(s))
-        .cloned()
-        .collect();
+    others.retain(|s| !val_subjects.contains(s));
     let pick = |subj: &[String]| -> Vec<usize> {
         (0..index.samples.len())
             .filter(|&i| subj.contains(&index.samples[i].subject))
@@ -168,11 +132,11 @@ pub fn final_split(index: &DatasetIndex, n_val: usize, seed: u64) -> Fold {
     };
     Fold {
         index: k,
-        test_subject: FINAL_FOLD.to_string(),
-        train: pick(&train_subjects),
+        test_subject: id,
+        train: pick(&others),
         val: pick(&val_subjects),
-        test: Vec::new(),
-        train_subjects,
+        test: pick(test_subjects),
+        train_subjects: others,
         val_subjects,
     }
 }

@@ -65,42 +65,7 @@ pub fn load(opts: &Options) -> Result<DatasetIndex> {
     let text = std::fs::read_to_string(&opts.csv)
         .with_context(|| format!("reading {}", opts.csv.display()))?;
     let rows = parse_csv(&text);
-    let mut wanted: Vec<&'static str> = Vec::new();
-    for r in &rows {
-        if let Some(d) = r.first().and_then(|d| normalise_dataset(d)) {
-            if !wanted.contains(&d) {
-                wanted.push(d);
-            }
-        }
-    }
-    // Scan each dataset the CSV names: (dataset, subject, filename key) -> entry.
-    let mut entries: HashMap<(&str, String, String), Entry> = HashMap::new();
-    for d in &wanted {
-        let scanned = match *d {
-            casme2::NAME => casme2::scan(opts.casme2.as_ref().with_context(|| {
-                format!(
-                    "{} names casme2 samples but no CASME II root is set",
-                    opts.csv.display()
-                )
-            })?)?,
-            samm::NAME => samm::scan(opts.samm.as_ref().with_context(|| {
-                format!(
-                    "{} names samm samples but no SAMM root is set",
-                    opts.csv.display()
-                )
-            })?)?,
-            _ => smic::scan(opts.smic.as_ref().with_context(|| {
-                format!(
-                    "{} names smic samples but no SMIC root is set",
-                    opts.csv.display()
-                )
-            })?)?,
-        };
-        for e in scanned {
-            let key = (*d, e.subject.clone(), filename_key(d, &e.filename));
-            entries.entry(key).or_insert(e);
-        }
-    }
+    let entries = scan_named(opts, &rows)?;
     let classes: Vec<String> = CDE_CLASSES.iter().map(|s| s.to_string()).collect();
     let mut samples = Vec::new();
     let mut faults = Vec::new();
@@ -119,57 +84,118 @@ pub fn load(opts: &Options) -> Result<DatasetIndex> {
         if i == 0 && cell(0).eq_ignore_ascii_case("dataset") {
             continue;
         }
-        let Some(dataset) = normalise_dataset(cell(0)) else {
-            faults.push(origin.fault("dataset", format!("unknown dataset {:?}", cell(0))));
-            continue;
-        };
-        let Some(subject) = normalise_subject(dataset, cell(1)) else {
-            faults.push(origin.fault("subject", format!("not a subject: {:?}", cell(1))));
-            continue;
-        };
-        let label = match parse_frame(cell(3)) {
-            Some(l) if (l as usize) < classes.len() => l as usize,
-            _ => {
-                faults.push(origin.fault("label", format!("not 0, 1 or 2: {:?}", cell(3))));
+        let e = match resolve_row(&entries, &origin, &cell, classes.len()) {
+            Ok(found) => found,
+            Err(fs) => {
+                faults.extend(fs);
                 continue;
             }
         };
-        let key = (dataset, subject.clone(), filename_key(dataset, cell(2)));
-        let Some(e) = entries.get(&key) else {
-            faults.push(origin.fault(
-                "filename",
-                format!("no sample {subject}/{} in {dataset}", cell(2)),
-            ));
-            continue;
-        };
-        if !e.faults.is_empty() {
-            for f in &e.faults {
-                faults.push(origin.fault("filename", format!("sample faulty in {dataset}: {f}")));
-            }
-            continue;
-        }
+        let (dataset, e, label) = e;
         if let Some(first) = seen.insert(e.id(), origin.row) {
             faults.push(origin.fault("filename", format!("duplicate of row {first}")));
             continue;
         }
-        let kind = match dataset {
-            casme2::NAME => DatasetKind::Casme2,
-            samm::NAME => DatasetKind::Samm,
-            _ => DatasetKind::Smic,
-        };
-        // The CSV is authoritative; a disagreement with the relabelled emotion is only logged.
-        if let Label::Class(c) = ClassMap::default_for(kind, Task::Cde).lookup(&e.emotion) {
-            if c != label {
-                tracing::warn!(
-                    "{}, row {}: label {label} but {} says {:?}",
-                    opts.csv.display(),
-                    origin.row,
-                    dataset,
-                    e.emotion
-                );
-            }
-        }
+        check_label(opts, &origin, dataset, e, label);
         samples.push(e.to_sample(label));
     }
     finish(NAME, classes, samples, faults, opts.policy)
+}
+
+/// Scanned samples keyed by (dataset, subject, filename key).
+type Scanned = HashMap<(&'static str, String, String), Entry>;
+
+/// Scans each dataset the CSV's rows name.
+fn scan_named(opts: &Options, rows: &[Vec<String>]) -> Result<Scanned> {
+    let mut wanted: Vec<&'static str> = Vec::new();
+    for r in rows {
+        if let Some(d) = r.first().and_then(|d| normalise_dataset(d)) {
+            if !wanted.contains(&d) {
+                wanted.push(d);
+            }
+        }
+    }
+    let unset = |what: &str, root: &str| {
+        format!(
+            "{} names {what} samples but no {root} root is set",
+            opts.csv.display()
+        )
+    };
+    let mut entries = Scanned::new();
+    for d in wanted {
+        let scanned = match d {
+            casme2::NAME => {
+                casme2::scan(opts.casme2.as_ref().with_context(|| unset(d, "CASME II"))?)?
+            }
+            samm::NAME => samm::scan(opts.samm.as_ref().with_context(|| unset(d, "SAMM"))?)?,
+            _ => smic::scan(opts.smic.as_ref().with_context(|| unset(d, "SMIC"))?)?,
+        };
+        for e in scanned {
+            let key = (d, e.subject.clone(), filename_key(d, &e.filename));
+            entries.entry(key).or_insert(e);
+        }
+    }
+    Ok(entries)
+}
+
+/// The dataset, scanned sample and label a CSV row names, or the row's faults.
+fn resolve_row<'a>(
+    entries: &'a Scanned,
+    origin: &Origin,
+    cell: &dyn Fn(usize) -> &'a str,
+    n_classes: usize,
+) -> std::result::Result<(&'static str, &'a Entry, usize), Vec<crate::data::Fault>> {
+    let Some(dataset) = normalise_dataset(cell(0)) else {
+        return Err(vec![
+            origin.fault("dataset", format!("unknown dataset {:?}", cell(0)))
+        ]);
+    };
+    let Some(subject) = normalise_subject(dataset, cell(1)) else {
+        return Err(vec![
+            origin.fault("subject", format!("not a subject: {:?}", cell(1)))
+        ]);
+    };
+    let label = match parse_frame(cell(3)) {
+        Some(l) if (l as usize) < n_classes => l as usize,
+        _ => {
+            return Err(vec![
+                origin.fault("label", format!("not 0, 1 or 2: {:?}", cell(3)))
+            ]);
+        }
+    };
+    let key = (dataset, subject.clone(), filename_key(dataset, cell(2)));
+    let Some(e) = entries.get(&key) else {
+        return Err(vec![origin.fault(
+            "filename",
+            format!("no sample {subject}/{} in {dataset}", cell(2)),
+        )]);
+    };
+    if !e.faults.is_empty() {
+        return Err(e
+            .faults
+            .iter()
+            .map(|f| origin.fault("filename", format!("sample faulty in {dataset}: {f}")))
+            .collect());
+    }
+    Ok((dataset, e, label))
+}
+
+/// The CSV is authoritative; a disagreement with the relabelled emotion is only logged.
+fn check_label(opts: &Options, origin: &Origin, dataset: &str, e: &Entry, label: usize) {
+    let kind = match dataset {
+        casme2::NAME => DatasetKind::Casme2,
+        samm::NAME => DatasetKind::Samm,
+        _ => DatasetKind::Smic,
+    };
+    if let Label::Class(c) = ClassMap::default_for(kind, Task::Cde).lookup(&e.emotion) {
+        if c != label {
+            tracing::warn!(
+                "{}, row {}: label {label} but {} says {:?}",
+                opts.csv.display(),
+                origin.row,
+                dataset,
+                e.emotion
+            );
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! SAMM: `SAMM_Micro_FACS_Codes_v2.xlsx` (preamble rows, then a header) and grey-scale frames
 //! `SAMM/006/006_1_2/006_05562.jpg`.
 
-use crate::data::coded::{read_coded_rows, Columns};
+use crate::data::coded::{read_coded_rows, sheet_in, sheets_named, Columns};
 use crate::data::frames::{list_frames, FrameFinder};
 use crate::data::index::{map_entries, Entry};
 use crate::data::sheet::parse_frame;
 use crate::data::{ClassMap, DatasetIndex, DatasetKind, FaultPolicy, Task};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -68,19 +68,8 @@ fn find_sheet(root: &Path) -> Result<PathBuf> {
     if default.is_file() {
         return Ok(default);
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("reading SAMM root {}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_lowercase();
-            n.starts_with("samm_micro_facs_codes")
-                && (n.ends_with(".xlsx") || n.ends_with(".xls") || n.ends_with(".csv"))
-        })
-        .collect();
+    let exts = [".xlsx", ".xls", ".csv"];
+    let mut found = sheets_named("SAMM", root, "samm_micro_facs_codes", &exts)?;
     found.sort();
     match found.into_iter().next() {
         Some(p) => Ok(p),
@@ -93,13 +82,7 @@ fn find_sheet(root: &Path) -> Result<PathBuf> {
 }
 
 pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
-    if !opts.root.is_dir() {
-        bail!("SAMM root not found: {}", opts.root.display());
-    }
-    let sheet = match &opts.sheet {
-        Some(s) => s.clone(),
-        None => find_sheet(&opts.root)?,
-    };
+    let sheet = sheet_in("SAMM", &opts.root, &opts.sheet, find_sheet)?;
     let frames = opts.frames.clone().unwrap_or_else(|| {
         let f = opts.root.join("SAMM");
         if f.is_dir() {

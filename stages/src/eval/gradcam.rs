@@ -109,9 +109,19 @@ fn coord(i: usize, n_out: usize, n_in: usize) -> (usize, usize, f32) {
     (i0, i1, s - i0 as f32)
 }
 
-/// Grad-CAM of a meta-learned model for sample `sample` and class `class`: the score is the scaled
-/// cosine similarity of the visualised branch (the AFE for P and C, the only encoder otherwise) to
-/// that branch's prototype of `class` over `proto_pool` (eval-mode embeddings).
+/// Which Grad-CAM of a meta-learned model to compute: sample `sample` (an index into the sample
+/// set), class `class`, with that class's prototype over `proto_pool` (embedded `chunk` samples
+/// at a time) and the scaled cosine similarity's `scale`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetaCam<'a> {
+    pub proto_pool: &'a [usize],
+    pub sample: usize,
+    pub class: usize,
+    pub scale: f64,
+    pub chunk: usize,
+}
+
+/// The argument-list form of [`meta_cam`], kept for its callers in `kinds` and `train`.
 #[allow(clippy::too_many_arguments)]
 pub fn meta_grad_cam(
     model: &crate::train::meta::model::MetaModel,
@@ -123,7 +133,28 @@ pub fn meta_grad_cam(
     chunk: usize,
     dev: &candle_core::Device,
 ) -> Result<Cam> {
-    let members: Vec<usize> = proto_pool
+    let q = MetaCam {
+        proto_pool,
+        sample,
+        class,
+        scale,
+        chunk,
+    };
+    meta_cam(model, set, &q, dev)
+}
+
+/// Grad-CAM of a meta-learned model: the score is the scaled cosine similarity of the
+/// visualised branch (the AFE for P and C, the only encoder otherwise) to that branch's
+/// prototype of `q.class` over `q.proto_pool` (eval-mode embeddings).
+pub fn meta_cam(
+    model: &crate::train::meta::model::MetaModel,
+    set: &crate::train::data::SampleSet,
+    q: &MetaCam,
+    dev: &candle_core::Device,
+) -> Result<Cam> {
+    let class = q.class;
+    let members: Vec<usize> = q
+        .proto_pool
         .iter()
         .copied()
         .filter(|&i| set.labels[i] == class)
@@ -131,11 +162,11 @@ pub fn meta_grad_cam(
     if members.is_empty() {
         bail!("meta_grad_cam: class {class} has no sample in the prototype pool");
     }
-    let emb = crate::train::meta::proto::embed_pool(model, set, &members, chunk, dev)?;
+    let emb = crate::train::meta::proto::embed_pool(model, set, &members, q.chunk, dev)?;
     let proto = emb.last().context("meta_grad_cam: no branch")?.mean(0)?;
-    let x = set.batch(&[sample], dev)?;
+    let x = set.batch(&[q.sample], dev)?;
     let (enc, input) = model.cam_encoder(&x)?;
-    grad_cam(enc, &input.detach(), &prototype_score(proto, scale))
+    grad_cam(enc, &input.detach(), &prototype_score(proto, q.scale))
 }
 
 /// The middle frame pair's flow magnitude (or first channel) of an input [C, T, H, W] beside

@@ -5,6 +5,7 @@ use crate::eval::gradcam::Cam;
 use crate::eval::metrics::Confusion;
 use crate::train::progress::TrainLog;
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::Path;
@@ -59,8 +60,7 @@ pub fn confusion_png(c: &Confusion, names: &[String], title: &str, path: &Path) 
         (left + cell * n as i32 + 20) as u32,
         (top + cell * n as i32 + 60) as u32,
     );
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(err("drawing", path))?;
+    let root = canvas(path, size)?;
     let font = ("sans-serif", 15).into_font();
     root.draw(&Text::new(
         title.to_string(),
@@ -119,8 +119,42 @@ pub fn confusion_png(c: &Confusion, names: &[String], title: &str, path: &Path) 
     root.present().map_err(err("writing", path))
 }
 
+/// A white bitmap of `size` pixels, written to `path` on `present`.
+fn canvas(path: &Path, size: (u32, u32)) -> Result<DrawingArea<BitMapBackend<'_>, Shift>> {
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(err("drawing", path))?;
+    Ok(root)
+}
+
+/// A chart on `area` with the figures' title style and margin.
+fn titled<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(title, ("sans-serif", 18)).margin(12);
+    b
+}
+
 fn short(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+/// (epoch from 1, value) for each log entry that has the value `f` reads.
+fn per_epoch(
+    log: &TrainLog,
+    f: impl Fn(&crate::train::progress::EpochLog) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    log.entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| f(e).map(|v| (i as f64 + 1.0, v)))
+        .collect()
+}
+
+/// A legend mark: a short line in `colour`, 2 px wide.
+fn legend_line(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
 }
 
 /// Loss (left axis) and accuracy (right axis, and validation accuracy where logged) per epoch.
@@ -137,11 +171,8 @@ pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
         .fold(f64::MIN, f64::max)
         .max(1e-9)
         * 1.05;
-    let root = BitMapBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(err("drawing", path))?;
-    let mut ch = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
+    let root = canvas(path, (720, 420))?;
+    let mut ch = titled(&root, title)
         .x_label_area_size(36)
         .y_label_area_size(56)
         .right_y_label_area_size(56)
@@ -157,36 +188,22 @@ pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
         .y_desc("accuracy")
         .draw()
         .map_err(err("drawing", path))?;
-    let loss = log
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i as f64 + 1.0, e.loss));
+    let loss = per_epoch(log, |e| Some(e.loss));
     ch.draw_series(LineSeries::new(loss, PALETTE[3].stroke_width(2)))
         .map_err(err("drawing", path))?
         .label("loss")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[3].stroke_width(2)));
-    let acc: Vec<(f64, f64)> = log
-        .entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.acc.map(|a| (i as f64 + 1.0, a)))
-        .collect();
+        .legend(legend_line(PALETTE[3]));
+    let acc = per_epoch(log, |e| e.acc);
     ch.draw_secondary_series(LineSeries::new(acc, PALETTE[0].stroke_width(2)))
         .map_err(err("drawing", path))?
         .label("train acc")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[0].stroke_width(2)));
-    let val: Vec<(f64, f64)> = log
-        .entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.val_acc.map(|a| (i as f64 + 1.0, a)))
-        .collect();
+        .legend(legend_line(PALETTE[0]));
+    let val = per_epoch(log, |e| e.val_acc);
     if !val.is_empty() {
         ch.draw_secondary_series(LineSeries::new(val, PALETTE[2].stroke_width(2)))
             .map_err(err("drawing", path))?
             .label("val acc")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], PALETTE[2].stroke_width(2)));
+            .legend(legend_line(PALETTE[2]));
     }
     ch.configure_series_labels()
         .background_style(WHITE.mix(0.85))
@@ -220,11 +237,8 @@ pub fn embedding_png(
     }
     let pad = |a: f32, b: f32| ((b - a).abs() * 0.08).max(1e-3);
     let (px, py) = (pad(x0, x1), pad(y0, y1));
-    let root = BitMapBackend::new(path, (560, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(err("drawing", path))?;
-    let mut ch = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
+    let root = canvas(path, (560, 520))?;
+    let mut ch = titled(&root, title)
         .x_label_area_size(30)
         .y_label_area_size(50)
         .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
@@ -294,9 +308,7 @@ pub fn gradcam_png(fr: &Frame, cam: &Cam, title: &str, zoom: u32, path: &Path) -
     let span = (hi - lo).max(1e-12);
     let z = zoom.max(1) as i32;
     let (pw, ph) = (w as i32 * z, h as i32 * z);
-    let root =
-        BitMapBackend::new(path, ((2 * pw + 30) as u32, (ph + 40) as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(err("drawing", path))?;
+    let root = canvas(path, ((2 * pw + 30) as u32, (ph + 40) as u32))?;
     root.draw(&Text::new(
         title.to_string(),
         (10, 8),
@@ -350,8 +362,7 @@ pub fn fold_curves_png(curves: &[(String, TrainLog)], title: &str, path: &Path) 
         .filter(|v| v.is_finite())
         .fold(1e-9, f64::max)
         * 1.05;
-    let root = BitMapBackend::new(path, (820, 640)).into_drawing_area();
-    root.fill(&WHITE).map_err(err("drawing", path))?;
+    let root = canvas(path, (820, 640))?;
     let root = root
         .titled(title, ("sans-serif", 18))
         .map_err(err("drawing", path))?;

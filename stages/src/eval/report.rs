@@ -172,12 +172,16 @@ fn paper_reference(s: &mut String) {
     );
 }
 
-fn sde_table(s: &mut String, r: &Report) {
-    let runs: Vec<&RunResult> = r
-        .runs
+/// The runs of `task` on the full input (flow + differences): the main tables' rows.
+fn full_input_runs(r: &Report, task: Task) -> Vec<&RunResult> {
+    r.runs
         .iter()
-        .filter(|x| x.task == Task::Sde && key(&x.features) == "flow+diff")
-        .collect();
+        .filter(|x| x.task == task && key(&x.features) == "flow+diff")
+        .collect()
+}
+
+fn sde_table(s: &mut String, r: &Report) {
+    let runs = full_input_runs(r, Task::Sde);
     if runs.is_empty() {
         return;
     }
@@ -202,11 +206,7 @@ fn sde_table(s: &mut String, r: &Report) {
 }
 
 fn cde_table(s: &mut String, r: &Report) {
-    let runs: Vec<&RunResult> = r
-        .runs
-        .iter()
-        .filter(|x| x.task == Task::Cde && key(&x.features) == "flow+diff")
-        .collect();
+    let runs = full_input_runs(r, Task::Cde);
     if runs.is_empty() {
         return;
     }

@@ -57,76 +57,120 @@ fn cat(ts: &[&Tensor]) -> Result<Tensor> {
     Tensor::cat(ts, 1)
 }
 
-/// The decoder FlowNetC and FlowNetS share: deconvolutions, flow predictions at 1/64 ... 1/4,
-/// and the learned 2x flow up-sampling between them.
-#[derive(Clone, Debug)]
-struct Refine {
-    deconv5: DeconvLeaky,
-    deconv4: DeconvLeaky,
-    deconv3: DeconvLeaky,
-    deconv2: DeconvLeaky,
-    predict_flow6: PredictFlow,
-    predict_flow5: PredictFlow,
-    predict_flow4: PredictFlow,
-    predict_flow3: PredictFlow,
-    predict_flow2: PredictFlow,
-    upsampled_flow6_to_5: UpsampleFlow,
-    upsampled_flow5_to_4: UpsampleFlow,
-    upsampled_flow4_to_3: UpsampleFlow,
-    upsampled_flow3_to_2: UpsampleFlow,
+/// One decoder level's channel counts: the deconvolution's (in, out), the optional
+/// `inter_conv`'s (in, out), and the flow prediction's input.
+struct LevelSpec {
+    level: usize,
+    deconv: (usize, usize),
+    inter: Option<(usize, usize)>,
+    predict: usize,
 }
 
-impl Refine {
-    fn new(vb: &VarBuilder, cfg: &FlowNet2Config, up_bias: bool) -> Result<Self> {
-        let c = |n| cfg.ch(n);
-        let cat5 = c(512) + c(512) + 2;
-        let cat4 = c(512) + c(256) + 2;
-        let cat3 = c(256) + c(128) + 2;
-        let cat2 = c(128) + c(64) + 2;
-        Ok(Self {
-            deconv5: DeconvLeaky::new(vb.pp("deconv5"), c(1024), c(512))?,
-            deconv4: DeconvLeaky::new(vb.pp("deconv4"), cat5, c(256))?,
-            deconv3: DeconvLeaky::new(vb.pp("deconv3"), cat4, c(128))?,
-            deconv2: DeconvLeaky::new(vb.pp("deconv2"), cat3, c(64))?,
-            predict_flow6: PredictFlow::new(vb.pp("predict_flow6"), c(1024))?,
-            predict_flow5: PredictFlow::new(vb.pp("predict_flow5"), cat5)?,
-            predict_flow4: PredictFlow::new(vb.pp("predict_flow4"), cat4)?,
-            predict_flow3: PredictFlow::new(vb.pp("predict_flow3"), cat3)?,
-            predict_flow2: PredictFlow::new(vb.pp("predict_flow2"), cat2)?,
-            upsampled_flow6_to_5: UpsampleFlow::new(vb.pp("upsampled_flow6_to_5"), up_bias)?,
-            upsampled_flow5_to_4: UpsampleFlow::new(vb.pp("upsampled_flow5_to_4"), up_bias)?,
-            upsampled_flow4_to_3: UpsampleFlow::new(vb.pp("upsampled_flow4_to_3"), up_bias)?,
-            upsampled_flow3_to_2: UpsampleFlow::new(vb.pp("upsampled_flow3_to_2"), up_bias)?,
-        })
+/// One decoder level: the coarser features up-convolved and the coarser flow up-sampled are
+/// concatenated with the encoder's map of this level, and this level's flow predicted from
+/// them (through an `inter_conv` in FlowNetSD and FlowNetFusion).
+#[derive(Clone, Debug)]
+struct Level {
+    deconv: DeconvLeaky,
+    inter: Option<IConv>,
+    predict: PredictFlow,
+    upsample: UpsampleFlow,
+}
+
+/// FlowNet's decoder: a flow prediction from the coarsest encoder map, then one [`Level`] per
+/// finer scale.
+#[derive(Clone, Debug)]
+struct Decoder {
+    top: PredictFlow,
+    levels: Vec<Level>,
+}
+
+impl Decoder {
+    /// Creates the parameters in the official state dict's order: deconvolutions,
+    /// `inter_conv`s, flow predictions (coarsest first), flow up-samplings.
+    fn new(
+        vb: &VarBuilder,
+        top: (usize, usize),
+        specs: &[LevelSpec],
+        up_bias: bool,
+    ) -> Result<Self> {
+        let at = |what: &str, l: &LevelSpec| vb.pp(format!("{what}{}", l.level));
+        let deconvs = specs
+            .iter()
+            .map(|l| DeconvLeaky::new(at("deconv", l), l.deconv.0, l.deconv.1))
+            .collect::<Result<Vec<_>>>()?;
+        let inters = specs
+            .iter()
+            .map(|l| {
+                l.inter
+                    .map(|(i, o)| IConv::new(at("inter_conv", l), i, o))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let top = PredictFlow::new(vb.pp(format!("predict_flow{}", top.0)), top.1)?;
+        let predicts = specs
+            .iter()
+            .map(|l| PredictFlow::new(at("predict_flow", l), l.predict))
+            .collect::<Result<Vec<_>>>()?;
+        let ups = specs
+            .iter()
+            .map(|l| {
+                let name = format!("upsampled_flow{}_to_{}", l.level + 1, l.level);
+                UpsampleFlow::new(vb.pp(name), up_bias)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let levels = deconvs
+            .into_iter()
+            .zip(inters)
+            .zip(predicts.into_iter().zip(ups))
+            .map(|((deconv, inter), (predict, upsample))| Level {
+                deconv,
+                inter,
+                predict,
+                upsample,
+            })
+            .collect();
+        Ok(Self { top, levels })
     }
 
-    /// `flow2` (1/4 resolution, in units of `div_flow` pixels) from the encoder's maps.
-    fn forward(
-        &self,
-        c2: &Tensor,
-        c3: &Tensor,
-        c4: &Tensor,
-        c5: &Tensor,
-        c6: &Tensor,
-    ) -> Result<Tensor> {
-        let flow6 = self.predict_flow6.forward(c6)?;
-        let flow6_up = self.upsampled_flow6_to_5.forward(&flow6)?;
-        let deconv5 = self.deconv5.forward(c6)?;
-        let concat5 = cat(&[c5, &deconv5, &flow6_up])?;
-        let flow5 = self.predict_flow5.forward(&concat5)?;
-        let flow5_up = self.upsampled_flow5_to_4.forward(&flow5)?;
-        let deconv4 = self.deconv4.forward(&concat5)?;
-        let concat4 = cat(&[c4, &deconv4, &flow5_up])?;
-        let flow4 = self.predict_flow4.forward(&concat4)?;
-        let flow4_up = self.upsampled_flow4_to_3.forward(&flow4)?;
-        let deconv3 = self.deconv3.forward(&concat4)?;
-        let concat3 = cat(&[c3, &deconv3, &flow4_up])?;
-        let flow3 = self.predict_flow3.forward(&concat3)?;
-        let flow3_up = self.upsampled_flow3_to_2.forward(&flow3)?;
-        let deconv2 = self.deconv2.forward(&concat3)?;
-        let concat2 = cat(&[c2, &deconv2, &flow3_up])?;
-        self.predict_flow2.forward(&concat2)
+    /// The finest level's flow (in units of `div_flow` pixels) from the coarsest encoder map
+    /// and the finer ones, coarsest first.
+    fn forward(&self, coarsest: &Tensor, skips: &[&Tensor]) -> Result<Tensor> {
+        let mut flow = self.top.forward(coarsest)?;
+        let mut feats = coarsest.clone();
+        for (l, skip) in self.levels.iter().zip(skips) {
+            let flow_up = l.upsample.forward(&flow)?;
+            let deconv = l.deconv.forward(&feats)?;
+            let concat = cat(&[skip, &deconv, &flow_up])?;
+            flow = match &l.inter {
+                Some(inter) => l.predict.forward(&inter.forward(&concat)?)?,
+                None => l.predict.forward(&concat)?,
+            };
+            feats = concat;
+        }
+        Ok(flow)
     }
+}
+
+/// The decoder from conv6 (1/64) to `flow2` (1/4) over conv5 ... conv2's maps: FlowNetC's and
+/// FlowNetS's (`inter`: false), FlowNetSD's (`inter`: true).
+fn decoder6(vb: &VarBuilder, cfg: &FlowNet2Config, up_bias: bool, inter: bool) -> Result<Decoder> {
+    let c = |n| cfg.ch(n);
+    // (level, the encoder map's channels, the deconvolution's output channels)
+    let widths = [(5, 512, 512), (4, 512, 256), (3, 256, 128), (2, 128, 64)];
+    let mut specs = Vec::new();
+    let mut prev = c(1024);
+    for (level, skip, out) in widths {
+        let cat = c(skip) + c(out) + 2;
+        specs.push(LevelSpec {
+            level,
+            deconv: (prev, c(out)),
+            inter: inter.then_some((cat, c(out))),
+            predict: if inter { c(out) } else { cat },
+        });
+        prev = cat;
+    }
+    Decoder::new(vb, (6, c(1024)), &specs, up_bias)
 }
 
 /// The encoder layers from conv4 on, shared by every sub-network but Fusion.
@@ -173,7 +217,7 @@ pub struct FlowNetC {
     corr: Correlation,
     conv3_1: ConvLeaky,
     deep: Deep,
-    refine: Refine,
+    refine: Decoder,
 }
 
 impl FlowNetC {
@@ -188,7 +232,7 @@ impl FlowNetC {
             conv3_1: ConvLeaky::new(vb.pp("conv3_1"), c(32) + corr.out_channels(), c(256), 3, 1)?,
             corr,
             deep: Deep::new(&vb, cfg)?,
-            refine: Refine::new(&vb, cfg, true)?,
+            refine: decoder6(&vb, cfg, true, false)?,
         })
     }
 }
@@ -212,7 +256,7 @@ impl Module for FlowNetC {
         let redir = self.conv_redir.forward(&c3a)?;
         let c3_1 = self.conv3_1.forward(&cat(&[&redir, &corr])?)?;
         let (c4, c5, c6) = self.deep.forward(&c3_1)?;
-        self.refine.forward(&c2a, &c3_1, &c4, &c5, &c6)
+        self.refine.forward(&c6, &[&c5, &c4, &c3_1, &c2a])
     }
 }
 
@@ -224,7 +268,7 @@ pub struct FlowNetS {
     conv3: ConvLeaky,
     conv3_1: ConvLeaky,
     deep: Deep,
-    refine: Refine,
+    refine: Decoder,
 }
 
 impl FlowNetS {
@@ -236,7 +280,7 @@ impl FlowNetS {
             conv3: ConvLeaky::new(vb.pp("conv3"), c(128), c(256), 5, 2)?,
             conv3_1: ConvLeaky::new(vb.pp("conv3_1"), c(256), c(256), 3, 1)?,
             deep: Deep::new(&vb, cfg)?,
-            refine: Refine::new(&vb, cfg, false)?,
+            refine: decoder6(&vb, cfg, false, false)?,
         })
     }
 }
@@ -246,7 +290,7 @@ impl Module for FlowNetS {
         let c2 = self.conv2.forward(&self.conv1.forward(x)?)?;
         let c3 = self.conv3_1.forward(&self.conv3.forward(&c2)?)?;
         let (c4, c5, c6) = self.deep.forward(&c3)?;
-        self.refine.forward(&c2, &c3, &c4, &c5, &c6)
+        self.refine.forward(&c6, &[&c5, &c4, &c3, &c2])
     }
 }
 
@@ -254,102 +298,66 @@ impl Module for FlowNetS {
 /// full-resolution conv0 and `inter_conv` layers before each flow prediction.
 #[derive(Clone, Debug)]
 pub struct FlowNetSD {
+    fine: Fine,
+    conv3: ConvLeaky,
+    conv3_1: ConvLeaky,
+    deep: Deep,
+    decoder: Decoder,
+}
+
+/// The full- and half-resolution 3x3 layers (conv0 ... conv2_1) FlowNetSD and FlowNetFusion
+/// open with.
+#[derive(Clone, Debug)]
+struct Fine {
     conv0: ConvLeaky,
     conv1: ConvLeaky,
     conv1_1: ConvLeaky,
     conv2: ConvLeaky,
     conv2_1: ConvLeaky,
-    conv3: ConvLeaky,
-    conv3_1: ConvLeaky,
-    deep: Deep,
-    deconv5: DeconvLeaky,
-    deconv4: DeconvLeaky,
-    deconv3: DeconvLeaky,
-    deconv2: DeconvLeaky,
-    inter_conv5: IConv,
-    inter_conv4: IConv,
-    inter_conv3: IConv,
-    inter_conv2: IConv,
-    predict_flow6: PredictFlow,
-    predict_flow5: PredictFlow,
-    predict_flow4: PredictFlow,
-    predict_flow3: PredictFlow,
-    predict_flow2: PredictFlow,
-    upsampled_flow6_to_5: UpsampleFlow,
-    upsampled_flow5_to_4: UpsampleFlow,
-    upsampled_flow4_to_3: UpsampleFlow,
-    upsampled_flow3_to_2: UpsampleFlow,
+}
+
+impl Fine {
+    fn new(vb: &VarBuilder, cfg: &FlowNet2Config, input_channels: usize) -> Result<Self> {
+        let c = |n| cfg.ch(n);
+        let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
+        Ok(Self {
+            conv0: conv("conv0", input_channels, c(64), 1)?,
+            conv1: conv("conv1", c(64), c(64), 2)?,
+            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
+            conv2: conv("conv2", c(128), c(128), 2)?,
+            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
+        })
+    }
+
+    /// (conv0, conv1_1, conv2_1) outputs.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let c0 = self.conv0.forward(x)?;
+        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
+        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
+        Ok((c0, c1, c2))
+    }
 }
 
 impl FlowNetSD {
     pub fn new(vb: VarBuilder, cfg: &FlowNet2Config) -> Result<Self> {
         let c = |n| cfg.ch(n);
-        let cat5 = c(512) + c(512) + 2;
-        let cat4 = c(512) + c(256) + 2;
-        let cat3 = c(256) + c(128) + 2;
-        let cat2 = c(128) + c(64) + 2;
         let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
         Ok(Self {
-            conv0: conv("conv0", 6, c(64), 1)?,
-            conv1: conv("conv1", c(64), c(64), 2)?,
-            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
-            conv2: conv("conv2", c(128), c(128), 2)?,
-            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
+            fine: Fine::new(&vb, cfg, 6)?,
             conv3: conv("conv3", c(128), c(256), 2)?,
             conv3_1: conv("conv3_1", c(256), c(256), 1)?,
             deep: Deep::new(&vb, cfg)?,
-            deconv5: DeconvLeaky::new(vb.pp("deconv5"), c(1024), c(512))?,
-            deconv4: DeconvLeaky::new(vb.pp("deconv4"), cat5, c(256))?,
-            deconv3: DeconvLeaky::new(vb.pp("deconv3"), cat4, c(128))?,
-            deconv2: DeconvLeaky::new(vb.pp("deconv2"), cat3, c(64))?,
-            inter_conv5: IConv::new(vb.pp("inter_conv5"), cat5, c(512))?,
-            inter_conv4: IConv::new(vb.pp("inter_conv4"), cat4, c(256))?,
-            inter_conv3: IConv::new(vb.pp("inter_conv3"), cat3, c(128))?,
-            inter_conv2: IConv::new(vb.pp("inter_conv2"), cat2, c(64))?,
-            predict_flow6: PredictFlow::new(vb.pp("predict_flow6"), c(1024))?,
-            predict_flow5: PredictFlow::new(vb.pp("predict_flow5"), c(512))?,
-            predict_flow4: PredictFlow::new(vb.pp("predict_flow4"), c(256))?,
-            predict_flow3: PredictFlow::new(vb.pp("predict_flow3"), c(128))?,
-            predict_flow2: PredictFlow::new(vb.pp("predict_flow2"), c(64))?,
-            upsampled_flow6_to_5: UpsampleFlow::new(vb.pp("upsampled_flow6_to_5"), true)?,
-            upsampled_flow5_to_4: UpsampleFlow::new(vb.pp("upsampled_flow5_to_4"), true)?,
-            upsampled_flow4_to_3: UpsampleFlow::new(vb.pp("upsampled_flow4_to_3"), true)?,
-            upsampled_flow3_to_2: UpsampleFlow::new(vb.pp("upsampled_flow3_to_2"), true)?,
+            decoder: decoder6(&vb, cfg, true, true)?,
         })
     }
 }
 
 impl Module for FlowNetSD {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c0 = self.conv0.forward(x)?;
-        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
-        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
+        let (_, _, c2) = self.fine.forward(x)?;
         let c3 = self.conv3_1.forward(&self.conv3.forward(&c2)?)?;
         let (c4, c5, c6) = self.deep.forward(&c3)?;
-        let flow6 = self.predict_flow6.forward(&c6)?;
-        let flow6_up = self.upsampled_flow6_to_5.forward(&flow6)?;
-        let deconv5 = self.deconv5.forward(&c6)?;
-        let concat5 = cat(&[&c5, &deconv5, &flow6_up])?;
-        let flow5 = self
-            .predict_flow5
-            .forward(&self.inter_conv5.forward(&concat5)?)?;
-        let flow5_up = self.upsampled_flow5_to_4.forward(&flow5)?;
-        let deconv4 = self.deconv4.forward(&concat5)?;
-        let concat4 = cat(&[&c4, &deconv4, &flow5_up])?;
-        let flow4 = self
-            .predict_flow4
-            .forward(&self.inter_conv4.forward(&concat4)?)?;
-        let flow4_up = self.upsampled_flow4_to_3.forward(&flow4)?;
-        let deconv3 = self.deconv3.forward(&concat4)?;
-        let concat3 = cat(&[&c3, &deconv3, &flow4_up])?;
-        let flow3 = self
-            .predict_flow3
-            .forward(&self.inter_conv3.forward(&concat3)?)?;
-        let flow3_up = self.upsampled_flow3_to_2.forward(&flow3)?;
-        let deconv2 = self.deconv2.forward(&concat3)?;
-        let concat2 = cat(&[&c2, &deconv2, &flow3_up])?;
-        self.predict_flow2
-            .forward(&self.inter_conv2.forward(&concat2)?)
+        self.decoder.forward(&c6, &[&c5, &c4, &c3, &c2])
     }
 }
 
@@ -357,20 +365,8 @@ impl Module for FlowNetSD {
 /// full resolution. Input `[B, 11, H, W]`, output the final flow in pixels.
 #[derive(Clone, Debug)]
 pub struct FlowNetFusion {
-    conv0: ConvLeaky,
-    conv1: ConvLeaky,
-    conv1_1: ConvLeaky,
-    conv2: ConvLeaky,
-    conv2_1: ConvLeaky,
-    deconv1: DeconvLeaky,
-    deconv0: DeconvLeaky,
-    inter_conv1: IConv,
-    inter_conv0: IConv,
-    predict_flow2: PredictFlow,
-    predict_flow1: PredictFlow,
-    predict_flow0: PredictFlow,
-    upsampled_flow2_to_1: UpsampleFlow,
-    upsampled_flow1_to_0: UpsampleFlow,
+    fine: Fine,
+    decoder: Decoder,
 }
 
 impl FlowNetFusion {
@@ -378,43 +374,31 @@ impl FlowNetFusion {
         let c = |n| cfg.ch(n);
         let cat1 = c(128) + c(32) + 2;
         let cat0 = c(64) + c(16) + 2;
-        let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
+        let specs = [
+            LevelSpec {
+                level: 1,
+                deconv: (c(128), c(32)),
+                inter: Some((cat1, c(32))),
+                predict: c(32),
+            },
+            LevelSpec {
+                level: 0,
+                deconv: (cat1, c(16)),
+                inter: Some((cat0, c(16))),
+                predict: c(16),
+            },
+        ];
         Ok(Self {
-            conv0: conv("conv0", 11, c(64), 1)?,
-            conv1: conv("conv1", c(64), c(64), 2)?,
-            conv1_1: conv("conv1_1", c(64), c(128), 1)?,
-            conv2: conv("conv2", c(128), c(128), 2)?,
-            conv2_1: conv("conv2_1", c(128), c(128), 1)?,
-            deconv1: DeconvLeaky::new(vb.pp("deconv1"), c(128), c(32))?,
-            deconv0: DeconvLeaky::new(vb.pp("deconv0"), cat1, c(16))?,
-            inter_conv1: IConv::new(vb.pp("inter_conv1"), cat1, c(32))?,
-            inter_conv0: IConv::new(vb.pp("inter_conv0"), cat0, c(16))?,
-            predict_flow2: PredictFlow::new(vb.pp("predict_flow2"), c(128))?,
-            predict_flow1: PredictFlow::new(vb.pp("predict_flow1"), c(32))?,
-            predict_flow0: PredictFlow::new(vb.pp("predict_flow0"), c(16))?,
-            upsampled_flow2_to_1: UpsampleFlow::new(vb.pp("upsampled_flow2_to_1"), true)?,
-            upsampled_flow1_to_0: UpsampleFlow::new(vb.pp("upsampled_flow1_to_0"), true)?,
+            fine: Fine::new(&vb, cfg, 11)?,
+            decoder: Decoder::new(&vb, (2, c(128)), &specs, true)?,
         })
     }
 }
 
 impl Module for FlowNetFusion {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c0 = self.conv0.forward(x)?;
-        let c1 = self.conv1_1.forward(&self.conv1.forward(&c0)?)?;
-        let c2 = self.conv2_1.forward(&self.conv2.forward(&c1)?)?;
-        let flow2 = self.predict_flow2.forward(&c2)?;
-        let flow2_up = self.upsampled_flow2_to_1.forward(&flow2)?;
-        let deconv1 = self.deconv1.forward(&c2)?;
-        let concat1 = cat(&[&c1, &deconv1, &flow2_up])?;
-        let flow1 = self
-            .predict_flow1
-            .forward(&self.inter_conv1.forward(&concat1)?)?;
-        let flow1_up = self.upsampled_flow1_to_0.forward(&flow1)?;
-        let deconv0 = self.deconv0.forward(&concat1)?;
-        let concat0 = cat(&[&c0, &deconv0, &flow1_up])?;
-        self.predict_flow0
-            .forward(&self.inter_conv0.forward(&concat0)?)
+        let (c0, c1, c2) = self.fine.forward(x)?;
+        self.decoder.forward(&c2, &[&c1, &c0])
     }
 }
 

@@ -11,7 +11,8 @@
 //!
 //! Layouts are PyTorch's: `[B, C, H, W]`, f32.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use crate::model::ops::{f32_slice, Cpu2, F32In, F32Op2, F32Out};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 thread_local! {
@@ -20,25 +21,11 @@ thread_local! {
 
 /// Runs `f` with the stock-op paths forced on the current thread (tests, benchmarks).
 pub fn with_reference<R>(f: impl FnOnce() -> R) -> R {
-    let prev = FORCE_REFERENCE.with(|c| c.replace(true));
-    let r = f();
-    FORCE_REFERENCE.with(|c| c.set(prev));
-    r
+    crate::model::ops::forcing(&FORCE_REFERENCE, f)
 }
 
 fn use_custom(x: &Tensor) -> bool {
-    x.device().is_cpu() && !FORCE_REFERENCE.with(|c| c.get())
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("{what}: only f32 is supported"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{what}: input must be contiguous"),
-    }
+    crate::model::ops::custom_on(&FORCE_REFERENCE, x)
 }
 
 fn dims4(s: &Shape, what: &str) -> Result<[usize; 4]> {
@@ -95,7 +82,8 @@ impl Correlation {
             bail!("correlation: stride2 must be positive");
         }
         if use_custom(f1) {
-            f1.contiguous()?.apply_op2_no_bwd(&f2.contiguous()?, self)
+            f1.contiguous()?
+                .apply_op2_no_bwd(&f2.contiguous()?, &Cpu2(*self))
         } else {
             self.reference(f1, f2)
         }
@@ -120,21 +108,12 @@ impl Correlation {
     }
 }
 
-impl CustomOp2 for Correlation {
-    fn name(&self) -> &'static str {
-        "flownet2-correlation"
-    }
+impl F32Op2 for Correlation {
+    const NAME: &'static str = "flownet2-correlation";
+    const WHAT: &'static str = "correlation";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let [b, c, h, w] = dims4(l1.shape(), "correlation")?;
-        let a = f32_slice(s1, l1, "correlation")?;
-        let bb = f32_slice(s2, l2, "correlation")?;
+    fn fwd(&self, (a, sa): F32In, (bb, _): F32In) -> F32Out {
+        let [b, c, h, w] = dims4(sa, "correlation")?;
         let hw = h * w;
         // channels last, so that every product is a contiguous dot product over C
         let to_hwc = |src: &[f32]| -> Vec<f32> {
@@ -178,7 +157,7 @@ impl CustomOp2 for Correlation {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, planes, h, w))))
+        Ok((out, Shape::from((b, planes, h, w))))
     }
 }
 
@@ -214,21 +193,12 @@ pub fn correlation(f1: &Tensor, f2: &Tensor) -> Result<Tensor> {
 #[derive(Clone, Copy, Debug)]
 struct Resample2d;
 
-impl CustomOp2 for Resample2d {
-    fn name(&self) -> &'static str {
-        "flownet2-resample2d"
-    }
+impl F32Op2 for Resample2d {
+    const NAME: &'static str = "flownet2-resample2d";
+    const WHAT: &'static str = "resample2d";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let [b, c, h, w] = dims4(l1.shape(), "resample2d")?;
-        let img = f32_slice(s1, l1, "resample2d")?;
-        let flow = f32_slice(s2, l2, "resample2d")?;
+    fn fwd(&self, (img, si): F32In, (flow, _): F32In) -> F32Out {
+        let [b, c, h, w] = dims4(si, "resample2d")?;
         let hw = h * w;
         let mut out = vec![0f32; b * c * hw];
         out.par_chunks_mut(w).enumerate().for_each(|(row, o)| {
@@ -254,7 +224,7 @@ impl CustomOp2 for Resample2d {
                     + al * be * plane[yb * w + xr];
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, si.clone()))
     }
 }
 
@@ -270,7 +240,7 @@ pub fn resample2d(img: &Tensor, flow: &Tensor) -> Result<Tensor> {
     }
     if use_custom(img) {
         img.contiguous()?
-            .apply_op2_no_bwd(&flow.contiguous()?, &Resample2d)
+            .apply_op2_no_bwd(&flow.contiguous()?, &Cpu2(Resample2d))
     } else {
         resample2d_reference(img, flow)
     }

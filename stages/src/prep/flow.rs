@@ -250,9 +250,22 @@ impl TvL1 {
         } else {
             centered_gradient(w, h, i1)
         };
-        let lt = p.lambda * p.theta;
-        let taut = p.tau / p.theta;
-        let theta = p.theta;
+        let target = Target {
+            w,
+            h,
+            i0,
+            i1,
+            i1x: &i1x,
+            i1y: &i1y,
+            bspline,
+        };
+        let step = Step {
+            w,
+            h,
+            lt: p.lambda * p.theta,
+            taut: p.tau / p.theta,
+            theta: p.theta,
+        };
         let eps = (p.epsilon as f64).powi(2) * n as f64;
         // Interleaved state: u = (u1, u2), dual p = (p11, p12, p21, p22).
         let mut u: Vec<[f32; 2]> = (0..n).map(|i| [flow.u[i], flow.v[i]]).collect();
@@ -260,27 +273,7 @@ impl TvL1 {
         // Per warp: (I1x, I1y, |grad|^2, rho_c) at the warped positions.
         let mut data = vec![[0.0f32; 4]; n];
         for _warp in 0..p.warps {
-            {
-                let u = &u;
-                over_bands(&mut data, w, |y0, band| {
-                    for (r, row) in band.chunks_mut(w).enumerate() {
-                        let y = y0 + r;
-                        for (x, d) in row.iter_mut().enumerate() {
-                            let i = y * w + x;
-                            let [u1, u2] = u[i];
-                            let (wx, wy) = (x as f32 + u1, y as f32 + u2);
-                            let [iw, ix, iy] = if bspline {
-                                bspline_sample(w, h, &i1x, wx, wy)
-                            } else {
-                                bicubic3(w, h, i1, &i1x, &i1y, wx, wy)
-                            };
-                            let grad = ix * ix + iy * iy;
-                            *d = [ix, iy, grad, iw - ix * u1 - iy * u2 - i0[i]];
-                        }
-                    }
-                    0.0
-                });
-            }
+            over_bands(&mut data, w, |y0, band| target.linearise(&u, y0, band));
             let mut error = f64::MAX;
             let mut outer = 0;
             while error > eps && outer < p.outer_iterations {
@@ -292,67 +285,9 @@ impl TvL1 {
                 while error > eps && inner < p.inner_iterations {
                     inner += 1;
                     // (a) thresholding step for v, then u = v + theta div p.
-                    {
-                        let (dual, data) = (&dual, &data);
-                        error = over_bands(&mut u, w, |y0, band| {
-                            let mut err = 0.0f64;
-                            for (r, row) in band.chunks_mut(w).enumerate() {
-                                let y = y0 + r;
-                                for (x, uu) in row.iter_mut().enumerate() {
-                                    let i = y * w + x;
-                                    let [ix, iy, grad, rhoc] = data[i];
-                                    let [u1, u2] = *uu;
-                                    let rho = rhoc + ix * u1 + iy * u2;
-                                    let (d1, d2) = if rho < -lt * grad {
-                                        (lt * ix, lt * iy)
-                                    } else if rho > lt * grad {
-                                        (-lt * ix, -lt * iy)
-                                    } else if grad > 1e-10 {
-                                        let f = -rho / grad;
-                                        (f * ix, f * iy)
-                                    } else {
-                                        (0.0, 0.0)
-                                    };
-                                    let pc = dual[i];
-                                    let pl = if x > 0 { dual[i - 1] } else { [0.0; 4] };
-                                    let pu = if y > 0 { dual[i - w] } else { [0.0; 4] };
-                                    let div1 = pc[0] - pl[0] + pc[1] - pu[1];
-                                    let div2 = pc[2] - pl[2] + pc[3] - pu[3];
-                                    let n1 = u1 + d1 + theta * div1;
-                                    let n2 = u2 + d2 + theta * div2;
-                                    err += ((n1 - u1) * (n1 - u1) + (n2 - u2) * (n2 - u2)) as f64;
-                                    *uu = [n1, n2];
-                                }
-                            }
-                            err
-                        });
-                    }
+                    error = over_bands(&mut u, w, |y0, band| step.primal(&dual, &data, y0, band));
                     // (b) dual (ROF) step: p = (p + taut grad u) / (1 + taut |grad u|).
-                    {
-                        let u = &u;
-                        over_bands(&mut dual, w, |y0, band| {
-                            for (r, row) in band.chunks_mut(w).enumerate() {
-                                let y = y0 + r;
-                                for (x, pp) in row.iter_mut().enumerate() {
-                                    let i = y * w + x;
-                                    let c = u[i];
-                                    let r = if x + 1 < w { u[i + 1] } else { c };
-                                    let d = if y + 1 < h { u[i + w] } else { c };
-                                    let (u1x, u1y) = (r[0] - c[0], d[0] - c[0]);
-                                    let (u2x, u2y) = (r[1] - c[1], d[1] - c[1]);
-                                    let ng1 = 1.0 + taut * (u1x * u1x + u1y * u1y).sqrt();
-                                    let ng2 = 1.0 + taut * (u2x * u2x + u2y * u2y).sqrt();
-                                    *pp = [
-                                        (pp[0] + taut * u1x) / ng1,
-                                        (pp[1] + taut * u1y) / ng1,
-                                        (pp[2] + taut * u2x) / ng2,
-                                        (pp[3] + taut * u2y) / ng2,
-                                    ];
-                                }
-                            }
-                            0.0
-                        });
-                    }
+                    over_bands(&mut dual, w, |y0, band| step.dual(&u, y0, band));
                 }
             }
         }
@@ -360,6 +295,122 @@ impl TvL1 {
             flow.u[i] = a;
             flow.v[i] = b;
         }
+    }
+}
+
+/// The second frame of a level (and its interpolation tables) that the first is matched to.
+struct Target<'a> {
+    w: usize,
+    h: usize,
+    i0: &'a [f32],
+    i1: &'a [f32],
+    /// B-spline coefficients, or the x gradient for bicubic warping.
+    i1x: &'a [f32],
+    /// The y gradient for bicubic warping (empty for B-spline).
+    i1y: &'a [f32],
+    bspline: bool,
+}
+
+impl Target<'_> {
+    /// The data term linearised at flow `u` for rows `y0..` (`band`): (I1x, I1y, |grad|^2,
+    /// rho_c) at the warped positions.
+    fn linearise(&self, u: &[[f32; 2]], y0: usize, band: &mut [[f32; 4]]) -> f64 {
+        let (w, h) = (self.w, self.h);
+        for (r, row) in band.chunks_mut(w).enumerate() {
+            let y = y0 + r;
+            for (x, d) in row.iter_mut().enumerate() {
+                let i = y * w + x;
+                let [u1, u2] = u[i];
+                let (wx, wy) = (x as f32 + u1, y as f32 + u2);
+                let [iw, ix, iy] = if self.bspline {
+                    bspline_sample(w, h, self.i1x, wx, wy)
+                } else {
+                    bicubic3(w, h, self.i1, self.i1x, self.i1y, wx, wy)
+                };
+                let grad = ix * ix + iy * iy;
+                *d = [ix, iy, grad, iw - ix * u1 - iy * u2 - self.i0[i]];
+            }
+        }
+        0.0
+    }
+}
+
+/// The primal-dual iteration's constants on one level: `lt` = lambda theta, `taut` = tau / theta.
+struct Step {
+    w: usize,
+    h: usize,
+    lt: f32,
+    taut: f32,
+    theta: f32,
+}
+
+impl Step {
+    /// Thresholding step for v, then u = v + theta div p, over rows `y0..` of `u` (`band`);
+    /// returns the band's squared change of u.
+    fn primal(
+        &self,
+        dual: &[[f32; 4]],
+        data: &[[f32; 4]],
+        y0: usize,
+        band: &mut [[f32; 2]],
+    ) -> f64 {
+        let (w, lt, theta) = (self.w, self.lt, self.theta);
+        let mut err = 0.0f64;
+        for (r, row) in band.chunks_mut(w).enumerate() {
+            let y = y0 + r;
+            for (x, uu) in row.iter_mut().enumerate() {
+                let i = y * w + x;
+                let [ix, iy, grad, rhoc] = data[i];
+                let [u1, u2] = *uu;
+                let rho = rhoc + ix * u1 + iy * u2;
+                let (d1, d2) = if rho < -lt * grad {
+                    (lt * ix, lt * iy)
+                } else if rho > lt * grad {
+                    (-lt * ix, -lt * iy)
+                } else if grad > 1e-10 {
+                    let f = -rho / grad;
+                    (f * ix, f * iy)
+                } else {
+                    (0.0, 0.0)
+                };
+                let pc = dual[i];
+                let pl = if x > 0 { dual[i - 1] } else { [0.0; 4] };
+                let pu = if y > 0 { dual[i - w] } else { [0.0; 4] };
+                let div1 = pc[0] - pl[0] + pc[1] - pu[1];
+                let div2 = pc[2] - pl[2] + pc[3] - pu[3];
+                let n1 = u1 + d1 + theta * div1;
+                let n2 = u2 + d2 + theta * div2;
+                err += ((n1 - u1) * (n1 - u1) + (n2 - u2) * (n2 - u2)) as f64;
+                *uu = [n1, n2];
+            }
+        }
+        err
+    }
+
+    /// Dual (ROF) step p = (p + taut grad u) / (1 + taut |grad u|) over rows `y0..` of the
+    /// dual (`band`).
+    fn dual(&self, u: &[[f32; 2]], y0: usize, band: &mut [[f32; 4]]) -> f64 {
+        let (w, h, taut) = (self.w, self.h, self.taut);
+        for (r, row) in band.chunks_mut(w).enumerate() {
+            let y = y0 + r;
+            for (x, pp) in row.iter_mut().enumerate() {
+                let i = y * w + x;
+                let c = u[i];
+                let r = if x + 1 < w { u[i + 1] } else { c };
+                let d = if y + 1 < h { u[i + w] } else { c };
+                let (u1x, u1y) = (r[0] - c[0], d[0] - c[0]);
+                let (u2x, u2y) = (r[1] - c[1], d[1] - c[1]);
+                let ng1 = 1.0 + taut * (u1x * u1x + u1y * u1y).sqrt();
+                let ng2 = 1.0 + taut * (u2x * u2x + u2y * u2y).sqrt();
+                *pp = [
+                    (pp[0] + taut * u1x) / ng1,
+                    (pp[1] + taut * u1y) / ng1,
+                    (pp[2] + taut * u2x) / ng2,
+                    (pp[3] + taut * u2y) / ng2,
+                ];
+            }
+        }
+        0.0
     }
 }
 

@@ -72,6 +72,17 @@ fn ellipse_d(x: f32, y: f32, cx: f32, cy: f32, a: f32, b: f32) -> f32 {
     (r - 1.0) * a.min(b)
 }
 
+fn scale3(c: [f32; 3], k: f32) -> [f32; 3] {
+    [c[0] * k, c[1] * k, c[2] * k]
+}
+
+/// Darkens `c` by the fraction `a`.
+fn dark(c: &mut [f32; 3], a: f32) {
+    for v in c.iter_mut() {
+        *v *= 1.0 - a;
+    }
+}
+
 fn mix(c: &mut [f32; 3], with: [f32; 3], a: f32) {
     for k in 0..3 {
         c[k] += (with[k] - c[k]) * a;
@@ -195,24 +206,42 @@ impl Face {
 
     /// Colour (linear 0..1 RGB) at output-pixel coordinates (x, y).
     pub fn shade(&self, x: f32, y: f32) -> [f32; 3] {
+        let mut c = self.backdrop(x, y);
+        let head = self.head(&mut c, x, y);
+        self.hair(&mut c, x, y);
+        if head <= 0.0 {
+            return self.lit(c, x, y);
+        }
+        // Moles.
+        for &(mx, my, r) in &self.moles {
+            let m = cover(((x - mx).powi(2) + (y - my).powi(2)).sqrt() - r);
+            if m > 0.0 {
+                mix(&mut c, [0.25, 0.15, 0.1], 0.6 * m * head);
+            }
+        }
+        for side in [-1.0f32, 1.0] {
+            self.brow(&mut c, x, y, side);
+            self.eye(&mut c, x, y, side);
+        }
+        self.nose(&mut c, x, y);
+        self.mouth(&mut c, x, y);
+        self.lit(c, x, y)
+    }
+
+    /// Background (vertical gradient, faint blotches), then neck, shoulders and ears.
+    fn backdrop(&self, x: f32, y: f32) -> [f32; 3] {
         let u = self.size / 128.0;
         let (cx, cy) = (self.cx, self.cy);
-        // Background: vertical gradient and a faint blotchy pattern.
         let t = (y / self.size).clamp(0.0, 1.0);
         let mut c = lerp3(self.bg0, self.bg1, t);
         let b = 1.0 + 0.05 * value_noise(self.seed, x, y, 20.0 * u, 9);
-        c = [c[0] * b, c[1] * b, c[2] * b];
+        c = scale3(c, b);
 
         // Neck and shoulders behind the head.
         let neck_d = ((x - cx).abs() - self.ax * 0.55).max(cy + self.ay * 0.4 - y);
         let neck = cover(neck_d);
         if neck > 0.0 {
-            let k = 0.72;
-            mix(
-                &mut c,
-                [self.skin[0] * k, self.skin[1] * k, self.skin[2] * k],
-                neck,
-            );
+            mix(&mut c, scale3(self.skin, 0.72), neck);
         }
         // Ears.
         for side in [-1.0f32, 1.0] {
@@ -232,10 +261,14 @@ impl Face {
                 );
             }
         }
+        c
+    }
 
-        // Head: skin with texture, blush, ellipsoid shading.
-        let head_d = ellipse_d(x, y, cx, cy, self.ax, self.ay);
-        let head = cover(head_d);
+    /// Head: skin with texture, blush, ellipsoid shading. Returns the head's coverage.
+    fn head(&self, c: &mut [f32; 3], x: f32, y: f32) -> f32 {
+        let u = self.size / 128.0;
+        let (cx, cy) = (self.cx, self.cy);
+        let head = cover(ellipse_d(x, y, cx, cy, self.ax, self.ay));
         if head > 0.0 {
             let nx = (x - cx) / self.ax;
             let ny = (y - cy) / self.ay;
@@ -254,12 +287,15 @@ impl Face {
                 let w = (-(dx * dx + dy * dy) / (2.0 * (7.0 * u).powi(2))).exp();
                 s = lerp3(s, [0.85, 0.45, 0.45], 0.12 * w);
             }
-            let k = light * (1.0 + tex);
-            s = [s[0] * k, s[1] * k, s[2] * k];
-            mix(&mut c, s, head);
+            mix(c, scale3(s, light * (1.0 + tex)), head);
         }
+        head
+    }
 
-        // Hair above the hairline, inside a slightly larger ellipse.
+    /// Hair above the hairline, inside a slightly larger ellipse than the head.
+    fn hair(&self, c: &mut [f32; 3], x: f32, y: f32) {
+        let u = self.size / 128.0;
+        let (cx, cy) = (self.cx, self.cy);
         let hair_d = ellipse_d(x, y, cx, cy - 2.0 * u, self.ax * 1.07, self.ay * 1.06);
         let line = cy - self.ay * self.hairline + 3.0 * u * ((x - cx) / self.ax).powi(2) * 4.0;
         let hair = cover(hair_d) * cover(y - line);
@@ -267,106 +303,76 @@ impl Face {
             let streak = 1.0
                 + 0.18 * value_noise(self.seed, x * 3.0, y * 0.4, 3.0 * u, 4)
                 + 0.1 * value_noise(self.seed, x, y, 1.5 * u, 5);
-            let h = [
-                self.hair[0] * streak,
-                self.hair[1] * streak,
-                self.hair[2] * streak,
-            ];
-            mix(&mut c, h, hair);
+            mix(c, scale3(self.hair, streak), hair);
         }
-        if head <= 0.0 {
-            return self.lit(c, x, y);
-        }
+    }
 
-        let dark = |c: &mut [f32; 3], a: f32| {
-            for v in c.iter_mut() {
-                *v *= 1.0 - a;
-            }
-        };
-
-        // Moles.
-        for &(mx, my, r) in &self.moles {
-            let m = cover(((x - mx).powi(2) + (y - my).powi(2)).sqrt() - r);
+    /// Brow on one side: an arch, thick in the middle, its inner end lower by `brow_tilt`.
+    fn brow(&self, c: &mut [f32; 3], x: f32, y: f32, side: f32) {
+        let u = self.size / 128.0;
+        let ex = self.cx + side * self.eye_dx;
+        let bx = ex + side * 1.0 * u;
+        let q = (x - bx) / self.brow_w;
+        if q.abs() < 1.3 {
+            let inner = -side * q; // 1 at the inner end
+            let yc = self.brow_y - self.brow_arch * (1.0 - q * q) + self.brow_tilt * inner;
+            let th = self.brow_th * (1.0 - 0.45 * q * q).max(0.2);
+            let d = ((y - yc).abs() - th / 2.0).max((q.abs() - 1.0) * self.brow_w);
+            let m = cover(d);
             if m > 0.0 {
-                mix(&mut c, [0.25, 0.15, 0.1], 0.6 * m * head);
+                let hv = 1.0 + 0.25 * value_noise(self.seed, x * 2.0, y, 1.2 * u, 6);
+                mix(c, scale3(self.hair, hv), 0.9 * m);
             }
         }
+    }
 
-        for side in [-1.0f32, 1.0] {
-            let ex = cx + side * self.eye_dx;
-            // Brow: an arch, thick in the middle, its inner end lower by `brow_tilt`.
-            let bx = ex + side * 1.0 * u;
-            let q = (x - bx) / self.brow_w;
-            if q.abs() < 1.3 {
-                let inner = -side * q; // 1 at the inner end
-                let yc = self.brow_y - self.brow_arch * (1.0 - q * q) + self.brow_tilt * inner;
-                let th = self.brow_th * (1.0 - 0.45 * q * q).max(0.2);
-                let d = ((y - yc).abs() - th / 2.0).max((q.abs() - 1.0) * self.brow_w);
-                let m = cover(d);
-                if m > 0.0 {
-                    let hv = 1.0 + 0.25 * value_noise(self.seed, x * 2.0, y, 1.2 * u, 6);
-                    mix(
-                        &mut c,
-                        [self.hair[0] * hv, self.hair[1] * hv, self.hair[2] * hv],
-                        0.9 * m,
-                    );
-                }
-            }
-            // Lid crease.
-            let cq = (x - ex) / (self.eye_w * 1.05);
-            if cq.abs() < 1.0 {
-                let yc = self.eye_y - self.eye_h * 1.55 + self.eye_h * 0.5 * cq * cq;
-                let m = cover((y - yc).abs() - 0.45 * u);
-                dark(&mut c, 0.10 * m * (1.0 - cq * cq));
-            }
-            // Eye: almond-shaped sclera, iris, pupil, upper lid line.
-            let q = (x - ex) / self.eye_w;
-            if q.abs() < 1.2 {
-                let half = self.eye_h * (1.0 - q * q).max(0.0).powf(0.7);
-                let dy = y - self.eye_y;
-                let d = (dy.abs() - half).max((q.abs() - 1.0) * self.eye_w);
-                let m = cover(d);
-                if m > 0.0 {
-                    let mut e = [0.92, 0.9, 0.88];
-                    let ir = ((x - ex - self.gaze).powi(2) + dy * dy).sqrt();
-                    let irm = cover(ir - self.iris_r);
-                    let ring = 0.85 + 0.15 * (ir / self.iris_r).min(1.0);
-                    mix(
-                        &mut e,
-                        [
-                            self.iris[0] * ring,
-                            self.iris[1] * ring,
-                            self.iris[2] * ring,
-                        ],
-                        irm,
-                    );
-                    mix(&mut e, [0.03, 0.03, 0.03], cover(ir - self.iris_r * 0.45));
-                    // Catch-light.
-                    let hl = ((x - ex - self.gaze + 0.35 * self.iris_r).powi(2)
-                        + (dy + 0.35 * self.iris_r).powi(2))
-                    .sqrt();
-                    mix(
-                        &mut e,
-                        [1.0, 1.0, 1.0],
-                        0.8 * cover(hl - 0.25 * self.iris_r),
-                    );
-                    // Shadow under the upper lid.
-                    let sh = smooth(-half, -half + 1.5 * u, dy);
-                    e = [
-                        e[0] * (0.7 + 0.3 * sh),
-                        e[1] * (0.7 + 0.3 * sh),
-                        e[2] * (0.7 + 0.3 * sh),
-                    ];
-                    mix(&mut c, e, m);
-                }
-                // Upper lid line (lashes).
-                let yl = self.eye_y - half;
-                let lm = cover((y - yl + 0.3 * u).abs() - 0.55 * u) * (q.abs() < 1.05) as u8 as f32;
-                mix(&mut c, [0.08, 0.06, 0.06], 0.85 * lm);
-            }
+    /// Eye on one side: lid crease, almond-shaped sclera, iris, pupil, upper lid line.
+    fn eye(&self, c: &mut [f32; 3], x: f32, y: f32, side: f32) {
+        let u = self.size / 128.0;
+        let ex = self.cx + side * self.eye_dx;
+        let cq = (x - ex) / (self.eye_w * 1.05);
+        if cq.abs() < 1.0 {
+            let yc = self.eye_y - self.eye_h * 1.55 + self.eye_h * 0.5 * cq * cq;
+            let m = cover((y - yc).abs() - 0.45 * u);
+            dark(c, 0.10 * m * (1.0 - cq * cq));
         }
+        let q = (x - ex) / self.eye_w;
+        if q.abs() < 1.2 {
+            let half = self.eye_h * (1.0 - q * q).max(0.0).powf(0.7);
+            let dy = y - self.eye_y;
+            let d = (dy.abs() - half).max((q.abs() - 1.0) * self.eye_w);
+            let m = cover(d);
+            if m > 0.0 {
+                let mut e = [0.92, 0.9, 0.88];
+                let ir = ((x - ex - self.gaze).powi(2) + dy * dy).sqrt();
+                let irm = cover(ir - self.iris_r);
+                let ring = 0.85 + 0.15 * (ir / self.iris_r).min(1.0);
+                mix(&mut e, scale3(self.iris, ring), irm);
+                mix(&mut e, [0.03, 0.03, 0.03], cover(ir - self.iris_r * 0.45));
+                // Catch-light.
+                let hl = ((x - ex - self.gaze + 0.35 * self.iris_r).powi(2)
+                    + (dy + 0.35 * self.iris_r).powi(2))
+                .sqrt();
+                mix(
+                    &mut e,
+                    [1.0, 1.0, 1.0],
+                    0.8 * cover(hl - 0.25 * self.iris_r),
+                );
+                // Shadow under the upper lid.
+                let sh = smooth(-half, -half + 1.5 * u, dy);
+                mix(c, scale3(e, 0.7 + 0.3 * sh), m);
+            }
+            // Upper lid line (lashes).
+            let yl = self.eye_y - half;
+            let lm = cover((y - yl + 0.3 * u).abs() - 0.55 * u) * (q.abs() < 1.05) as u8 as f32;
+            mix(c, [0.08, 0.06, 0.06], 0.85 * lm);
+        }
+    }
 
-        // Nose: ridge highlight/shadow, tip highlight, wings, nostrils.
+    /// Nose: ridge highlight/shadow, tip highlight, wings, nostrils, nasolabial folds.
+    fn nose(&self, c: &mut [f32; 3], x: f32, y: f32) {
+        let u = self.size / 128.0;
+        let cx = self.cx;
         let ny = self.nose_y;
         if y > self.eye_y && y < ny + 3.0 * u {
             let side = if self.light[0] > 0.0 { 1.0 } else { -1.0 };
@@ -375,17 +381,15 @@ impl Face {
             let sx = x - (cx - side * 2.6 * u);
             let a = 0.07 * t * (-(hx * hx) / (2.0 * (1.2 * u).powi(2))).exp();
             let s = 0.08 * t * (-(sx * sx) / (2.0 * (1.4 * u).powi(2))).exp();
-            let k = 1.0 + a - s;
-            c = [c[0] * k, c[1] * k, c[2] * k];
+            *c = scale3(*c, 1.0 + a - s);
         }
         let tip = ((x - cx).powi(2) + (y - ny + 1.5 * u).powi(2)) / (2.0 * (2.2 * u).powi(2));
-        let k = 1.0 + 0.06 * (-tip).exp();
-        c = [c[0] * k, c[1] * k, c[2] * k];
+        *c = scale3(*c, 1.0 + 0.06 * (-tip).exp());
         for side in [-1.0f32, 1.0] {
             let wx = cx + side * self.nose_w * 0.8;
             let wing = ellipse_d(x, y, wx, ny, 2.8 * u, 2.4 * u);
             let ring = cover(wing.abs() - 0.5 * u) * (y > ny - 1.0 * u) as u8 as f32;
-            dark(&mut c, 0.12 * ring);
+            dark(c, 0.12 * ring);
             let nos = cover(ellipse_d(
                 x,
                 y,
@@ -394,7 +398,7 @@ impl Face {
                 1.7 * u,
                 0.9 * u,
             ));
-            mix(&mut c, [0.18, 0.09, 0.07], 0.75 * nos);
+            mix(c, [0.18, 0.09, 0.07], 0.75 * nos);
             // Nasolabial fold: from the wing down and out towards the mouth corner.
             let (x0, y0) = (wx + side * 2.0 * u, ny + 1.0 * u);
             let (x1, y1) = (cx + side * (self.mouth_w + 3.0 * u), self.mouth_y + 2.0 * u);
@@ -402,10 +406,14 @@ impl Face {
             let tt = (((x - x0) * vx + (y - y0) * vy) / (vx * vx + vy * vy)).clamp(0.0, 1.0);
             let bulge = side * 1.5 * u * (std::f32::consts::PI * tt).sin();
             let d = ((x - x0 - tt * vx - bulge).powi(2) + (y - y0 - tt * vy).powi(2)).sqrt();
-            dark(&mut c, 0.07 * cover(d - 0.6 * u) * (1.0 - tt * 0.6));
+            dark(c, 0.07 * cover(d - 0.6 * u) * (1.0 - tt * 0.6));
         }
+    }
 
-        // Mouth: lips and the line between them, curved by `smile`.
+    /// Mouth: lips and the line between them, curved by `smile`; chin shadow below.
+    fn mouth(&self, c: &mut [f32; 3], x: f32, y: f32) {
+        let u = self.size / 128.0;
+        let cx = self.cx;
         let q = (x - cx) / self.mouth_w;
         if q.abs() < 1.15 {
             let ym = self.mouth_y - self.smile * q * q;
@@ -417,20 +425,14 @@ impl Face {
             let in_up = cover((-dy - up).max(dy).max((q.abs() - 1.0) * self.mouth_w));
             let in_lo = cover((dy - lo).max(-dy).max((q.abs() - 1.0) * self.mouth_w));
             let lip_shade = 1.0 + 0.12 * (dy / self.lip_lo).clamp(-1.0, 1.0);
-            let lc = [
-                self.lip[0] * lip_shade,
-                self.lip[1] * lip_shade,
-                self.lip[2] * lip_shade,
-            ];
-            mix(&mut c, lc, in_up.max(in_lo));
+            mix(c, scale3(self.lip, lip_shade), in_up.max(in_lo));
             let lm = cover(dy.abs() - 0.5 * u) * smooth(1.12, 0.9, q.abs());
-            mix(&mut c, [0.22, 0.08, 0.08], 0.8 * lm);
+            mix(c, [0.22, 0.08, 0.08], 0.8 * lm);
         }
         // Chin shadow under the lower lip.
         let ch = (x - cx).powi(2) / (2.0 * (5.0 * u).powi(2))
             + (y - self.mouth_y - self.lip_lo - 3.0 * u).powi(2) / (2.0 * (1.6 * u).powi(2));
-        dark(&mut c, 0.06 * (-ch).exp());
-        self.lit(c, x, y)
+        dark(c, 0.06 * (-ch).exp());
     }
 
     /// Global lighting gradient over the whole frame.

@@ -18,7 +18,7 @@ pub use baseline::{baseline_mean_motion, baseline_report, BaselineReport};
 
 use anyhow::{ensure, Context, Result};
 use face::Face;
-use motion::{blink_blobs, class_action, field, warp, Pose};
+use motion::{blink_blobs, class_action, field, warp, Pose, WarpSource};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -179,6 +179,118 @@ fn smoothstep(t: f32) -> f32 {
     t * t * (3.0 - 2.0 * t)
 }
 
+/// A clip's nuisance motion (common to every class): linear head drift plus a slow wobble, a
+/// slow rotation, an optional blink, and a sensor gain.
+struct Nuisance {
+    drift: [f32; 2],
+    wob: Vec<(f32, f32, f32)>,
+    rot: f32,
+    rot_w: f32,
+    rot_p: f32,
+    /// (start frame, duration) of the blink.
+    blink_at: Option<(f32, f32)>,
+    gain: f32,
+}
+
+impl Nuisance {
+    /// Draws the motion of an `n`-frame clip (`u`: px per px at 128).
+    fn draw(cfg: &SynthConfig, u: f32, n: usize, rng: &mut ChaCha8Rng) -> Self {
+        let hm = cfg.head_motion_px * u;
+        let drift = [
+            hm * rng.random_range(-1.0..1.0f32),
+            hm * rng.random_range(-1.0..1.0f32),
+        ];
+        let wob: Vec<(f32, f32, f32)> = (0..3)
+            .map(|_| {
+                (
+                    rng.random_range(-0.5..0.5) * hm,
+                    std::f32::consts::TAU / rng.random_range(20.0..90.0f32),
+                    rng.random_range(0.0..std::f32::consts::TAU),
+                )
+            })
+            .collect();
+        let rot = cfg.head_rotation_deg.to_radians() * rng.random_range(-1.0..1.0f32);
+        let rot_w = std::f32::consts::TAU / rng.random_range(40.0..160.0f32);
+        let rot_p = rng.random_range(0.0..std::f32::consts::TAU);
+        let blink_at = if rng.random_bool(cfg.blink_prob) {
+            let dur = rng.random_range(14..=30) as f32;
+            Some((rng.random_range(0.0..(n as f32).max(1.0)) - dur * 0.5, dur))
+        } else {
+            None
+        };
+        let gain = rng.random_range(0.95..1.05f32);
+        Self {
+            drift,
+            wob,
+            rot,
+            rot_w,
+            rot_p,
+            blink_at,
+            gain,
+        }
+    }
+
+    /// Head pose at frame `tf`, `frac` of the way through the clip (before jitter).
+    fn pose(&self, tf: f32, frac: f32) -> Pose {
+        let (rot_w, rot_p) = (self.rot_w, self.rot_p);
+        let mut pose = Pose {
+            angle: self.rot * ((rot_w * tf + rot_p).sin() - rot_p.sin()),
+            tx: self.drift[0] * frac,
+            ty: self.drift[1] * frac,
+        };
+        for (a, w, ph) in &self.wob {
+            pose.tx += a * ((w * tf + ph).sin() - ph.sin());
+            pose.ty += a * ((w * tf + ph + 1.3).cos() - (ph + 1.3).cos());
+        }
+        pose
+    }
+
+    /// Eyelid closure (0..1) at frame `tf`.
+    fn blink(&self, tf: f32) -> f32 {
+        match self.blink_at {
+            Some((t0, dur)) if tf >= t0 && tf <= t0 + dur => {
+                (std::f32::consts::PI * (tf - t0) / dur).sin().powi(2)
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// Action strength at frame `tf`: rises from onset to apex (`la` frames), decays by 90% to
+/// offset (`ld` frames later).
+fn envelope(tf: f32, la: f32, ld: f32) -> f32 {
+    if tf <= la {
+        smoothstep(tf / la.max(1.0))
+    } else {
+        1.0 - 0.9 * smoothstep((tf - la) / ld.max(1.0))
+    }
+}
+
+/// Quantises a frame to 8-bit RGB with gain and per-pixel sensor noise, then JPEG-encodes it.
+fn encode_frame(
+    cfg: &SynthConfig,
+    img: &[[f32; 3]],
+    gain: f32,
+    pixels: &mut [u8],
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<u8>> {
+    let mut spare = (0f32, 0f32);
+    let flat = img.iter().flat_map(|p| p.iter());
+    for (k, v) in flat.enumerate() {
+        if k % 2 == 0 {
+            spare = gauss2(rng);
+        }
+        let z = if k % 2 == 0 { spare.0 } else { spare.1 };
+        let v = v * gain * 255.0 + cfg.noise_sigma * z;
+        pixels[k] = v.round().clamp(0.0, 255.0) as u8;
+    }
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, cfg.jpeg_quality)
+        .encode(pixels, cfg.size, cfg.size, image::ExtendedColorType::Rgb8)
+        .context("encoding JPEG")?;
+    Ok(buf)
+}
+
 /// Renders and writes one clip; returns (frames, bytes, action units).
 fn write_clip(
     cfg: &SynthConfig,
@@ -187,7 +299,6 @@ fn write_clip(
     p: &Plan,
     dir: &Path,
 ) -> Result<(usize, u64, String)> {
-    const FACTOR: usize = 2;
     let size = cfg.size as usize;
     let u = cfg.size as f32 / 128.0;
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
@@ -196,89 +307,30 @@ fn write_clip(
     let (blobs, aus) = class_action(face, p.class, amp, &mut rng);
     let local = field(&blobs, size);
     let blink = field(&blink_blobs(face), size);
+    let src = WarpSource {
+        raster: &raster.1,
+        factor: 2,
+        size,
+        centre: (face.cx, face.cy),
+        local: &local,
+        blink: &blink,
+    };
     let n = (p.offset - p.onset + 1) as usize;
     let la = (p.apex - p.onset) as f32;
     let ld = (p.offset - p.apex) as f32;
-    // Nuisance head motion: linear drift plus a slow wobble, and a slow rotation.
-    let hm = cfg.head_motion_px * u;
-    let drift = [
-        hm * rng.random_range(-1.0..1.0f32),
-        hm * rng.random_range(-1.0..1.0f32),
-    ];
-    let wob: Vec<(f32, f32, f32)> = (0..3)
-        .map(|_| {
-            (
-                rng.random_range(-0.5..0.5) * hm,
-                std::f32::consts::TAU / rng.random_range(20.0..90.0f32),
-                rng.random_range(0.0..std::f32::consts::TAU),
-            )
-        })
-        .collect();
-    let rot = cfg.head_rotation_deg.to_radians() * rng.random_range(-1.0..1.0f32);
-    let rot_w = std::f32::consts::TAU / rng.random_range(40.0..160.0f32);
-    let rot_p = rng.random_range(0.0..std::f32::consts::TAU);
-    let blink_at = if rng.random_bool(cfg.blink_prob) {
-        let dur = rng.random_range(14..=30) as f32;
-        Some((rng.random_range(0.0..(n as f32).max(1.0)) - dur * 0.5, dur))
-    } else {
-        None
-    };
-    let gain = rng.random_range(0.95..1.05f32);
+    let nuisance = Nuisance::draw(cfg, u, n, &mut rng);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut bytes = 0u64;
     let mut pixels = vec![0u8; size * size * 3];
-    let mut spare = (0f32, 0f32);
     for t in 0..n {
         let tf = t as f32;
-        let s = if tf <= la {
-            smoothstep(tf / la.max(1.0))
-        } else {
-            1.0 - 0.9 * smoothstep((tf - la) / ld.max(1.0))
-        };
-        let frac = tf / (n as f32 - 1.0).max(1.0);
-        let mut pose = Pose {
-            angle: rot * ((rot_w * tf + rot_p).sin() - rot_p.sin()),
-            tx: drift[0] * frac,
-            ty: drift[1] * frac,
-        };
-        for (a, w, ph) in &wob {
-            pose.tx += a * ((w * tf + ph).sin() - ph.sin());
-            pose.ty += a * ((w * tf + ph + 1.3).cos() - (ph + 1.3).cos());
-        }
+        let mut pose = nuisance.pose(tf, tf / (n as f32 - 1.0).max(1.0));
         if t > 0 {
             pose.tx += cfg.jitter_px * u * gauss(&mut rng);
             pose.ty += cfg.jitter_px * u * gauss(&mut rng);
         }
-        let b = match blink_at {
-            Some((t0, dur)) if tf >= t0 && tf <= t0 + dur => {
-                (std::f32::consts::PI * (tf - t0) / dur).sin().powi(2)
-            }
-            _ => 0.0,
-        };
-        let img = warp(
-            &raster.1,
-            FACTOR,
-            size,
-            (face.cx, face.cy),
-            pose,
-            &local,
-            s,
-            &blink,
-            b,
-        );
-        let flat = img.iter().flat_map(|p| p.iter());
-        for (k, v) in flat.enumerate() {
-            if k % 2 == 0 {
-                spare = gauss2(&mut rng);
-            }
-            let z = if k % 2 == 0 { spare.0 } else { spare.1 };
-            let v = v * gain * 255.0 + cfg.noise_sigma * z;
-            pixels[k] = v.round().clamp(0.0, 255.0) as u8;
-        }
-        let mut buf = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, cfg.jpeg_quality)
-            .encode(&pixels, cfg.size, cfg.size, image::ExtendedColorType::Rgb8)
-            .context("encoding JPEG")?;
+        let img = warp(&src, pose, envelope(tf, la, ld), nuisance.blink(tf));
+        let buf = encode_frame(cfg, &img, nuisance.gain, &mut pixels, &mut rng)?;
         let path = dir.join(format!("reg_img{}.jpg", p.onset + t as u32));
         std::fs::write(&path, &buf).with_context(|| format!("writing {}", path.display()))?;
         bytes += buf.len() as u64;
@@ -351,40 +403,20 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
 /// CASME II's column layout: Subject, Filename, (blank), OnsetFrame, ApexFrame, OffsetFrame,
 /// (blank), Action Units, Estimated Emotion.
 fn write_sheet(path: &Path, plans: &[Plan], results: &[(usize, u64, String)]) -> Result<()> {
-    use rust_xlsxwriter::{DocProperties, ExcelDateTime, Workbook};
-    let mut wb = Workbook::new();
-    // A fixed creation date keeps the file byte-identical across runs.
-    let date = ExcelDateTime::from_ymd(2014, 5, 8)?;
-    wb.set_properties(&DocProperties::new().set_creation_datetime(&date));
-    let ws = wb.add_worksheet();
-    ws.set_name("Sheet1")?;
-    let header = [
-        "Subject",
-        "Filename",
-        "",
-        "OnsetFrame",
-        "ApexFrame",
-        "OffsetFrame",
-        "",
-        "Action Units",
-        "Estimated Emotion",
-    ];
-    for (c, h) in header.iter().enumerate() {
-        if !h.is_empty() {
-            ws.write_string(0, c as u16, *h)?;
-        }
+    use crate::data::fixtures::{casme2_header, write_xlsx, Cell};
+    let mut rows = vec![casme2_header()];
+    for (p, r) in plans.iter().zip(results) {
+        rows.push(vec![
+            ((p.subject + 1) as f64).into(),
+            p.filename.as_str().into(),
+            Cell::Empty,
+            p.onset.into(),
+            p.apex.into(),
+            p.offset.into(),
+            Cell::Empty,
+            r.2.as_str().into(),
+            EMOTIONS[p.class].into(),
+        ]);
     }
-    for (i, (p, r)) in plans.iter().zip(results).enumerate() {
-        let row = i as u32 + 1;
-        ws.write_number(row, 0, (p.subject + 1) as f64)?;
-        ws.write_string(row, 1, &p.filename)?;
-        ws.write_number(row, 3, p.onset as f64)?;
-        ws.write_number(row, 4, p.apex as f64)?;
-        ws.write_number(row, 5, p.offset as f64)?;
-        ws.write_string(row, 7, &r.2)?;
-        ws.write_string(row, 8, EMOTIONS[p.class])?;
-    }
-    wb.save(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    write_xlsx(path, "Sheet1", &rows)
 }

@@ -28,8 +28,9 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn add(&mut self, x: f32, y: f32, sx: f32, sy: f32, dx: f32, dy: f32, side: f32) {
+    /// A blob at `at` (px) of widths `sigma` (px at 128) moving by `d` (in units of the
+    /// amplitude); `side` (-1 left, 1 right, 0 centre) picks the side gain.
+    fn add(&mut self, at: (f32, f32), sigma: (f32, f32), d: (f32, f32), side: f32) {
         let j = 1.5 * self.u;
         let g = self.rng.random_range(0.7..1.3)
             * if side < 0.0 {
@@ -40,12 +41,12 @@ impl Builder<'_> {
                 1.0
             };
         self.blobs.push(Blob {
-            x: x + self.rng.random_range(-j..j),
-            y: y + self.rng.random_range(-j..j),
-            sx: sx * self.u * self.rng.random_range(0.85..1.15),
-            sy: sy * self.u * self.rng.random_range(0.85..1.15),
-            dx: dx * self.amp * g,
-            dy: dy * self.amp * g,
+            x: at.0 + self.rng.random_range(-j..j),
+            y: at.1 + self.rng.random_range(-j..j),
+            sx: sigma.0 * self.u * self.rng.random_range(0.85..1.15),
+            sy: sigma.1 * self.u * self.rng.random_range(0.85..1.15),
+            dx: d.0 * self.amp * g,
+            dy: d.1 * self.amp * g,
         });
     }
 }
@@ -59,68 +60,136 @@ fn others_action(b: &mut Builder, f: &Face, au: &str) {
         // Brow lowerer: inner brows down and together.
         "4" => {
             for s in [-1.0, 1.0] {
-                b.add(
-                    cx + s * f.eye_dx * 0.55,
-                    f.brow_y,
-                    5.0,
-                    4.0,
-                    -s * 0.45,
-                    0.85,
-                    s,
-                );
+                let at = (cx + s * f.eye_dx * 0.55, f.brow_y);
+                b.add(at, (5.0, 4.0), (-s * 0.45, 0.85), s);
             }
         }
         // Dimpler, one-sided: a mouth corner pulled straight outwards.
         "14" => b.add(
-            cx + side * f.mouth_w,
-            f.mouth_y,
-            4.0,
-            3.5,
-            side * 1.0,
-            0.1,
+            (cx + side * f.mouth_w, f.mouth_y),
+            (4.0, 3.5),
+            (side * 1.0, 0.1),
             side,
         ),
         // Lip corner depressor.
         "15" => {
             for s in [-1.0, 1.0] {
-                b.add(
-                    cx + s * f.mouth_w,
-                    f.mouth_y + 1.0 * u,
-                    4.0,
-                    4.0,
-                    s * 0.2,
-                    1.0,
-                    s,
-                );
+                let at = (cx + s * f.mouth_w, f.mouth_y + 1.0 * u);
+                b.add(at, (4.0, 4.0), (s * 0.2, 1.0), s);
             }
         }
         // Lid tightener: lower lids up.
         "7" => {
             for s in [-1.0, 1.0] {
-                b.add(
-                    cx + s * f.eye_dx,
-                    f.eye_y + f.eye_h * 1.1,
-                    4.0,
-                    2.5,
-                    0.0,
-                    -0.9,
-                    s,
-                );
+                let at = (cx + s * f.eye_dx, f.eye_y + f.eye_h * 1.1);
+                b.add(at, (4.0, 2.5), (0.0, -0.9), s);
             }
         }
         // Outer brow raise, one side.
         "2" => b.add(
-            cx + side * f.eye_dx * 1.35,
-            f.brow_y,
-            5.0,
-            4.0,
-            0.0,
-            -1.0,
+            (cx + side * f.eye_dx * 1.35, f.brow_y),
+            (5.0, 4.0),
+            (0.0, -1.0),
             side,
         ),
         // Weak upper-lip raise.
-        _ => b.add(cx, f.mouth_y - 2.0 * u, 6.0, 3.0, 0.0, -0.8, 0.0),
+        _ => b.add((cx, f.mouth_y - 2.0 * u), (6.0, 3.0), (0.0, -0.8), 0.0),
     }
+}
+
+/// AU12 lip-corner pull (up and out) + AU6 cheek raise.
+fn happiness(b: &mut Builder, f: &Face) -> String {
+    let cx = f.cx;
+    for s in [-1.0, 1.0] {
+        b.add(
+            (cx + s * f.mouth_w, f.mouth_y),
+            (5.0, 4.5),
+            (s * 0.55, -0.85),
+            s,
+        );
+        let cheek = (cx + s * f.ax * 0.45, f.eye_y + f.ay * 0.28);
+        b.add(cheek, (8.0, 7.0), (0.0, -0.55), s);
+        let lid = (cx + s * f.eye_dx, f.eye_y + f.eye_h * 1.3);
+        b.add(lid, (4.0, 2.5), (0.0, -0.35), s);
+    }
+    "6+12".to_string()
+}
+
+/// AU1+2 brow raise (with the forehead) + AU26 jaw drop.
+fn surprise(b: &mut Builder, f: &Face) -> String {
+    let (cx, u) = (f.cx, b.u);
+    for s in [-1.0, 1.0] {
+        b.add(
+            (cx + s * f.eye_dx * 0.55, f.brow_y),
+            (5.0, 4.5),
+            (0.0, -1.0),
+            s,
+        );
+        b.add(
+            (cx + s * f.eye_dx * 1.35, f.brow_y),
+            (5.0, 4.5),
+            (0.0, -0.9),
+            s,
+        );
+    }
+    b.add((cx, f.brow_y - 9.0 * u), (14.0, 6.0), (0.0, -0.4), 0.0);
+    b.add(
+        (cx, f.mouth_y + f.lip_lo + 2.0 * u),
+        (9.0, 5.0),
+        (0.0, 0.9),
+        0.0,
+    );
+    b.add((cx, f.chin_y), (13.0, 8.0), (0.0, 0.8), 0.0);
+    "1+2+26".to_string()
+}
+
+/// AU9 nose wrinkle (+ slight inner brow lowering) + AU10 upper-lip raise.
+fn disgust(b: &mut Builder, f: &Face) -> String {
+    let (cx, u) = (f.cx, b.u);
+    for s in [-1.0, 1.0] {
+        let ridge = (cx + s * f.nose_w * 0.7, f.nose_y - f.ay * 0.12);
+        b.add(ridge, (3.5, 5.0), (0.0, -0.8), s);
+        b.add(
+            (cx + s * f.nose_w * 0.8, f.nose_y),
+            (3.0, 3.0),
+            (0.0, -0.5),
+            s,
+        );
+        let brow = (cx + s * f.eye_dx * 0.5, f.brow_y + 1.0 * u);
+        b.add(brow, (4.0, 3.5), (-s * 0.15, 0.4), s);
+    }
+    b.add((cx, f.mouth_y - 2.0 * u), (6.0, 3.0), (0.0, -1.0), 0.0);
+    "9+10".to_string()
+}
+
+/// AU24 lip press (lips towards each other, corners in) + AU17 chin raise.
+fn repression(b: &mut Builder, f: &Face) -> String {
+    let (cx, u, my, mw) = (f.cx, b.u, f.mouth_y, f.mouth_w);
+    b.add((cx, my - 2.5 * u), (mw / u * 0.8, 2.5), (0.0, 0.7), 0.0);
+    b.add((cx, my + 3.0 * u), (mw / u * 0.8, 3.0), (0.0, -0.75), 0.0);
+    for s in [-1.0, 1.0] {
+        b.add((cx + s * mw, my), (3.5, 3.0), (-s * 0.35, 0.0), s);
+    }
+    b.add((cx, f.chin_y - 4.0 * u), (10.0, 6.0), (0.0, -1.0), 0.0);
+    "17+24".to_string()
+}
+
+/// Others: one or two weak actions from a pool that none of the classes above uses as is.
+fn others(b: &mut Builder, f: &Face) -> String {
+    b.amp *= 0.75;
+    let n = b.rng.random_range(1..=2);
+    let mut chosen: Vec<&str> = Vec::new();
+    while chosen.len() < n {
+        let au = AU_POOL[b.rng.random_range(0..AU_POOL.len())];
+        if !chosen.contains(&au) {
+            chosen.push(au);
+        }
+    }
+    chosen.sort();
+    for au in &chosen {
+        others_action(b, f, au);
+    }
+    chosen.join("+")
 }
 
 /// The onset->apex displacement blobs of a class (0 happiness, 1 surprise, 2 disgust,
@@ -135,97 +204,12 @@ pub fn class_action(f: &Face, class: usize, amp: f32, rng: &mut ChaCha8Rng) -> (
         side_gain: [1.0 + asym, 1.0 - asym],
         blobs: Vec::new(),
     };
-    let (cx, my, mw) = (f.cx, f.mouth_y, f.mouth_w);
     let aus = match class {
-        // AU12 lip-corner pull (up and out) + AU6 cheek raise.
-        0 => {
-            for s in [-1.0, 1.0] {
-                b.add(cx + s * mw, my, 5.0, 4.5, s * 0.55, -0.85, s);
-                b.add(
-                    cx + s * f.ax * 0.45,
-                    f.eye_y + f.ay * 0.28,
-                    8.0,
-                    7.0,
-                    0.0,
-                    -0.55,
-                    s,
-                );
-                b.add(
-                    cx + s * f.eye_dx,
-                    f.eye_y + f.eye_h * 1.3,
-                    4.0,
-                    2.5,
-                    0.0,
-                    -0.35,
-                    s,
-                );
-            }
-            "6+12".to_string()
-        }
-        // AU1+2 brow raise (with the forehead) + AU26 jaw drop.
-        1 => {
-            for s in [-1.0, 1.0] {
-                b.add(cx + s * f.eye_dx * 0.55, f.brow_y, 5.0, 4.5, 0.0, -1.0, s);
-                b.add(cx + s * f.eye_dx * 1.35, f.brow_y, 5.0, 4.5, 0.0, -0.9, s);
-            }
-            b.add(cx, f.brow_y - 9.0 * u, 14.0, 6.0, 0.0, -0.4, 0.0);
-            b.add(cx, my + f.lip_lo + 2.0 * u, 9.0, 5.0, 0.0, 0.9, 0.0);
-            b.add(cx, f.chin_y, 13.0, 8.0, 0.0, 0.8, 0.0);
-            "1+2+26".to_string()
-        }
-        // AU9 nose wrinkle (+ slight inner brow lowering) + AU10 upper-lip raise.
-        2 => {
-            for s in [-1.0, 1.0] {
-                b.add(
-                    cx + s * f.nose_w * 0.7,
-                    f.nose_y - f.ay * 0.12,
-                    3.5,
-                    5.0,
-                    0.0,
-                    -0.8,
-                    s,
-                );
-                b.add(cx + s * f.nose_w * 0.8, f.nose_y, 3.0, 3.0, 0.0, -0.5, s);
-                b.add(
-                    cx + s * f.eye_dx * 0.5,
-                    f.brow_y + 1.0 * u,
-                    4.0,
-                    3.5,
-                    -s * 0.15,
-                    0.4,
-                    s,
-                );
-            }
-            b.add(cx, my - 2.0 * u, 6.0, 3.0, 0.0, -1.0, 0.0);
-            "9+10".to_string()
-        }
-        // AU24 lip press (lips towards each other, corners in) + AU17 chin raise.
-        3 => {
-            b.add(cx, my - 2.5 * u, mw / u * 0.8, 2.5, 0.0, 0.7, 0.0);
-            b.add(cx, my + 3.0 * u, mw / u * 0.8, 3.0, 0.0, -0.75, 0.0);
-            for s in [-1.0, 1.0] {
-                b.add(cx + s * mw, my, 3.5, 3.0, -s * 0.35, 0.0, s);
-            }
-            b.add(cx, f.chin_y - 4.0 * u, 10.0, 6.0, 0.0, -1.0, 0.0);
-            "17+24".to_string()
-        }
-        // Others: one or two weak actions from a pool that none of the classes above uses as is.
-        _ => {
-            b.amp *= 0.75;
-            let n = b.rng.random_range(1..=2);
-            let mut chosen: Vec<&str> = Vec::new();
-            while chosen.len() < n {
-                let au = AU_POOL[b.rng.random_range(0..AU_POOL.len())];
-                if !chosen.contains(&au) {
-                    chosen.push(au);
-                }
-            }
-            chosen.sort();
-            for au in &chosen {
-                others_action(&mut b, f, au);
-            }
-            chosen.join("+")
-        }
+        0 => happiness(&mut b, f),
+        1 => surprise(&mut b, f),
+        2 => disgust(&mut b, f),
+        3 => repression(&mut b, f),
+        _ => others(&mut b, f),
     };
     (b.blobs, aus)
 }
@@ -328,22 +312,29 @@ pub fn prefilter(r: &[[f32; 3]], n: usize) -> Vec<[f32; 3]> {
     pass(&pass(r, true), false)
 }
 
+/// What every frame of a clip is warped from: the face raster (`factor` times the output
+/// size, already [`prefilter`]ed), the head's centre and the two displacement fields.
+pub struct WarpSource<'a> {
+    pub raster: &'a [[f32; 3]],
+    pub factor: usize,
+    pub size: usize,
+    pub centre: (f32, f32),
+    pub local: &'a [[f32; 2]],
+    pub blink: &'a [[f32; 2]],
+}
+
 /// Backward warp: output pixel p shows the raster at the point whose content moved to p,
-/// i.e. `q = R(-angle) (p - t - c) + c - d(p)` with `d = local` field (first order).
-/// `raster` is `factor` times the output size and already [`prefilter`]ed; one bilinear
-/// sample per output pixel.
-#[allow(clippy::too_many_arguments)]
-pub fn warp(
-    raster: &[[f32; 3]],
-    factor: usize,
-    size: usize,
-    centre: (f32, f32),
-    pose: Pose,
-    local: &[[f32; 2]],
-    local_scale: f32,
-    blink: &[[f32; 2]],
-    blink_scale: f32,
-) -> Vec<[f32; 3]> {
+/// i.e. `q = R(-angle) (p - t - c) + c - d(p)` with `d = local_scale * local +
+/// blink_scale * blink` (first order); one bilinear sample per output pixel.
+pub fn warp(src: &WarpSource, pose: Pose, local_scale: f32, blink_scale: f32) -> Vec<[f32; 3]> {
+    let WarpSource {
+        raster,
+        factor,
+        size,
+        centre,
+        local,
+        blink,
+    } = *src;
     let n = size * factor;
     let f = factor as f32;
     let (s, c) = (-pose.angle).sin_cos();

@@ -207,10 +207,8 @@ fn apex_equal_to_onset_is_a_fault() {
         casme2_frames(
             dir.path(),
             Layout::Cropped,
-            "sub01",
-            &name,
-            10,
-            20,
+            ("sub01", &name),
+            10..=20,
             "jpg",
             &bytes,
         )

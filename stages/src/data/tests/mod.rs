@@ -34,7 +34,7 @@ pub(super) fn casme2_fixture(
         r(3, "EP05_01", 5, 8.into(), 12, "others"),      // row 13 ok
     ];
     let frames = |s: &str, f: &str, a: u32, b: u32| {
-        casme2_frames(root, layout, s, f, a, b, ext, &bytes).unwrap()
+        casme2_frames(root, layout, (s, f), a..=b, ext, &bytes).unwrap()
     };
     frames("sub01", "EP01_01", 10, 20);
     frames("sub01", "EP02_01", 30, 40);

@@ -127,89 +127,26 @@ impl CustomOp3 for BnOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [b, c, t, h, w] = dims5(x.shape(), "batch_norm3d")?;
-        let vol = t * h * w;
-        let n = (b * vol) as f32;
         let st = self.stats.lock().unwrap().clone();
-        let train = self.given.is_none();
-        let relu = self.relu;
         let gam = gamma.to_vec1::<f32>()?;
         let mut dx = uninit_vec(x.elem_count());
         let dxp = SendPtr(dx.as_mut_ptr());
         let sums: Vec<(f32, f32)> = with_cpu_data(x, |xs| {
             with_cpu_data(res, |ys| {
                 with_cpu_data(grad, |gs| {
+                    let g = BwdPlanes {
+                        xs,
+                        ys,
+                        gs,
+                        b,
+                        c,
+                        vol: t * h * w,
+                        relu: self.relu,
+                    };
+                    let train = self.given.is_none();
                     Ok((0..c)
                         .into_par_iter()
-                        .map(|ci| {
-                            let (mean, inv) = (st.mean[ci], st.invstd[ci]);
-                            // Sums in f32 over chunks of 256, added up in f64.
-                            let (mut sdz, mut sdzc) = (0f64, 0f64);
-                            for bi in 0..b {
-                                let off = (bi * c + ci) * vol;
-                                let (xr, yr, gr) = (
-                                    &xs[off..off + vol],
-                                    &ys[off..off + vol],
-                                    &gs[off..off + vol],
-                                );
-                                for ((xc, yc), gc) in
-                                    xr.chunks(256).zip(yr.chunks(256)).zip(gr.chunks(256))
-                                {
-                                    // 16 independent f32 lanes per chunk (vectorises), added
-                                    // in a fixed order, then the chunk total in f64.
-                                    let (mut a, mut bs) = ([0f32; 16], [0f32; 16]);
-                                    let n16 = xc.len() / 16 * 16;
-                                    for ((x16, y16), g16) in xc[..n16]
-                                        .chunks_exact(16)
-                                        .zip(yc[..n16].chunks_exact(16))
-                                        .zip(gc[..n16].chunks_exact(16))
-                                    {
-                                        for l in 0..16 {
-                                            let g = g16[l];
-                                            let d = if relu && y16[l] <= 0.0 { 0.0 } else { g };
-                                            a[l] += d;
-                                            bs[l] += d * (x16[l] - mean);
-                                        }
-                                    }
-                                    let (mut ta, mut tb) = (0f32, 0f32);
-                                    for l in 0..16 {
-                                        ta += a[l];
-                                        tb += bs[l];
-                                    }
-                                    for ((&x, &y), &g) in
-                                        xc[n16..].iter().zip(&yc[n16..]).zip(&gc[n16..])
-                                    {
-                                        let d = if relu && y <= 0.0 { 0.0 } else { g };
-                                        ta += d;
-                                        tb += d * (x - mean);
-                                    }
-                                    sdz += ta as f64;
-                                    sdzc += tb as f64;
-                                }
-                            }
-                            let sdzx = (sdzc * inv as f64) as f32;
-                            let sdz = sdz as f32;
-                            let k = gam[ci] * inv;
-                            let (c1, c2) = if train {
-                                (sdz / n, sdzx / n * inv)
-                            } else {
-                                (0.0, 0.0)
-                            };
-                            for bi in 0..b {
-                                let off = (bi * c + ci) * vol;
-                                // SAFETY: channel ci's planes are written by this task only.
-                                let d = unsafe { dxp.slice(off, vol) };
-                                let (xr, yr, gr) = (
-                                    &xs[off..off + vol],
-                                    &ys[off..off + vol],
-                                    &gs[off..off + vol],
-                                );
-                                for (((o, &x), &y), &g) in d.iter_mut().zip(xr).zip(yr).zip(gr) {
-                                    let dz = if relu && y <= 0.0 { 0.0 } else { g };
-                                    *o = k * (dz - c1 - (x - mean) * c2);
-                                }
-                            }
-                            (sdzx, sdz)
-                        })
+                        .map(|ci| g.channel(ci, &st, gam[ci], train, dxp))
                         .collect())
                 })
             })
@@ -225,8 +162,112 @@ impl CustomOp3 for BnOp {
     }
 }
 
-/// BatchNorm (+ optional ReLU) over channels of `x [B, C, T, H, W]`.
-/// In [`BnMode::Train`] the running statistics are updated in place.
+/// The backward pass's inputs (x, the op's output, the output gradient), contiguous
+/// `[B, C, vol]`.
+struct BwdPlanes<'a> {
+    xs: &'a [f32],
+    ys: &'a [f32],
+    gs: &'a [f32],
+    b: usize,
+    c: usize,
+    vol: usize,
+    relu: bool,
+}
+
+impl BwdPlanes<'_> {
+    /// Input, output and gradient of plane `(bi, ci)`.
+    fn plane(&self, bi: usize, ci: usize) -> (&[f32], &[f32], &[f32]) {
+        let off = (bi * self.c + ci) * self.vol;
+        let vol = self.vol;
+        (
+            &self.xs[off..off + vol],
+            &self.ys[off..off + vol],
+            &self.gs[off..off + vol],
+        )
+    }
+
+    /// Channel `ci`'s `(sum dz * xhat, sum dz)` (dgamma, dbeta), where `dz` is the gradient
+    /// through the ReLU; sums in f32 over chunks of 256, added up in f64.
+    fn sums(&self, ci: usize, mean: f32) -> (f64, f64) {
+        let relu = self.relu;
+        let (mut sdz, mut sdzc) = (0f64, 0f64);
+        for bi in 0..self.b {
+            let (xr, yr, gr) = self.plane(bi, ci);
+            for ((xc, yc), gc) in xr.chunks(256).zip(yr.chunks(256)).zip(gr.chunks(256)) {
+                // 16 independent f32 lanes per chunk (vectorises), added in a fixed order,
+                // then the chunk total in f64.
+                let (mut a, mut bs) = ([0f32; 16], [0f32; 16]);
+                let n16 = xc.len() / 16 * 16;
+                for ((x16, y16), g16) in xc[..n16]
+                    .chunks_exact(16)
+                    .zip(yc[..n16].chunks_exact(16))
+                    .zip(gc[..n16].chunks_exact(16))
+                {
+                    for l in 0..16 {
+                        let g = g16[l];
+                        let d = if relu && y16[l] <= 0.0 { 0.0 } else { g };
+                        a[l] += d;
+                        bs[l] += d * (x16[l] - mean);
+                    }
+                }
+                let (mut ta, mut tb) = (0f32, 0f32);
+                for l in 0..16 {
+                    ta += a[l];
+                    tb += bs[l];
+                }
+                for ((&x, &y), &g) in xc[n16..].iter().zip(&yc[n16..]).zip(&gc[n16..]) {
+                    let d = if relu && y <= 0.0 { 0.0 } else { g };
+                    ta += d;
+                    tb += d * (x - mean);
+                }
+                sdz += ta as f64;
+                sdzc += tb as f64;
+            }
+        }
+        (sdz, sdzc)
+    }
+
+    /// Writes channel `ci`'s input gradient through `dxp` and returns its (dgamma, dbeta).
+    fn channel(&self, ci: usize, st: &Stats, gamma: f32, train: bool, dxp: SendPtr) -> (f32, f32) {
+        let (mean, inv) = (st.mean[ci], st.invstd[ci]);
+        let n = (self.b * self.vol) as f32;
+        let (sdz, sdzc) = self.sums(ci, mean);
+        let sdzx = (sdzc * inv as f64) as f32;
+        let sdz = sdz as f32;
+        let k = gamma * inv;
+        let (c1, c2) = if train {
+            (sdz / n, sdzx / n * inv)
+        } else {
+            (0.0, 0.0)
+        };
+        for bi in 0..self.b {
+            let off = (bi * self.c + ci) * self.vol;
+            // SAFETY: channel ci's planes are written by this task only.
+            let d = unsafe { dxp.slice(off, self.vol) };
+            let (xr, yr, gr) = self.plane(bi, ci);
+            for (((o, &x), &y), &g) in d.iter_mut().zip(xr).zip(yr).zip(gr) {
+                let dz = if self.relu && y <= 0.0 { 0.0 } else { g };
+                *o = k * (dz - c1 - (x - mean) * c2);
+            }
+        }
+        (sdzx, sdz)
+    }
+}
+
+/// BatchNorm's running statistics and settings for one call.
+#[derive(Clone, Copy)]
+pub struct BnArgs<'a> {
+    pub running_mean: &'a Var,
+    pub running_var: &'a Var,
+    pub eps: f64,
+    pub momentum: f64,
+    pub mode: BnMode,
+    /// Fuse a ReLU after the normalisation.
+    pub relu: bool,
+}
+
+/// The 9-argument form of [`batch_norm`], kept for `model::layers` (out of this change's
+/// reach); new callers use [`batch_norm`].
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm3d(
     x: &Tensor,
@@ -239,54 +280,55 @@ pub fn batch_norm3d(
     mode: BnMode,
     relu: bool,
 ) -> Result<Tensor> {
+    let args = BnArgs {
+        running_mean,
+        running_var,
+        eps,
+        momentum,
+        mode,
+        relu,
+    };
+    batch_norm(x, gamma, beta, &args)
+}
+
+/// BatchNorm (+ optional ReLU) over channels of `x [B, C, T, H, W]`.
+/// In [`BnMode::Train`] the running statistics are updated in place.
+pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Result<Tensor> {
     if !use_custom(x) {
-        return super::reference::batch_norm3d(
-            x,
-            gamma,
-            beta,
-            running_mean,
-            running_var,
-            eps,
-            momentum,
-            mode,
-            relu,
-        );
+        return super::reference::batch_norm3d(x, gamma, beta, a);
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let given = match mode {
+    let given = match a.mode {
         BnMode::Train => None,
         BnMode::Eval => Some((
-            running_mean.as_tensor().to_vec1::<f32>()?,
-            running_var.as_tensor().to_vec1::<f32>()?,
+            a.running_mean.as_tensor().to_vec1::<f32>()?,
+            a.running_var.as_tensor().to_vec1::<f32>()?,
         )),
     };
     let op = BnOp {
-        eps: eps as f32,
-        relu,
+        eps: a.eps as f32,
+        relu: a.relu,
         given,
         stats: stats.clone(),
     };
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    if mode == BnMode::Train {
+    if a.mode == BnMode::Train {
         let st = stats.lock().unwrap().clone();
-        let m = momentum as f32;
-        let rm = running_mean.as_tensor().to_vec1::<f32>()?;
-        let rv = running_var.as_tensor().to_vec1::<f32>()?;
-        let nm: Vec<f32> = rm
-            .iter()
-            .zip(&st.mean)
-            .map(|(r, s)| (1.0 - m) * r + m * s)
-            .collect();
-        let nv: Vec<f32> = rv
-            .iter()
-            .zip(&st.var_unbiased)
-            .map(|(r, s)| (1.0 - m) * r + m * s)
-            .collect();
-        let dev = x.device();
-        running_mean.set(&Tensor::from_vec(nm, rm.len(), dev)?)?;
-        running_var.set(&Tensor::from_vec(nv, rv.len(), dev)?)?;
+        let m = a.momentum as f32;
+        // r = (1 - m) r + m s
+        let update = |r: &Var, s: &[f32]| -> Result<()> {
+            let old = r.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(s)
+                .map(|(r, s)| (1.0 - m) * r + m * s)
+                .collect();
+            r.set(&Tensor::from_vec(new, old.len(), x.device())?)
+        };
+        update(a.running_mean, &st.mean)?;
+        update(a.running_var, &st.var_unbiased)?;
     }
     Ok(y)
 }

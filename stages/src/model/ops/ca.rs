@@ -5,8 +5,8 @@
 //! - `ca_apply`: `y = x * a_t[t] * a_h[h] * a_w[w]` with `a = [a_t | a_h | a_w]` of
 //!   `[B,C,T+H+W]`, one pass forward and one backward instead of ~8 broadcast passes.
 
-use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{cpu_slice, dims5, uninit_vec, use_custom, with_cpu_data, Cpu2, F32In, F32Op2, F32Out};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 struct CaPool;
@@ -103,22 +103,14 @@ fn check(x: [usize; 5], a: &[usize]) -> Result<()> {
     Ok(())
 }
 
-impl CustomOp2 for CaApply {
-    fn name(&self) -> &'static str {
-        "mpf-ca-apply"
-    }
+impl F32Op2 for CaApply {
+    const NAME: &'static str = "mpf-ca-apply";
+    const WHAT: &'static str = "model ops";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = dims5(l1.shape(), "ca_apply")?;
-        check(d, l2.shape().dims())?;
+    fn fwd(&self, (x, xs): F32In, (a, as_): F32In) -> F32Out {
+        let d = dims5(xs, "ca_apply")?;
+        check(d, as_.dims())?;
         let [_, _, t, h, w] = d;
-        let (x, a) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
         let (vol, len) = (t * h * w, t + h + w);
         let mut y = uninit_vec(x.len());
         y.par_chunks_mut(vol).enumerate().for_each(|(pl, yp)| {
@@ -135,7 +127,7 @@ impl CustomOp2 for CaApply {
                 }
             }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, xs.clone()))
     }
 
     fn bwd(
@@ -196,7 +188,7 @@ impl CustomOp2 for CaApply {
 /// `y = x * a_t[t] * a_h[h] * a_w[w]` for `x [B,C,T,H,W]`, `a = [a_t | a_h | a_w] [B,C,T+H+W]`.
 pub fn ca_apply(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     if use_custom(x) {
-        return x.contiguous()?.apply_op2(&a.contiguous()?, CaApply);
+        return x.contiguous()?.apply_op2(&a.contiguous()?, Cpu2(CaApply));
     }
     let (b, c, t, h, w) = x.dims5()?;
     let a_t = a.narrow(2, 0, t)?.reshape((b, c, t, 1, 1))?;

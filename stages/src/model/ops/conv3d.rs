@@ -9,10 +9,10 @@
 //! reaches it, `W_dt^T * grad_out` then a scatter-add (col2im) into that frame.
 
 use super::{
-    cpu_slice, dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, SendPtr,
-    REDUCE_PARTS,
+    dims5, fixed_chunks, sgemm, uninit_vec, use_custom, valid_range, Cpu2, F32In, F32Op2, F32Out,
+    SendPtr, Strided, REDUCE_PARTS,
 };
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output pixels per unfolded tile (keeps the column buffer in L2/L3: ~1k pixels x 27*Cin).
@@ -84,6 +84,17 @@ impl Geo {
     }
     fn pointwise(&self) -> bool {
         self.k == [1, 1, 1] && self.s == [1, 1, 1] && self.p == [0, 0, 0]
+    }
+    /// Column tiles of `PW_TILE` voxels per batch item (pointwise path).
+    fn pw_tiles(&self) -> usize {
+        self.in_vol().div_ceil(PW_TILE)
+    }
+    /// Pointwise task `task`'s (batch item, first voxel, voxel count).
+    fn pw_tile(&self, task: usize) -> (usize, usize, usize) {
+        let nt = self.pw_tiles();
+        let (bi, tile) = (task / nt, task % nt);
+        let p0 = tile * PW_TILE;
+        (bi, p0, PW_TILE.min(self.in_vol() - p0))
     }
     fn hwo(&self) -> usize {
         self.ho * self.wo
@@ -201,39 +212,47 @@ fn add_col(g: &Geo, colg: &[f32], gxb: SendPtr, ti: usize, r0: usize, r1: usize)
     }
 }
 
+/// A pointwise conv (or its input gradient) as one GEMM per column tile: for each batch item,
+/// `out (m x vol) = w (m x k) * src (k x vol)`, with `w` stored `[m, k]`, or `[k, m]` when
+/// `transposed`. Writes every element of `out`.
+fn pointwise_gemm(
+    g: &Geo,
+    out: &mut [f32],
+    (m, k): (usize, usize),
+    (w, transposed): (&[f32], bool),
+    src: &[f32],
+) {
+    let vol = g.in_vol();
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..g.b * g.pw_tiles()).into_par_iter().for_each(|task| {
+        let (bi, p0, np) = g.pw_tile(task);
+        let lhs = if transposed {
+            Strided::cols(w.as_ptr(), m)
+        } else {
+            Strided::rows(w.as_ptr(), k)
+        };
+        // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
+        unsafe {
+            sgemm(
+                [m, np, k],
+                Strided::rows(outp.ptr().add(bi * m * vol + p0), vol),
+                false,
+                lhs,
+                Strided::rows(src.as_ptr().add(bi * k * vol + p0), vol),
+            );
+        }
+    });
+}
+
 pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
     // Every element is written by one GEMM (accumulate = false): no zero fill needed.
     let mut out = uninit_vec(g.b * g.cout * g.out_vol());
-    let outp = SendPtr(out.as_mut_ptr());
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     if g.pointwise() {
-        let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        (0..g.b * nt).into_par_iter().for_each(|task| {
-            let (bi, tile) = (task / nt, task % nt);
-            let p0 = tile * PW_TILE;
-            let np = PW_TILE.min(vol - p0);
-            // SAFETY: each task writes its own columns p0..p0+np of batch item bi.
-            unsafe {
-                sgemm(
-                    cout,
-                    np,
-                    cin,
-                    outp.ptr().add(bi * cout * vol + p0),
-                    vol as isize,
-                    1,
-                    false,
-                    w.as_ptr(),
-                    cin as isize,
-                    1,
-                    x.as_ptr().add(bi * cin * vol + p0),
-                    vol as isize,
-                    1,
-                );
-            }
-        });
+        pointwise_gemm(g, &mut out, (cout, cin), (w, false), x);
         return out;
     }
+    let outp = SendPtr(out.as_mut_ptr());
     let nt = g.n_tiles();
     let (ovol, hwo, ivol) = (g.out_vol(), g.hwo(), g.in_vol());
     (0..g.b * g.to * nt).into_par_iter().for_each_init(
@@ -247,19 +266,14 @@ pub fn conv3d_fwd_cpu(g: &Geo, x: &[f32], w: &[f32]) -> Vec<f32> {
             // SAFETY: rows r0..r1 of frame oti of batch item bi belong to this task.
             unsafe {
                 sgemm(
-                    cout,
-                    np,
-                    kd,
-                    outp.ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                    ovol as isize,
-                    1,
+                    [cout, np, kd],
+                    Strided::rows(
+                        outp.ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                        ovol,
+                    ),
                     false,
-                    w.as_ptr(),
-                    kd as isize,
-                    1,
-                    col.as_ptr(),
-                    np as isize,
-                    1,
+                    Strided::rows(w.as_ptr(), kd),
+                    Strided::rows(col.as_ptr(), np),
                 );
             }
         },
@@ -271,30 +285,19 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
     let (cin, cout, kd) = (g.cin, g.cout, g.kdim());
     let partials: Vec<Vec<f32>> = if g.pointwise() {
         let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        fixed_chunks(g.b * nt, REDUCE_PARTS)
+        fixed_chunks(g.b * g.pw_tiles(), REDUCE_PARTS)
             .into_par_iter()
             .map(|range| {
                 let mut acc = vec![0f32; cout * cin];
                 for task in range {
-                    let (bi, tile) = (task / nt, task % nt);
-                    let p0 = tile * PW_TILE;
-                    let np = PW_TILE.min(vol - p0);
+                    let (bi, p0, np) = g.pw_tile(task);
                     unsafe {
                         sgemm(
-                            cout,
-                            cin,
-                            np,
-                            acc.as_mut_ptr(),
-                            cin as isize,
-                            1,
+                            [cout, cin, np],
+                            Strided::rows(acc.as_mut_ptr(), cin),
                             true,
-                            gout.as_ptr().add(bi * cout * vol + p0),
-                            vol as isize,
-                            1,
-                            x.as_ptr().add(bi * cin * vol + p0),
-                            1,
-                            vol as isize,
+                            Strided::rows(gout.as_ptr().add(bi * cout * vol + p0), vol),
+                            Strided::cols(x.as_ptr().add(bi * cin * vol + p0), vol),
                         );
                     }
                 }
@@ -325,19 +328,14 @@ pub fn conv3d_bwd_weight_cpu(g: &Geo, x: &[f32], gout: &[f32]) -> Vec<f32> {
                     );
                     unsafe {
                         sgemm(
-                            cout,
-                            kd,
-                            np,
-                            acc.as_mut_ptr(),
-                            kd as isize,
-                            1,
+                            [cout, kd, np],
+                            Strided::rows(acc.as_mut_ptr(), kd),
                             true,
-                            gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                            ovol as isize,
-                            1,
-                            col.as_ptr(),
-                            1,
-                            np as isize,
+                            Strided::rows(
+                                gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                                ovol,
+                            ),
+                            Strided::cols(col.as_ptr(), np),
                         );
                     }
                 }
@@ -363,34 +361,11 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
     } else {
         vec![0f32; g.b * cin * g.in_vol()]
     };
-    let gxp = SendPtr(gx.as_mut_ptr());
     if g.pointwise() {
-        let vol = g.in_vol();
-        let nt = vol.div_ceil(PW_TILE);
-        (0..g.b * nt).into_par_iter().for_each(|task| {
-            let (bi, tile) = (task / nt, task % nt);
-            let p0 = tile * PW_TILE;
-            let np = PW_TILE.min(vol - p0);
-            unsafe {
-                sgemm(
-                    cin,
-                    np,
-                    cout,
-                    gxp.ptr().add(bi * cin * vol + p0),
-                    vol as isize,
-                    1,
-                    false,
-                    w.as_ptr(),
-                    1,
-                    cin as isize,
-                    gout.as_ptr().add(bi * cout * vol + p0),
-                    vol as isize,
-                    1,
-                );
-            }
-        });
+        pointwise_gemm(g, &mut gx, (cin, cout), (w, true), gout);
         return gx;
     }
+    let gxp = SendPtr(gx.as_mut_ptr());
     let [kt, kh, kw] = g.k;
     let khw = kh * kw;
     let ks = cin * khw;
@@ -425,19 +400,14 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
                     let np = (r1 - r0) * g.wo;
                     unsafe {
                         sgemm(
-                            ks,
-                            np,
-                            cout,
-                            colg.as_mut_ptr(),
-                            np as isize,
-                            1,
+                            [ks, np, cout],
+                            Strided::rows(colg.as_mut_ptr(), np),
                             false,
-                            wt.as_ptr().add(dt * ks * cout),
-                            cout as isize,
-                            1,
-                            gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
-                            ovol as isize,
-                            1,
+                            Strided::rows(wt.as_ptr().add(dt * ks * cout), cout),
+                            Strided::rows(
+                                gout.as_ptr().add(bi * cout * ovol + oti * hwo + r0 * g.wo),
+                                ovol,
+                            ),
                         );
                     }
                     add_col(g, &colg[..ks * np], gxb, ti, r0, r1);
@@ -455,26 +425,18 @@ pub struct Conv3dOp {
     pub padding: [usize; 3],
 }
 
-impl CustomOp2 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        "mpf-conv3d"
-    }
+impl F32Op2 for Conv3dOp {
+    const NAME: &'static str = "mpf-conv3d";
+    const WHAT: &'static str = "model ops";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn fwd(&self, (x, xs): F32In, (w, ws): F32In) -> F32Out {
         let g = Geo::new(
-            dims5(l1.shape(), "conv3d input")?,
-            dims5(l2.shape(), "conv3d weight")?,
+            dims5(xs, "conv3d input")?,
+            dims5(ws, "conv3d weight")?,
             self.stride,
             self.padding,
         )?;
-        let out = conv3d_fwd_cpu(&g, cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
-        Ok((CpuStorage::F32(out), g.out_shape()))
+        Ok((conv3d_fwd_cpu(&g, x, w), g.out_shape()))
     }
 
     fn bwd(
@@ -514,7 +476,7 @@ impl CustomOp2 for Conv3dOp {
 pub fn conv3d(x: &Tensor, w: &Tensor, stride: [usize; 3], padding: [usize; 3]) -> Result<Tensor> {
     if use_custom(x) {
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv3dOp { stride, padding })
+            .apply_op2(&w.contiguous()?, Cpu2(Conv3dOp { stride, padding }))
     } else {
         super::reference::conv3d(x, w, stride, padding)
     }

@@ -14,46 +14,118 @@ pub mod conv3d;
 pub mod pool3d;
 pub mod reference;
 
-use candle_core::{bail, CpuStorage, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::cell::Cell;
+use std::thread::LocalKey;
 
-pub use bn::{batch_norm3d, BnMode};
+pub use bn::{batch_norm, batch_norm3d, BnArgs, BnMode};
 pub use ca::{ca_apply, ca_pool};
 pub use conv3d::conv3d;
 pub use pool3d::{adaptive_avg_pool3d, max_pool3d};
 
 /// Whether the custom CPU kernels are used for this tensor (false: stock-op reference path).
 pub fn use_custom(x: &Tensor) -> bool {
-    x.device().is_cpu() && !force_reference()
+    custom_on(&FORCE_REFERENCE, x)
 }
 
 thread_local! {
-    static FORCE_REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static FORCE_REFERENCE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the stock-op reference path forced on the current thread (benchmarks, tests).
 pub fn with_reference<R>(f: impl FnOnce() -> R) -> R {
-    let prev = FORCE_REFERENCE.with(|c| c.replace(true));
+    forcing(&FORCE_REFERENCE, f)
+}
+
+/// Runs `f` with the thread-local switch `force` set (the reference path forced), then
+/// restores it.
+pub(crate) fn forcing<R>(force: &'static LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    let prev = force.with(|c| c.replace(true));
     let r = f();
-    FORCE_REFERENCE.with(|c| c.set(prev));
+    force.with(|c| c.set(prev));
     r
 }
 
-fn force_reference() -> bool {
-    FORCE_REFERENCE.with(|c| c.get())
+/// Whether `x` takes a custom CPU op: it lives on the CPU and `force` is not set.
+pub(crate) fn custom_on(force: &'static LocalKey<Cell<bool>>, x: &Tensor) -> bool {
+    x.device().is_cpu() && !force.with(|c| c.get())
 }
 
 /// Contiguous f32 view of a CPU storage.
 pub(crate) fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    f32_slice(s, l, "model ops")
+}
+
+/// Contiguous f32 view of a CPU storage; errors name `what`.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => bail!(
-            "model ops: only f32 is supported, got {:?}",
+            "{what}: only f32 is supported, got {:?}",
             candle_core::backend::BackendStorage::dtype(s)
         ),
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("model ops: input must be contiguous"),
+        None => bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// An input of [`F32Op2::fwd`]: contiguous data and shape.
+pub(crate) type F32In<'a> = (&'a [f32], &'a Shape);
+/// What [`F32Op2::fwd`] returns: the output data and shape.
+pub(crate) type F32Out = Result<(Vec<f32>, Shape)>;
+
+/// A binary custom op's CPU forward over contiguous f32 inputs (with their shapes), and its
+/// backward; [`Cpu2`] adapts it to candle's `CustomOp2`, slicing the storages once for all.
+pub(crate) trait F32Op2: Send + Sync {
+    /// candle's name for the op.
+    const NAME: &'static str;
+    /// What the input errors name (wrong dtype, not contiguous).
+    const WHAT: &'static str;
+
+    fn fwd(&self, a: F32In, b: F32In) -> F32Out;
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// An [`F32Op2`] as a candle `CustomOp2`.
+pub(crate) struct Cpu2<T>(pub T);
+
+impl<T: F32Op2> CustomOp2 for Cpu2<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = (f32_slice(s1, l1, T::WHAT)?, l1.shape());
+        let b = (f32_slice(s2, l2, T::WHAT)?, l2.shape());
+        let (out, shape) = self.0.fwd(a, b)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.0.bwd(a, b, res, grad)
     }
 }
 
@@ -143,22 +215,41 @@ impl SendPtr {
     }
 }
 
-/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)` on raw strided pointers (row/col strides).
-#[allow(clippy::too_many_arguments)]
+/// A strided matrix operand of [`sgemm`]: its first element and its row and column strides.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<P> {
+    pub ptr: P,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl<P> Strided<P> {
+    /// Row-major, rows `rs` elements apart.
+    pub fn rows(ptr: P, rs: usize) -> Self {
+        Self {
+            ptr,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    /// Column-major (a transposed row-major matrix), columns `cs` elements apart.
+    pub fn cols(ptr: P, cs: usize) -> Self {
+        Self {
+            ptr,
+            rs: 1,
+            cs: cs as isize,
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)` on raw strided matrices.
 pub(crate) unsafe fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: isize,
-    dst_cs: isize,
+    [m, n, k]: [usize; 3],
+    dst: Strided<*mut f32>,
     accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const f32,
-    rhs_rs: isize,
-    rhs_cs: isize,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -167,7 +258,7 @@ pub(crate) unsafe fn sgemm(
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    *dst.offset(i as isize * dst_rs + j as isize * dst_cs) = 0.0;
+                    *dst.ptr.offset(i as isize * dst.rs + j as isize * dst.cs) = 0.0;
                 }
             }
         }
@@ -177,16 +268,16 @@ pub(crate) unsafe fn sgemm(
         m,
         n,
         k,
-        dst,
-        dst_cs,
-        dst_rs,
+        dst.ptr,
+        dst.cs,
+        dst.rs,
         accumulate,
-        lhs,
-        lhs_cs,
-        lhs_rs,
-        rhs,
-        rhs_cs,
-        rhs_rs,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
         1.0f32,
         1.0f32,
         false,

@@ -52,16 +52,21 @@ impl PoolGeo {
     }
 }
 
-/// 1D max over windows along the middle axis of a `[outer, n, inner]` array (window `k`,
-/// stride `s`, padding `p`, `no` outputs).
-fn pool_axis(
-    v: &[f32],
+/// One separable pass along the middle axis of an `[outer, n, inner]` array: window `win`
+/// (kernel, stride, padding), `no` outputs.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
     outer: usize,
     n: usize,
     inner: usize,
-    (k, s, p): (usize, usize, usize),
+    win: (usize, usize, usize),
     no: usize,
-) -> Vec<f32> {
+}
+
+/// 1D max over the windows of pass `ps`.
+fn pool_axis(v: &[f32], ps: Pass) -> Vec<f32> {
+    let (outer, n, inner, no) = (ps.outer, ps.n, ps.inner, ps.no);
+    let (k, s, p) = ps.win;
     let mut out_v = vec![f32::NEG_INFINITY; outer * no * inner];
     for o in 0..outer {
         for oi in 0..no {
@@ -83,17 +88,9 @@ fn pool_axis(
 
 /// Reverse of [`pool_axis`]: adds each output's gradient `g` to the first tap of its window
 /// whose value in `v` equals the output `best`. Lanes run over `inner` (contiguous).
-#[allow(clippy::too_many_arguments)]
-fn route_axis(
-    v: &[f32],
-    best: &[f32],
-    g: &[f32],
-    outer: usize,
-    n: usize,
-    inner: usize,
-    (k, s, p): (usize, usize, usize),
-    no: usize,
-) -> Vec<f32> {
+fn route_axis(v: &[f32], best: &[f32], g: &[f32], ps: Pass) -> Vec<f32> {
+    let (outer, n, inner, no) = (ps.outer, ps.n, ps.inner, ps.no);
+    let (k, s, p) = ps.win;
     let mut gin = vec![0f32; outer * n * inner];
     let mut done = vec![false; inner];
     for o in 0..outer {
@@ -287,6 +284,28 @@ impl PoolGeo {
         (self.k[d], self.s[d], self.p[d])
     }
 
+    /// The H pass over a plane's W-pooled rows.
+    fn h_pass(&self) -> Pass {
+        Pass {
+            outer: self.i[0],
+            n: self.i[1],
+            inner: self.o[2],
+            win: self.axis(1),
+            no: self.o[1],
+        }
+    }
+
+    /// The T pass over a plane's W- and H-pooled frames.
+    fn t_pass(&self) -> Pass {
+        Pass {
+            outer: 1,
+            n: self.i[0],
+            inner: self.o[1] * self.o[2],
+            win: self.axis(0),
+            no: self.o[0],
+        }
+    }
+
     /// Whether the T pass is the identity (the 1x3x3 spatial pools): then it is skipped.
     fn t_identity(&self) -> bool {
         self.axis(0) == (1, 1, 0)
@@ -295,21 +314,19 @@ impl PoolGeo {
     /// The W and H passes of separable max pooling over one plane (their outputs).
     fn wh_passes(&self, xp: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let [it, ih, iw] = self.i;
-        let [_, oh, ow] = self.o;
+        let ow = self.o[2];
         let v1 = pool_w(xp, it * ih, iw, self.axis(2), ow);
-        let v2 = pool_axis(&v1, it, ih, ow, self.axis(1), oh);
+        let v2 = pool_axis(&v1, self.h_pass());
         (v1, v2)
     }
 
     /// Max pooling of one plane: W pass, then H, then T.
     fn pool_plane(&self, xp: &[f32]) -> Vec<f32> {
-        let [it, _, _] = self.i;
-        let [ot, oh, ow] = self.o;
         let (_, v2) = self.wh_passes(xp);
         if self.t_identity() {
             v2
         } else {
-            pool_axis(&v2, 1, it, oh * ow, self.axis(0), ot)
+            pool_axis(&v2, self.t_pass())
         }
     }
 
@@ -317,14 +334,14 @@ impl PoolGeo {
     /// back through the T, H and W passes in turn.
     fn route_plane(&self, xp: &[f32], y: &[f32], g: &[f32]) -> Vec<f32> {
         let [it, ih, iw] = self.i;
-        let [ot, oh, ow] = self.o;
+        let ow = self.o[2];
         let (v1, v2) = self.wh_passes(xp);
         let g2 = if self.t_identity() {
             std::borrow::Cow::Borrowed(g)
         } else {
-            std::borrow::Cow::Owned(route_axis(&v2, y, g, 1, it, oh * ow, self.axis(0), ot))
+            std::borrow::Cow::Owned(route_axis(&v2, y, g, self.t_pass()))
         };
-        let g1 = route_axis(&v1, &v2, &g2, it, ih, ow, self.axis(1), oh);
+        let g1 = route_axis(&v1, &v2, &g2, self.h_pass());
         route_w(xp, &v1, &g1, it * ih, iw, self.axis(2), ow)
     }
 }

@@ -1,10 +1,10 @@
 //! Reference implementations from stock candle ops only (all have CUDA/Metal kernels and
 //! autograd). Used on non-CPU devices and as ground truth in the tests.
 
-use super::bn::BnMode;
+use super::bn::{BnArgs, BnMode};
 use super::dims5;
 use super::pool3d::adaptive_bin;
-use candle_core::{bail, Device, Result, Tensor, Var};
+use candle_core::{bail, Device, Result, Tensor};
 
 fn index(dev: &Device, n: usize, stride: usize, offset: usize) -> Result<Tensor> {
     let idx: Vec<u32> = (0..n).map(|o| (o * stride + offset) as u32).collect();
@@ -148,21 +148,11 @@ fn channel_mean(x: &Tensor, n: usize) -> Result<Tensor> {
 }
 
 /// BatchNorm (+ReLU) from broadcast ops; same statistics conventions as the custom op.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm3d(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Var,
-    running_var: &Var,
-    eps: f64,
-    momentum: f64,
-    mode: BnMode,
-    relu: bool,
-) -> Result<Tensor> {
+pub fn batch_norm3d(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Result<Tensor> {
+    let (running_mean, running_var) = (a.running_mean, a.running_var);
     let [b, c, t, h, w] = dims5(x.shape(), "batch_norm3d")?;
     let n = b * t * h * w;
-    let (mean, var) = match mode {
+    let (mean, var) = match a.mode {
         BnMode::Train => {
             let mean = channel_mean(x, n)?;
             let var = channel_mean(&x.broadcast_sub(&mean)?.sqr()?, n)?;
@@ -171,7 +161,7 @@ pub fn batch_norm3d(
             } else {
                 1.0
             };
-            let m = momentum;
+            let m = a.momentum;
             let rm = (running_mean.as_tensor().affine(1.0 - m, 0.0)?
                 + mean.flatten_all()?.detach().affine(m, 0.0)?)?;
             let rv = (running_var.as_tensor().affine(1.0 - m, 0.0)?
@@ -187,10 +177,10 @@ pub fn batch_norm3d(
     };
     let y = x
         .broadcast_sub(&mean)?
-        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_div(&(var + a.eps)?.sqrt()?)?
         .broadcast_mul(&gamma.reshape((1, c, 1, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1, 1))?)?;
-    if relu {
+    if a.relu {
         y.relu()
     } else {
         Ok(y)
