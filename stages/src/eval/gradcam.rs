@@ -121,28 +121,6 @@ pub struct MetaCam<'a> {
     pub chunk: usize,
 }
 
-/// The argument-list form of [`meta_cam`], kept for its callers in `kinds` and `train`.
-#[allow(clippy::too_many_arguments)]
-pub fn meta_grad_cam(
-    model: &crate::train::meta::model::MetaModel,
-    set: &crate::train::data::SampleSet,
-    proto_pool: &[usize],
-    sample: usize,
-    class: usize,
-    scale: f64,
-    chunk: usize,
-    dev: &candle_core::Device,
-) -> Result<Cam> {
-    let q = MetaCam {
-        proto_pool,
-        sample,
-        class,
-        scale,
-        chunk,
-    };
-    meta_cam(model, set, &q, dev)
-}
-
 /// Grad-CAM of a meta-learned model: the score is the scaled cosine similarity of the
 /// visualised branch (the AFE for P and C, the only encoder otherwise) to that branch's
 /// prototype of `q.class` over `q.proto_pool` (eval-mode embeddings).

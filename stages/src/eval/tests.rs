@@ -3,9 +3,9 @@ use crate::eval::gradcam::{grad_cam, linear_class_score};
 use crate::eval::metrics::{summarize, Confusion, Metrics};
 use crate::eval::plots::{confusion_png, curve_png, embedding_png, gradcam_png, Frame};
 use crate::eval::report::{markdown, Report, RunResult, Task};
-use crate::train::afe::{train_afe, AfeConfig, Classifier};
-use crate::train::ckpt::NoCheckpoint;
+use crate::train::afe::{train_classifier, AfeConfig, Classifier};
 use crate::train::data::SampleSet;
+use crate::train::driver::quiet;
 use crate::train::progress::{EpochLog, TrainLog};
 use crate::train::rng::rng_for;
 use crate::train::testing::{stand_in_factory, StandInConfig};
@@ -176,16 +176,9 @@ fn gradcam_highlights_the_driving_region() {
         checkpoint_every: 0,
         ..Default::default()
     };
-    let log = train_afe(
-        f.as_ref(),
-        &vm,
-        &set,
-        &cfg,
-        2,
-        &dev,
-        &mut |_| {},
-        &mut NoCheckpoint,
-    )
+    let log = quiet(2, &dev, |cx| {
+        train_classifier(f.as_ref(), &vm, &set, &cfg, cx)
+    })
     .unwrap();
     assert!(log.entries.last().unwrap().acc.unwrap() > 0.95);
     let model = Classifier::new(f.as_ref(), &vm, 2, set.shape, 0, &dev).unwrap();

@@ -273,16 +273,14 @@ fn predictions_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -
     // Grad-CAM of the first test samples, for their predicted class
     let set = &fit.set;
     for (k, &q) in fit.test_pool.iter().take(p.gradcam_samples).enumerate() {
-        let cam = crate::eval::gradcam::meta_grad_cam(
-            &fit.model,
-            set,
-            &fit.proto_pool,
-            q,
-            pred.y_pred[k],
-            p.train.scale,
-            p.train.eval_batch,
-            &fit.dev,
-        )?;
+        let query = crate::eval::gradcam::MetaCam {
+            proto_pool: &fit.proto_pool,
+            sample: q,
+            class: pred.y_pred[k],
+            scale: p.train.scale,
+            chunk: p.train.eval_batch,
+        };
+        let cam = crate::eval::gradcam::meta_cam(&fit.model, set, &query, &fit.dev)?;
         art.insert(
             format!("cam.{k}"),
             Array::f32(vec![cam.t, cam.h, cam.w], cam.values)?,

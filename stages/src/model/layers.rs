@@ -131,17 +131,15 @@ impl BatchNorm3d {
     /// `train`: batch statistics (and running-statistics update); else running statistics.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let mode = if train { BnMode::Train } else { BnMode::Eval };
-        ops::batch_norm3d(
-            x,
-            &self.weight,
-            &self.bias,
-            &self.running_mean,
-            &self.running_var,
-            self.eps,
-            self.recalibration.get().unwrap_or(self.momentum),
+        let args = ops::BnArgs {
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            eps: self.eps,
+            momentum: self.recalibration.get().unwrap_or(self.momentum),
             mode,
             relu,
-        )
+        };
+        ops::batch_norm(x, &self.weight, &self.bias, &args)
     }
 
     fn params(&self, out: &mut Vec<Tensor>) {

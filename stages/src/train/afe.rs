@@ -88,29 +88,6 @@ impl Classifier {
     }
 }
 
-/// [`train_classifier`] with the loose arguments of the eval tests' callers (kept until they
-/// pass a [`TrainCtx`]).
-#[allow(clippy::too_many_arguments)]
-pub fn train_afe(
-    factory: &EncoderFactory,
-    varmap: &VarMap,
-    set: &SampleSet,
-    cfg: &AfeConfig,
-    seed: u64,
-    dev: &Device,
-    progress: &mut dyn FnMut(crate::train::progress::Progress),
-    ckpt: &mut dyn crate::train::ckpt::Checkpointer,
-) -> Result<TrainLog> {
-    let mut cx = TrainCtx {
-        seed,
-        dev,
-        progress,
-        ckpt,
-        cancelled: &|| false,
-    };
-    train_classifier(factory, varmap, set, cfg, &mut cx)
-}
-
 /// Trains encoder + head in `varmap` on the (amplified, balanced) `set`.
 pub fn train_classifier(
     factory: &EncoderFactory,

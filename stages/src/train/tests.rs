@@ -306,17 +306,14 @@ fn meta_learning_separates_blobs_for_every_variant_from_scratch() {
             .iter()
             .all(|r| (r.iter().sum::<f32>() - 1.0).abs() < 1e-4));
         assert_eq!(p.embeddings.len(), test.len());
-        let cam = crate::eval::gradcam::meta_grad_cam(
-            &model,
-            &set,
-            &all_train,
-            test[0],
-            set.labels[test[0]],
-            10.0,
-            8,
-            &CPU,
-        )
-        .unwrap();
+        let query = crate::eval::gradcam::MetaCam {
+            proto_pool: &all_train,
+            sample: test[0],
+            class: set.labels[test[0]],
+            scale: 10.0,
+            chunk: 8,
+        };
+        let cam = crate::eval::gradcam::meta_cam(&model, &set, &query, &CPU).unwrap();
         assert_eq!((cam.t, cam.h, cam.w), (1, SHAPE[2], SHAPE[3]));
         assert!(cam.values.iter().all(|v| (0.0..=1.0).contains(v)));
     }

@@ -266,31 +266,6 @@ pub struct BnArgs<'a> {
     pub relu: bool,
 }
 
-/// The 9-argument form of [`batch_norm`], kept for `model::layers` (out of this change's
-/// reach); new callers use [`batch_norm`].
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm3d(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Var,
-    running_var: &Var,
-    eps: f64,
-    momentum: f64,
-    mode: BnMode,
-    relu: bool,
-) -> Result<Tensor> {
-    let args = BnArgs {
-        running_mean,
-        running_var,
-        eps,
-        momentum,
-        mode,
-        relu,
-    };
-    batch_norm(x, gamma, beta, &args)
-}
-
 /// BatchNorm (+ optional ReLU) over channels of `x [B, C, T, H, W]`.
 /// In [`BnMode::Train`] the running statistics are updated in place.
 pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: &BnArgs) -> Result<Tensor> {

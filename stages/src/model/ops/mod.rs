@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::cell::Cell;
 use std::thread::LocalKey;
 
-pub use bn::{batch_norm, batch_norm3d, BnArgs, BnMode};
+pub use bn::{batch_norm, BnArgs, BnMode};
 pub use ca::{ca_apply, ca_pool};
 pub use conv3d::conv3d;
 pub use pool3d::{adaptive_avg_pool3d, max_pool3d};
