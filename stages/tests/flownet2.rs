@@ -283,6 +283,25 @@ fn checkpoints_of_the_official_layout_are_accepted_and_others_refused_by_key() {
     assert!(format!("{e:#}").contains("params_full_width.txt"), "{e:#}");
 }
 
+#[test]
+fn a_checkpoint_of_strided_views_loads_whole() {
+    // Every tensor of the stand-in is `torch.zeros(1).expand(shape)`: stride 0 over one stored
+    // element, the layout candle's own reader refuses. It must load as the model at full width.
+    let specs = fnet::param_specs(&FlowNet2Config::default()).unwrap();
+    let ck = Checkpoint::open(fixture("shapes_full.pth.tar")).unwrap();
+    let w = ck.tensors(&specs[..3], &Device::Cpu).unwrap();
+    let first = &w[&specs[0].0];
+    assert_eq!(first.dims(), specs[0].1.as_slice());
+    let values: Vec<f32> = first.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(values.iter().all(|v| *v == 0.0));
+    fnet::load(
+        fixture("shapes_full.pth.tar"),
+        &FlowNet2Config::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+}
+
 fn parity(file: &str, reference: bool) {
     let want =
         candle_core::safetensors::load(fixture("twin_outputs.safetensors"), &Device::Cpu).unwrap();

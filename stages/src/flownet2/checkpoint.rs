@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use candle_core::pickle::{Object, Stack, TensorInfo};
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Layout, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
@@ -63,11 +63,10 @@ pub fn param_specs(cfg: &FlowNet2Config) -> Result<Vec<ParamSpec>> {
     Ok(v)
 }
 
-/// Where a checkpoint's tensors are: a zip archive (candle's reader) or a legacy file.
+/// Where a checkpoint's storages are: entries of a zip archive, or byte ranges of a legacy file.
 enum Source {
-    Zip(candle_core::pickle::PthTensors),
+    Zip,
     Legacy {
-        infos: Vec<TensorInfo>,
         /// storage key -> (byte offset of its data in the file, bytes)
         storages: HashMap<String, (u64, u64)>,
     },
@@ -78,8 +77,8 @@ enum Source {
 pub struct Checkpoint {
     path: std::path::PathBuf,
     source: Source,
-    /// our name -> name in the file
-    names: BTreeMap<String, String>,
+    /// our name -> the tensor as the file describes it (its name there, storage and layout)
+    infos: BTreeMap<String, TensorInfo>,
     shapes: HashMap<String, Vec<usize>>,
 }
 
@@ -91,27 +90,18 @@ impl Checkpoint {
         let mut head = [0u8; 2];
         f.read_exact(&mut head)
             .with_context(|| format!("{}: too short for a PyTorch checkpoint", path.display()))?;
-        let source = if &head == b"PK" {
+        let (source, infos) = if &head == b"PK" {
+            // candle's reader parses the pickle; the bytes are read here, strides and all
             let pth = candle_core::pickle::PthTensors::new(path, Some("state_dict"))
                 .or_else(|_| candle_core::pickle::PthTensors::new(path, None))
                 .with_context(|| {
                     format!("{}: not a readable PyTorch checkpoint", path.display())
                 })?;
-            Source::Zip(pth)
+            let infos = pth.tensor_infos().values().cloned().collect();
+            (Source::Zip, infos)
         } else {
             read_legacy(path)
                 .with_context(|| format!("{}: not a readable PyTorch checkpoint", path.display()))?
-        };
-        let infos: Vec<(String, Vec<usize>)> = match &source {
-            Source::Zip(p) => p
-                .tensor_infos()
-                .values()
-                .map(|t| (t.name.clone(), t.layout.dims().to_vec()))
-                .collect(),
-            Source::Legacy { infos, .. } => infos
-                .iter()
-                .map(|t| (t.name.clone(), t.layout.dims().to_vec()))
-                .collect(),
         };
         if infos.is_empty() {
             bail!(
@@ -119,22 +109,21 @@ impl Checkpoint {
                 path.display()
             );
         }
-        let strip = infos.iter().all(|(n, _)| n.starts_with("module."));
-        let mut names = BTreeMap::new();
+        let strip = infos.iter().all(|t| t.name.starts_with("module."));
+        let mut by_name = BTreeMap::new();
         let mut shapes = HashMap::new();
-        for (n, s) in infos {
-            let ours = if strip {
-                n["module.".len()..].to_string()
-            } else {
-                n.clone()
+        for t in infos {
+            let ours = match strip {
+                true => t.name["module.".len()..].to_string(),
+                false => t.name.clone(),
             };
-            shapes.insert(ours.clone(), s);
-            names.insert(ours, n);
+            shapes.insert(ours.clone(), t.layout.dims().to_vec());
+            by_name.insert(ours, t);
         }
         Ok(Self {
             path: path.to_path_buf(),
             source,
-            names,
+            infos: by_name,
             shapes,
         })
     }
@@ -164,38 +153,130 @@ impl Checkpoint {
         }
         let known: std::collections::HashSet<&str> =
             specs.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(extra) = self.names.keys().find(|n| !known.contains(n.as_str())) {
+        if let Some(extra) = self.infos.keys().find(|n| !known.contains(n.as_str())) {
             bail!("FlowNet2 checkpoint {p}: unexpected parameter `{extra}` (not part of FlowNet2)");
+        }
+        // every view must lie inside its storage, so that reading the weights cannot fail later
+        for (name, _) in specs {
+            let t = &self.infos[name];
+            let (first, len) = span(&t.layout, t.dtype);
+            let have = self.storage_bytes(t);
+            if first + len > have {
+                bail!(
+                    "FlowNet2 checkpoint {p}: parameter `{name}` reaches byte {} of its storage \
+                     `{}`, which holds {have}",
+                    first + len,
+                    t.path
+                );
+            }
         }
         Ok(())
     }
 
-    /// Every tensor of `specs`, as f32 on `dev`.
-    pub fn tensors(&self, specs: &[ParamSpec], dev: &Device) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::new();
+    /// Bytes of the storage behind `t`, as the file declares them.
+    fn storage_bytes(&self, t: &TensorInfo) -> u64 {
         match &self.source {
-            Source::Zip(pth) => {
-                for (name, _) in specs {
-                    let t = pth
-                        .get(&self.names[name])?
-                        .with_context(|| format!("{}: `{name}` unreadable", self.path.display()))?;
-                    out.insert(name.clone(), t.to_dtype(DType::F32)?.to_device(dev)?);
-                }
-            }
-            Source::Legacy { infos, storages } => {
-                let by_name: HashMap<&str, &TensorInfo> =
-                    infos.iter().map(|t| (t.name.as_str(), t)).collect();
-                let mut f = BufReader::new(std::fs::File::open(&self.path)?);
-                for (name, _) in specs {
-                    let info = by_name[self.names[name].as_str()];
-                    let t = legacy_tensor(&mut f, info, storages)
-                        .with_context(|| format!("{}: reading `{name}`", self.path.display()))?;
-                    out.insert(name.clone(), t.to_dtype(DType::F32)?.to_device(dev)?);
-                }
-            }
+            Source::Zip => (t.storage_size * t.dtype.size_in_bytes()) as u64,
+            Source::Legacy { storages } => storages.get(storage_key(t)).map_or(0, |s| s.1),
+        }
+    }
+
+    /// Every tensor of `specs`, as f32 on `dev`. Views are gathered through their strides and
+    /// offset (a tensor saved as a slice, a transpose or an `expand` reads as its values).
+    pub fn tensors(&self, specs: &[ParamSpec], dev: &Device) -> Result<HashMap<String, Tensor>> {
+        let mut file = BufReader::new(std::fs::File::open(&self.path)?);
+        let mut zip = match self.source {
+            Source::Zip => Some(zip::ZipArchive::new(BufReader::new(std::fs::File::open(
+                &self.path,
+            )?))?),
+            Source::Legacy { .. } => None,
+        };
+        let mut out = HashMap::new();
+        for (name, _) in specs {
+            let t = self
+                .read(&self.infos[name], &mut file, zip.as_mut())
+                .with_context(|| format!("{}: reading `{name}`", self.path.display()))?;
+            out.insert(name.clone(), t.to_dtype(DType::F32)?.to_device(dev)?);
         }
         Ok(out)
     }
+
+    /// One tensor: the bytes of its span, from the legacy file or the archive, gathered.
+    fn read(
+        &self,
+        t: &TensorInfo,
+        file: &mut BufReader<std::fs::File>,
+        zip: Option<&mut zip::ZipArchive<BufReader<std::fs::File>>>,
+    ) -> Result<Tensor> {
+        let (first, len) = span(&t.layout, t.dtype);
+        let mut buf = vec![0u8; len as usize];
+        match (&self.source, zip) {
+            (Source::Legacy { storages }, _) => {
+                let (pos, _) = storages
+                    .get(storage_key(t))
+                    .with_context(|| format!("storage {} not in the file", t.path))?;
+                file.seek(SeekFrom::Start(pos + first))?;
+                file.read_exact(&mut buf)?;
+            }
+            (Source::Zip, Some(z)) => {
+                let mut r = z.by_name(&t.path)?;
+                std::io::copy(&mut r.by_ref().take(first), &mut std::io::sink())?;
+                r.read_exact(&mut buf)?;
+            }
+            (Source::Zip, None) => bail!("the archive of {} is not open", self.path.display()),
+        }
+        gather(&buf, t.dtype, &t.layout)
+    }
+}
+
+/// The bytes of its storage that a view touches: (first byte, length), from the view's offset to
+/// its furthest element.
+fn span(l: &Layout, dtype: DType) -> (u64, u64) {
+    let size = dtype.size_in_bytes() as u64;
+    if l.shape().elem_count() == 0 {
+        return (0, 0);
+    }
+    let last: usize = l
+        .dims()
+        .iter()
+        .zip(l.stride())
+        .map(|(d, s)| (d - 1) * s)
+        .sum();
+    (l.start_offset() as u64 * size, (last as u64 + 1) * size)
+}
+
+/// The tensor a strided view describes, from the bytes of its span (see [`span`]): element
+/// `i` of the result is the element at `sum(index_k * stride_k)` of the span.
+pub(crate) fn gather(span: &[u8], dtype: DType, layout: &Layout) -> Result<Tensor> {
+    let dims = layout.dims();
+    let size = dtype.size_in_bytes();
+    let n = layout.shape().elem_count();
+    if layout.is_contiguous() {
+        return Ok(Tensor::from_raw_buffer(
+            &span[..n * size],
+            dtype,
+            dims,
+            &Device::Cpu,
+        )?);
+    }
+    let stride = layout.stride();
+    let mut out = Vec::with_capacity(n * size);
+    let mut index = vec![0usize; dims.len()];
+    let mut at = 0usize;
+    for _ in 0..n {
+        out.extend_from_slice(&span[at * size..(at + 1) * size]);
+        // odometer over the dims, last fastest, keeping `at` = sum(index * stride)
+        for k in (0..dims.len()).rev() {
+            index[k] += 1;
+            at += stride[k];
+            if index[k] < dims[k] {
+                break;
+            }
+            at -= index[k] * stride[k];
+            index[k] = 0;
+        }
+    }
+    Ok(Tensor::from_raw_buffer(&out, dtype, dims, &Device::Cpu)?)
 }
 
 /// Loads FlowNet2 at `cfg` from a checkpoint, refusing one whose names or shapes differ.
@@ -221,7 +302,7 @@ fn read_pickle<R: BufRead>(r: &mut R) -> Result<Object> {
     Ok(st.finalize()?)
 }
 
-fn read_legacy(path: &Path) -> Result<Source> {
+fn read_legacy(path: &Path) -> Result<(Source, Vec<TensorInfo>)> {
     let mut f = BufReader::new(std::fs::File::open(path)?);
     let mut magic = [0u8; 15];
     f.read_exact(&mut magic)?;
@@ -297,7 +378,7 @@ fn read_legacy(path: &Path) -> Result<Source> {
         pos += bytes;
         f.seek(SeekFrom::Start(pos))?;
     }
-    Ok(Source::Legacy { infos, storages })
+    Ok((Source::Legacy { storages }, infos))
 }
 
 fn short(o: &Object) -> String {
@@ -309,29 +390,46 @@ fn storage_key(t: &TensorInfo) -> &str {
     t.path.trim_start_matches('/')
 }
 
-fn legacy_tensor<R: Read + Seek>(
-    f: &mut R,
-    t: &TensorInfo,
-    storages: &HashMap<String, (u64, u64)>,
-) -> Result<Tensor> {
-    let (pos, bytes) = *storages
-        .get(storage_key(t))
-        .with_context(|| format!("storage {} not in the file", t.path))?;
-    if !t.layout.is_contiguous() {
-        bail!("non-contiguous tensor {:?}", t.layout);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view's values, read from its storage's bytes the way a checkpoint is read.
+    fn via_storage(base: &Tensor, view: &Tensor) -> Vec<f32> {
+        let values: Vec<f32> = base.flatten_all().unwrap().to_vec1().unwrap();
+        let bytes = mpfnet_cache::tensors::to_le_bytes(&values);
+        let (first, len) = span(view.layout(), DType::F32);
+        let span = &bytes[first as usize..(first + len) as usize];
+        gather(span, DType::F32, view.layout())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
-    let n = t.layout.shape().elem_count() * t.dtype.size_in_bytes();
-    let start = t.layout.start_offset() as u64;
-    if start + n as u64 > bytes {
-        bail!("tensor extends past its storage");
+
+    #[test]
+    fn strided_views_read_as_their_values() {
+        let base = Tensor::arange(0f32, 60., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4, 5))
+            .unwrap();
+        let views = [
+            base.clone(),
+            base.narrow(0, 1, 2).unwrap(), // offset, contiguous
+            base.transpose(0, 2).unwrap(), // permuted
+            base.narrow(2, 1, 3).unwrap().transpose(0, 1).unwrap(), // offset and strides
+            base.narrow(1, 3, 1).unwrap().narrow(2, 4, 1).unwrap(), // the last element
+            base.narrow(0, 2, 1)
+                .unwrap()
+                .narrow(1, 0, 1)
+                .unwrap()
+                .broadcast_as((2, 3, 4, 5))
+                .unwrap(), // stride 0, as `expand` saves
+        ];
+        for v in &views {
+            let want: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(via_storage(&base, v), want, "{:?}", v.layout());
+        }
     }
-    f.seek(SeekFrom::Start(pos + start))?;
-    let mut buf = vec![0u8; n];
-    f.read_exact(&mut buf)?;
-    Ok(Tensor::from_raw_buffer(
-        &buf,
-        t.dtype,
-        t.layout.dims(),
-        &Device::Cpu,
-    )?)
 }
