@@ -629,6 +629,16 @@ fn input_files(dir: &Path) -> Vec<PathBuf> {
     (0..50).map(|i| dir.join(format!("in{i:03}.dat"))).collect()
 }
 
+/// This test binary, set to run only the ignored test `name` as worker `id` on the store at
+/// `root` (the child's side reads CHILD_ROOT and CHILD_ID).
+fn child_test(name: &str, root: &Path, id: u64) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", name, "--test-threads=1"])
+        .env(CHILD_ROOT, root)
+        .env(CHILD_ID, id.to_string());
+    cmd
+}
+
 /// Not a test by itself: the body of each child process spawned by
 /// `concurrent_processes_lose_nothing` (it needs the child's environment).
 #[test]
@@ -671,18 +681,9 @@ fn concurrent_processes_lose_nothing() {
         fs::write(f, bytes(5000 + i as u64, 2000)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(20)); // ctime strictly in the past
-    let exe = std::env::current_exe().unwrap();
     let procs: Vec<_> = (0..4u64)
         .map(|id| {
-            Command::new(&exe)
-                .args([
-                    "--ignored",
-                    "--exact",
-                    "child_writer_process",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ROOT, &root)
-                .env(CHILD_ID, id.to_string())
+            child_test("child_writer_process", &root, id)
                 .env(CHILD_FILES, &files)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -797,15 +798,7 @@ fn killed_writer_leaves_no_torn_files() {
     let s = Store::open(&root).unwrap();
     // Five writers, each SIGKILLed mid-flight at a different moment.
     for (seed, delay_ms) in [(1u64, 3u64), (2, 11), (3, 23), (4, 41), (5, 61)] {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "child_endless_writer",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ROOT, &root)
-            .env(CHILD_ID, seed.to_string())
+        let mut child = child_test("child_endless_writer", &root, seed)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

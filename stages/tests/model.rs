@@ -310,6 +310,16 @@ fn checkpoint_roundtrip_with_momentum() {
     assert_eq!(ckpt_bytes(&vm, &opt), ckpt_bytes(&vm2, &opt2));
 }
 
+/// Sum of |t| over every element.
+fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn load_into_widens_with_zeros_and_cascade_starts_as_source() {
     let dev = Device::Cpu;
@@ -329,26 +339,9 @@ fn load_into_widens_with_zeros_and_cascade_starts_as_source() {
     load_into(&vm2, &tensors).unwrap();
     let w = cas.stem.weight.clone();
     assert_eq!(w.dims(), &[8, 9, 3, 3, 3]);
-    let extra = w
-        .narrow(1, 5, 4)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(extra, 0.0);
+    assert_eq!(abs_sum(&w.narrow(1, 5, 4).unwrap()), 0.0);
     let lead = w.narrow(1, 0, 5).unwrap();
-    let diff = (lead - &src.stem.weight)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(abs_sum(&(lead - &src.stem.weight).unwrap()), 0.0);
 
     let x = rand_t(&[2, 5, 3, 8, 8], 5);
     let f = rand_t(&[2, 4, 3, 8, 8], 6);

@@ -71,12 +71,20 @@ fn interpolated_midframe_matches_half_shift() {
     assert!(p3 > 35.0, "PSNR {p3}");
 }
 
+/// The sub-pixel shift (px) both magnifiers are tested on.
+const SMALL_MOTION: (f32, f32) = (0.3, -0.2);
+
+/// A 128x128 texture and its copy shifted by [`SMALL_MOTION`].
+fn small_motion_pair() -> (Frame, Frame) {
+    let t = Texture::new(128, 128, 9);
+    let (dx, dy) = SMALL_MOTION;
+    (translated(&t, 128, 0.0, 0.0), translated(&t, 128, dx, dy))
+}
+
 #[test]
 fn lagrangian_magnification_scales_displacement() {
-    let t = Texture::new(128, 128, 9);
-    let (dx, dy) = (0.3f32, -0.2f32);
-    let onset = translated(&t, 128, 0.0, 0.0);
-    let apex = translated(&t, 128, dx, dy);
+    let (dx, dy) = SMALL_MOTION;
+    let (onset, apex) = small_motion_pair();
     let est = Arc::new(TvL1::default());
     let mag = Magnifier::new(MagnifyMethod::Lagrangian, est.clone());
     let phis = [1.0f32, 4.0, 8.0, 14.0];
@@ -97,10 +105,8 @@ fn lagrangian_magnification_scales_displacement() {
 
 #[test]
 fn eulerian_magnification_amplifies_small_motion() {
-    let t = Texture::new(128, 128, 9);
-    let (dx, dy) = (0.3f32, -0.2f32);
-    let onset = translated(&t, 128, 0.0, 0.0);
-    let apex = translated(&t, 128, dx, dy);
+    let (dx, dy) = SMALL_MOTION;
+    let (onset, apex) = small_motion_pair();
     let est = Arc::new(TvL1::default());
     let mag = Magnifier::new(MagnifyMethod::eulerian_default(), est.clone());
     for phi in [1.0f32, 4.0] {

@@ -5,6 +5,7 @@ use crate::eval::gradcam::Cam;
 use crate::eval::metrics::Confusion;
 use crate::train::progress::TrainLog;
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::chart::SeriesLabelStyle;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -157,6 +158,15 @@ fn legend_line(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32
     move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
 }
 
+/// The figures' legend: a mostly opaque white box with a black border.
+fn legend_box<'a, 'b, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    ch: &'b mut ChartContext<'a, DB, CT>,
+) -> SeriesLabelStyle<'a, 'b, DB, CT> {
+    let mut style = ch.configure_series_labels();
+    style.background_style(WHITE.mix(0.85)).border_style(BLACK);
+    style
+}
+
 /// Loss (left axis) and accuracy (right axis, and validation accuracy where logged) per epoch.
 pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
     fonts();
@@ -205,11 +215,7 @@ pub fn curve_png(log: &TrainLog, title: &str, path: &Path) -> Result<()> {
             .label("val acc")
             .legend(legend_line(PALETTE[2]));
     }
-    ch.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err("drawing", path))?;
+    legend_box(&mut ch).draw().map_err(err("drawing", path))?;
     root.present().map_err(err("writing", path))
 }
 
@@ -264,11 +270,7 @@ pub fn embedding_png(
             .label(name.as_str())
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, col.filled()));
     }
-    ch.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err("drawing", path))?;
+    legend_box(&mut ch).draw().map_err(err("drawing", path))?;
     root.present().map_err(err("writing", path))
 }
 
@@ -403,9 +405,7 @@ pub fn fold_curves_png(curves: &[(String, TrainLog)], title: &str, path: &Path) 
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], c.stroke_width(2)));
     }
     if curves.len() <= 16 {
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
+        legend_box(&mut ch)
             .label_font(("sans-serif", 11))
             .draw()
             .map_err(err("drawing", path))?;

@@ -97,18 +97,25 @@ fn pca_finds_the_main_direction() {
     assert!(var1 > 100.0 * var2, "{var1} vs {var2}");
 }
 
-#[test]
-fn tsne_keeps_clusters_apart() {
-    let mut rng = rng_for(4, &[]);
+/// 60 points of `dims` uniform-noise coordinates in 3 classes (labels 0, 1, 2 in turn); class
+/// `c` sits `gap` out along axis `c`.
+fn three_clusters(seed: u64, dims: usize, gap: f32) -> (Vec<usize>, Vec<Vec<f32>>) {
+    let mut rng = rng_for(seed, &[]);
     let labels: Vec<usize> = (0..60).map(|i| i % 3).collect();
-    let x: Vec<Vec<f32>> = labels
+    let x = labels
         .iter()
         .map(|&c| {
-            (0..10)
-                .map(|j| if j == c { 5.0 } else { 0.0 } + rng.random::<f32>())
+            (0..dims)
+                .map(|j| if j == c { gap } else { 0.0 } + rng.random::<f32>())
                 .collect()
         })
         .collect();
+    (labels, x)
+}
+
+#[test]
+fn tsne_keeps_clusters_apart() {
+    let (labels, x) = three_clusters(4, 10, 5.0);
     let cfg = TsneConfig {
         perplexity: 10.0,
         iterations: 300,
@@ -267,16 +274,7 @@ fn plots_write_png_files() {
     };
     let cv = dir.path().join("curve.png");
     curve_png(&log, "meta-training", &cv).unwrap();
-    let mut rng = rng_for(2, &[]);
-    let labels: Vec<usize> = (0..60).map(|i| i % 3).collect();
-    let emb: Vec<Vec<f32>> = labels
-        .iter()
-        .map(|&c| {
-            (0..6)
-                .map(|j| if j == c { 3.0 } else { 0.0 } + rng.random::<f32>())
-                .collect()
-        })
-        .collect();
+    let (labels, emb) = three_clusters(2, 6, 3.0);
     let em = dir.path().join("embedding.png");
     embedding_png(
         &emb,

@@ -245,6 +245,17 @@ impl Fit {
             dev,
         })
     }
+
+    /// The meta fields every output of the trained model shares.
+    fn output(&self, p: &MetaParams, fold: &FoldInfo) -> MetaOutput {
+        MetaOutput {
+            channels: Some(self.channels),
+            classes: Some(self.classes.clone()),
+            log: Some(self.log.clone()),
+            trained_subjects: Some(subjects_of(&self.set, &self.proto_pool)),
+            ..p.output(fold)
+        }
+    }
 }
 
 /// The fold's test predictions, embeddings and Grad-CAMs.
@@ -259,14 +270,10 @@ fn predictions_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -
         &fit.dev,
     )?;
     let out = MetaOutput {
-        channels: Some(fit.channels),
         ids: Some(pred.ids.clone()),
-        log: Some(fit.log.clone()),
-        classes: Some(fit.classes.clone()),
         gfe_log: Some(fit.gfe_log.clone()),
         afe_log: Some(fit.afe_log.clone()),
-        trained_subjects: Some(subjects_of(&fit.set, &fit.proto_pool)),
-        ..p.output(fold)
+        ..fit.output(p, fold)
     };
     let mut art = Artifact::with_meta(serde_json::to_value(out)?);
     insert_predictions(&mut art, &pred, fit.classes.len())?;
@@ -352,10 +359,6 @@ fn final_model_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -
         &fit.dev,
     )?;
     let out = MetaOutput {
-        channels: Some(fit.channels),
-        classes: Some(fit.classes.clone()),
-        log: Some(fit.log.clone()),
-        trained_subjects: Some(subjects_of(set, &fit.proto_pool)),
         final_model: Some(true),
         model: Some(FinalModel {
             model: fit.cfg.clone(),
@@ -370,7 +373,7 @@ fn final_model_artifact(ctx: &Ctx, p: &MetaParams, fold: &FoldInfo, fit: &Fit) -
                 .len(),
             train_samples: set.len(),
         }),
-        ..p.output(fold)
+        ..fit.output(p, fold)
     };
     let mut art = no_predictions(&out)?;
     for (tag, map) in model.maps() {

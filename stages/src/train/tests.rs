@@ -97,18 +97,18 @@ fn bits(map: &VarMap) -> Vec<(String, Vec<u32>)> {
     snapshot(map)
         .unwrap()
         .into_iter()
-        .map(|(k, t)| {
-            (
-                k,
-                t.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect(),
-            )
-        })
+        .map(|(k, t)| (k, tensor_bits(&t)))
+        .collect()
+}
+
+/// The bit patterns of `t`'s elements (exact comparison, NaN included).
+fn tensor_bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
         .collect()
 }
 
@@ -772,16 +772,11 @@ fn frozen_encoders_stay_bit_identical_and_fine_tuned_ones_move() {
                         } else {
                             n.clone()
                         };
-                        let to_bits = |x: &Tensor| -> Vec<u32> {
-                            x.flatten_all()
-                                .unwrap()
-                                .to_vec1::<f32>()
-                                .unwrap()
-                                .iter()
-                                .map(|v| v.to_bits())
-                                .collect()
-                        };
-                        assert_eq!(to_bits(&n), to_bits(t), "frozen cascade AFE {name} changed");
+                        assert_eq!(
+                            tensor_bits(&n),
+                            tensor_bits(t),
+                            "frozen cascade AFE {name} changed"
+                        );
                     }
                     assert_ne!(
                         after_s, before_s,

@@ -3,6 +3,14 @@ use crate::data::casme2::{self, Layout, Options};
 use crate::data::fixtures::{write_csv, write_xlsx, Cell};
 use crate::data::{FaultPolicy, Task};
 
+/// The cropped-layout fixture with its coding sheet as `CASME2-coding-x.xlsx`.
+fn cropped_xlsx_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = casme2_fixture(dir.path(), Layout::Cropped, "jpg");
+    write_xlsx(&dir.path().join("CASME2-coding-x.xlsx"), "Sheet1", &rows).unwrap();
+    dir
+}
+
 fn rows_of(idx: &crate::data::DatasetIndex) -> Vec<(usize, String)> {
     idx.faults
         .iter()
@@ -78,9 +86,7 @@ fn xlsx_cropped_sde_counts_and_faults() {
 
 #[test]
 fn fail_policy_lists_every_fault() {
-    let dir = tempfile::tempdir().unwrap();
-    let rows = casme2_fixture(dir.path(), Layout::Cropped, "jpg");
-    write_xlsx(&dir.path().join("CASME2-coding-x.xlsx"), "Sheet1", &rows).unwrap();
+    let dir = cropped_xlsx_fixture();
     let mut o = Options::new(dir.path(), Layout::Cropped);
     o.policy = FaultPolicy::Fail;
     let e = format!("{:#}", casme2::load(&o).unwrap_err());
@@ -98,9 +104,7 @@ fn fail_policy_lists_every_fault() {
 
 #[test]
 fn cde_relabels_and_drops() {
-    let dir = tempfile::tempdir().unwrap();
-    let rows = casme2_fixture(dir.path(), Layout::Cropped, "jpg");
-    write_xlsx(&dir.path().join("CASME2-coding-x.xlsx"), "Sheet1", &rows).unwrap();
+    let dir = cropped_xlsx_fixture();
     let mut o = Options::new(dir.path(), Layout::Cropped);
     o.task = Task::Cde;
     let idx = casme2::load(&o).unwrap();
@@ -169,9 +173,7 @@ fn missing_root_and_sheet_are_errors() {
 
 #[test]
 fn user_class_map_overrides() {
-    let dir = tempfile::tempdir().unwrap();
-    let rows = casme2_fixture(dir.path(), Layout::Cropped, "jpg");
-    write_xlsx(&dir.path().join("CASME2-coding-x.xlsx"), "Sheet1", &rows).unwrap();
+    let dir = cropped_xlsx_fixture();
     let mut map = std::collections::BTreeMap::new();
     map.insert("happiness".to_string(), "pos".to_string());
     map.insert("others".to_string(), "rest".to_string());
