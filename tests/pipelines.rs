@@ -407,6 +407,50 @@ fn one_extends_line_runs_an_ablation_at_the_benchmarks_size() {
     );
 }
 
+/// The TF32 overlay reaches every training stage, sweep copies included, and nothing else:
+/// pre-processing nodes keep their parameters (and so their cache keys).
+#[test]
+fn the_tf32_overlay_sets_every_training_stage_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("tf32.toml");
+    let base = root().join("ablations/prior_learning.toml");
+    let overlay = root().join("overlays/tf32.toml");
+    std::fs::write(
+        &mine,
+        format!(
+            "extends = [{:?}, {:?}]\n",
+            base.display().to_string(),
+            overlay.display().to_string()
+        ),
+    )
+    .unwrap();
+    let p = load_ok(&mine);
+    let plain = ablation("prior_learning.toml");
+    let mut training = 0;
+    for (name, stage) in &p.stages {
+        let training_kind = ["gfe", "afe", "meta"].contains(&stage.kind.as_str());
+        assert_eq!(
+            stage.params.get("tf32") == Some(&Value::Bool(true)),
+            training_kind,
+            "{name}"
+        );
+        if training_kind {
+            training += 1;
+            assert_eq!(
+                without(&stage.params, "tf32"),
+                without(params(&plain, name), "tf32"),
+                "{name}"
+            );
+        } else {
+            assert_eq!(&stage.params, params(&plain, name), "{name}");
+        }
+    }
+    assert!(
+        training >= 7,
+        "gfe, afe, meta_p, meta_c and the sweep rows: {training}"
+    );
+}
+
 #[test]
 fn a_bad_sweep_is_refused_naming_its_line() {
     let dir = tempfile::tempdir().unwrap();

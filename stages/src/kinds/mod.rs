@@ -32,6 +32,7 @@ const TRAIN_CORE: &[&str] = &[
     "train/driver.rs",
     "train/encoder.rs",
     "train/init.rs",
+    "train/precision.rs",
     "train/progress.rs",
     "train/rng.rs",
     "train/sgd.rs",

@@ -1,5 +1,7 @@
 //! In-memory sample sets and seeded batch assembly.
 use anyhow::{bail, Context, Result};
+use std::sync::OnceLock;
+
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -13,6 +15,16 @@ pub struct SampleSet {
     pub subjects: Vec<String>,
     pub ids: Vec<String>,
     pub n_classes: usize,
+    /// The whole set on an accelerator, uploaded by the first batch asked for there: a fold's
+    /// training tensors cross to the device once and every batch is gathered on it.
+    resident: OnceLock<Resident>,
+}
+
+/// A set's samples `[N, C, T, H, W]` and labels `[N]` (u32) on one device.
+#[derive(Debug, Clone)]
+struct Resident {
+    samples: Tensor,
+    labels: Tensor,
 }
 
 impl SampleSet {
@@ -57,6 +69,7 @@ impl SampleSet {
             subjects,
             ids,
             n_classes,
+            resident: OnceLock::new(),
         })
     }
 
@@ -77,8 +90,12 @@ impl SampleSet {
         &self.data[i * n..(i + 1) * n]
     }
 
-    /// `[B, C, T, H, W]` tensor of the samples `idx`, in that order.
+    /// `[B, C, T, H, W]` tensor of the samples `idx`, in that order: copied from host memory on
+    /// the CPU, gathered from the resident set on any other device.
     pub fn batch(&self, idx: &[usize], dev: &Device) -> Result<Tensor> {
+        if !dev.is_cpu() {
+            return self.resident_batch(idx, dev);
+        }
         let mut buf = Vec::with_capacity(idx.len() * self.sample_len());
         for &i in idx {
             if i >= self.len() {
@@ -94,8 +111,52 @@ impl SampleSet {
         idx.iter().map(|&i| self.labels[i]).collect()
     }
 
-    /// Labels as a u32 tensor `[B]`.
+    /// The batch gathered on `dev` from the whole set uploaded there once (what [`Self::batch`]
+    /// does off the CPU; on the CPU it gives the same values, which the tests check).
+    pub fn resident_batch(&self, idx: &[usize], dev: &Device) -> Result<Tensor> {
+        let r = self.resident(dev)?;
+        Ok(r.samples.index_select(&self.index_tensor(idx, dev)?, 0)?)
+    }
+
+    /// Whether the set has been uploaded to a device.
+    pub fn is_resident(&self) -> bool {
+        self.resident.get().is_some()
+    }
+
+    fn resident(&self, dev: &Device) -> Result<Resident> {
+        if let Some(r) = self
+            .resident
+            .get()
+            .filter(|r| r.samples.device().same_device(dev))
+        {
+            return Ok(r.clone());
+        }
+        let [c, t, h, w] = self.shape;
+        let labels: Vec<u32> = self.labels.iter().map(|&l| l as u32).collect();
+        let r = Resident {
+            samples: Tensor::from_slice(&self.data, (self.len(), c, t, h, w), dev)
+                .context("SampleSet: uploading the set")?,
+            labels: Tensor::new(labels, dev)?,
+        };
+        // a set asked for on a second device is uploaded again, not cached
+        let _ = self.resident.set(r.clone());
+        Ok(r)
+    }
+
+    fn index_tensor(&self, idx: &[usize], dev: &Device) -> Result<Tensor> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
+            bail!("SampleSet::batch: index {i} out of {} samples", self.len());
+        }
+        let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        Ok(Tensor::new(idx, dev)?)
+    }
+
+    /// Labels as a u32 tensor `[B]` (gathered on the device like [`Self::batch`]).
     pub fn labels_tensor(&self, idx: &[usize], dev: &Device) -> Result<Tensor> {
+        if !dev.is_cpu() {
+            let r = self.resident(dev)?;
+            return Ok(r.labels.index_select(&self.index_tensor(idx, dev)?, 0)?);
+        }
         let l: Vec<u32> = idx.iter().map(|&i| self.labels[i] as u32).collect();
         Ok(Tensor::new(l, dev)?)
     }

@@ -5,6 +5,7 @@ pub mod driver;
 pub mod encoder;
 pub mod init;
 pub mod meta;
+pub mod precision;
 pub mod progress;
 pub mod rng;
 pub mod sgd;

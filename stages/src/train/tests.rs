@@ -795,3 +795,25 @@ fn frozen_encoders_stay_bit_identical_and_fine_tuned_ones_move() {
         }
     }
 }
+
+#[test]
+fn resident_batches_equal_host_batches_and_upload_once() {
+    let set = blobs(2, 3, SHAPE, 1.0, 1, 2).unwrap();
+    assert!(!set.is_resident());
+    for idx in [vec![0, 1, 2], vec![5, 0, 5], vec![set.len() - 1]] {
+        let host = set.batch(&idx, &CPU).unwrap();
+        let dev = set.resident_batch(&idx, &CPU).unwrap();
+        assert_eq!(host.dims(), dev.dims());
+        let (h, d) = (
+            host.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            dev.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(h.iter().zip(&d).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    assert!(set.is_resident());
+    let e = set
+        .resident_batch(&[set.len()], &CPU)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of"), "{e}");
+}
