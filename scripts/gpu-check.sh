@@ -17,6 +17,16 @@ for f in "$pack"/*.xz; do
         "$f" "$bin/$(basename "$f" .xz)"
     chmod +x "$bin/$(basename "$f" .xz)"
 done
+# The binaries link libcudart.so.13, libcublas.so.13 and libcurand.so.10 (and the driver's
+# libcuda.so.1): take them from the system CUDA, else from PyTorch's NVIDIA wheels.
+cuda_libs="${CUDA_HOME:-/usr/local/cuda}/lib64"
+wheel_libs=$(python3 -c 'import glob, os, nvidia; r = os.path.dirname(nvidia.__path__[0] + "/"); print(":".join(sorted(glob.glob(r + "/*/lib") + glob.glob(r + "/*/*/lib"))))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="$cuda_libs:${wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$bin/mpfnet" | grep -q "not found"; then
+    echo "missing CUDA libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):"
+    ldd "$bin/mpfnet" | grep "not found"
+    exit 1
+fi
 log="$bin/log"
 row() { printf '%-48s %s\n' "$1" "$2" | tee -a "$log.table"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$log.gpu"
