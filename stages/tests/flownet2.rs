@@ -300,6 +300,18 @@ fn a_checkpoint_of_strided_views_loads_whole() {
         &Device::Cpu,
     )
     .unwrap();
+    // the same names and shapes, one view reaching past its storage (stages/bench/
+    // flownet2_hostile.py): refused by the check, before any weight is read
+    let e = Checkpoint::open(fixture("shapes_past_storage.pth.tar"))
+        .unwrap()
+        .check(&specs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`flownetfusion.predict_flow1.bias` reaches byte 8 of its storage")
+            && e.contains("which holds 4"),
+        "{e}"
+    );
 }
 
 fn parity(file: &str, reference: bool) {
