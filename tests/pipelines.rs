@@ -29,6 +29,18 @@ fn tomls(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A user's one-line pipeline, `extends = [...]` of files under `pipelines/`, loaded.
+fn extending(files: &[&str]) -> Pipeline {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine.toml");
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| root().join(f).display().to_string())
+        .collect();
+    std::fs::write(&mine, format!("extends = {paths:?}\n")).unwrap();
+    load_ok(&mine)
+}
+
 fn load_ok(path: &Path) -> Pipeline {
     load(path, &flownet2_weights(path), &mpfnet_stages::registry())
         .unwrap_or_else(|e| panic!("{} does not validate: {e:#}", path.display()))
@@ -373,20 +385,7 @@ fn one_extends_line_runs_an_ablation_at_the_benchmarks_size() {
             assert_eq!(both.stages[s].inputs, l.inputs, "bench/ablations.toml: {s}");
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mine = dir.path().join("small_frames.toml");
-    let abl = root().join("ablations/frames.toml");
-    let overlay = root().join("overlays/cpu_size.toml");
-    std::fs::write(
-        &mine,
-        format!(
-            "extends = [{:?}, {:?}]\n",
-            abl.display().to_string(),
-            overlay.display().to_string()
-        ),
-    )
-    .unwrap();
-    let p = load_ok(&mine);
+    let p = extending(&["ablations/frames.toml", "overlays/cpu_size.toml"]);
     for l in [3, 20] {
         let f = params(&p, &format!("features_L{l}"));
         assert_eq!(
@@ -411,20 +410,7 @@ fn one_extends_line_runs_an_ablation_at_the_benchmarks_size() {
 /// pre-processing nodes keep their parameters (and so their cache keys).
 #[test]
 fn the_tf32_overlay_sets_every_training_stage_and_only_those() {
-    let dir = tempfile::tempdir().unwrap();
-    let mine = dir.path().join("tf32.toml");
-    let base = root().join("ablations/prior_learning.toml");
-    let overlay = root().join("overlays/tf32.toml");
-    std::fs::write(
-        &mine,
-        format!(
-            "extends = [{:?}, {:?}]\n",
-            base.display().to_string(),
-            overlay.display().to_string()
-        ),
-    )
-    .unwrap();
-    let p = load_ok(&mine);
+    let p = extending(&["ablations/prior_learning.toml", "overlays/tf32.toml"]);
     let plain = ablation("prior_learning.toml");
     let mut training = 0;
     for (name, stage) in &p.stages {

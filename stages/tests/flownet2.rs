@@ -9,6 +9,16 @@ use mpfnet_stages::prep::flow::FlowEstimator;
 
 const WIDTH: f64 = 1.0 / 64.0;
 
+/// Why `check` refuses the fixture `name` as the full-width network.
+fn refusal(name: &str) -> String {
+    let specs = fnet::param_specs(&FlowNet2Config::default()).unwrap();
+    Checkpoint::open(fixture(name))
+        .unwrap()
+        .check(&specs)
+        .unwrap_err()
+        .to_string()
+}
+
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/flownet2")
@@ -234,21 +244,13 @@ fn checkpoints_of_the_official_layout_are_accepted_and_others_refused_by_key() {
         .unwrap()
         .check(&specs)
         .unwrap();
-    let e = Checkpoint::open(fixture("shapes_missing_key.pth.tar"))
-        .unwrap()
-        .check(&specs)
-        .unwrap_err()
-        .to_string();
+    let e = refusal("shapes_missing_key.pth.tar");
     assert!(
         e.contains("missing parameter `flownets_2.conv4_1.0.weight`"),
         "{e}"
     );
     assert!(e.contains("shapes_missing_key.pth.tar"), "{e}");
-    let e = Checkpoint::open(fixture("shapes_wrong_shape.pth.tar"))
-        .unwrap()
-        .check(&specs)
-        .unwrap_err()
-        .to_string();
+    let e = refusal("shapes_wrong_shape.pth.tar");
     assert!(
         e.contains("`flownetfusion.predict_flow1.bias` has shape [3], expected [2]"),
         "{e}"
@@ -302,11 +304,7 @@ fn a_checkpoint_of_strided_views_loads_whole() {
     .unwrap();
     // the same names and shapes, one view reaching past its storage (stages/bench/
     // flownet2_hostile.py): refused by the check, before any weight is read
-    let e = Checkpoint::open(fixture("shapes_past_storage.pth.tar"))
-        .unwrap()
-        .check(&specs)
-        .unwrap_err()
-        .to_string();
+    let e = refusal("shapes_past_storage.pth.tar");
     assert!(
         e.contains("`flownetfusion.predict_flow1.bias` reaches byte 8 of its storage")
             && e.contains("which holds 4"),
