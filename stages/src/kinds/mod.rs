@@ -31,6 +31,7 @@ const TRAIN_CORE: &[&str] = &[
     "train/data.rs",
     "train/driver.rs",
     "train/encoder.rs",
+    "train/host.rs",
     "train/init.rs",
     "train/precision.rs",
     "train/progress.rs",

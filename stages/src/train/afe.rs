@@ -8,12 +8,13 @@ use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
 use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
+use crate::train::host::DeviceSums;
 use crate::train::init::var_builder;
 use crate::train::progress::{EpochLog, TrainLog};
 use crate::train::rng::{sub_seed, STREAM_AFE};
 use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -136,18 +137,27 @@ impl Rounds for AfeRounds<'_> {
     fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
         self.part.opt.set_lr(self.cfg.lr_at(epoch));
         let (batches, _) = self.part.batches(STREAM_AFE, epoch, self.cfg.batch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut sums = DeviceSums::default();
+        let mut seen = 0usize;
         for (bi, b) in batches.iter().enumerate() {
-            let (l, c) = self
-                .step(b)
-                .with_context(|| format!("AFE epoch {epoch} batch {bi}"))?;
-            (loss_sum, correct, seen) =
-                (loss_sum + l * b.len() as f64, correct + c, seen + b.len());
+            sums.add(
+                self.step(b)
+                    .with_context(|| format!("AFE epoch {epoch} batch {bi}"))?,
+            )?;
+            seen += b.len();
         }
+        let (loss_sum, correct) = match sums.read()?.as_deref() {
+            Some(&[l, c]) => (l, c),
+            _ => (0.0, 0.0),
+        };
+        if !loss_sum.is_finite() {
+            bail!("AFE epoch {epoch}: cross-entropy is {loss_sum} (diverged)");
+        }
+        let seen = seen.max(1) as f64;
         Ok(EpochLog {
             epoch,
-            loss: loss_sum / seen as f64,
-            acc: Some(correct as f64 / seen as f64),
+            loss: loss_sum / seen,
+            acc: Some(correct / seen),
             lr: self.part.opt.lr(),
             val_acc: None,
         })
@@ -161,23 +171,20 @@ impl Rounds for AfeRounds<'_> {
 }
 
 impl AfeRounds<'_> {
-    /// One step; returns the mean loss and the number of correct predictions in the batch.
-    fn step(&mut self, b: &[usize]) -> Result<(f64, usize)> {
+    /// One step; returns, on the device, the batch's summed loss and its number of correct
+    /// predictions (read once per epoch: see `train/host.rs`).
+    fn step(&mut self, b: &[usize]) -> Result<Tensor> {
         let (set, dev) = (self.part.set, self.part.dev);
         let logits = self.model.logits(&set.batch(b, dev)?, true)?;
         let y = set.labels_tensor(b, dev)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            bail!("cross-entropy is {l} (diverged)");
-        }
-        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let correct = pred
-            .iter()
-            .zip(set.labels_of(b))
-            .filter(|(p, l)| **p as usize == *l)
-            .count();
+        let correct = logits
+            .argmax(D::Minus1)?
+            .eq(&y)?
+            .to_dtype(DType::F32)?
+            .sum_all()?;
+        let stats = Tensor::stack(&[(loss.detach() * b.len() as f64)?, correct], 0)?;
         self.part.opt.backward_step(&loss)?;
-        Ok((l, correct))
+        Ok(stats)
     }
 }

@@ -3,6 +3,7 @@ pub mod ckpt;
 pub mod data;
 pub mod driver;
 pub mod encoder;
+pub mod host;
 pub mod init;
 pub mod meta;
 pub mod precision;

@@ -124,7 +124,7 @@ fn triplet_loss_on_hand_made_embeddings() {
     // triplet 0: 1 - 4 + 1 -> 0; triplet 1: 4 - 1 + 1 = 4
     let (sum, acc) = triplet_loss(&e, &trips, 1.0, Reduction::Sum).unwrap();
     assert_eq!(sum.to_scalar::<f32>().unwrap(), 4.0);
-    assert_eq!(acc, 0.5);
+    assert_eq!(acc.to_scalar::<f32>().unwrap(), 0.5);
     let (mean, _) = triplet_loss(&e, &trips, 1.0, Reduction::Mean).unwrap();
     assert_eq!(mean.to_scalar::<f32>().unwrap(), 2.0);
     let (m0, _) = triplet_loss(&e, &trips, 0.0, Reduction::Sum).unwrap();
@@ -816,4 +816,50 @@ fn resident_batches_equal_host_batches_and_upload_once() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("out of"), "{e}");
+}
+
+/// The encoders' training steps read nothing to the host: an epoch of many small batches reads
+/// as often as an epoch of one batch (once, its sums), and the epoch log still holds the loss
+/// and accuracy.
+#[test]
+fn encoder_training_reads_the_host_once_per_epoch_not_per_step() {
+    use crate::train::host::reads;
+    let set = blobs(8, 3, SHAPE, 0.5, 3, 4).unwrap(); // 24 samples
+    let f = stand_in_factory(cfg_small());
+    let mut per_batch = Vec::new();
+    for batch in [24, 4] {
+        let acfg = AfeConfig {
+            epochs: 2,
+            batch,
+            lr: 0.05,
+            ..Default::default()
+        };
+        let before = reads();
+        let log = driver::quiet(3, &CPU, |cx| {
+            train_classifier(f.as_ref(), &VarMap::new(), &set, &acfg, cx)
+        })
+        .unwrap();
+        let afe = reads() - before;
+        assert!(log.entries.iter().all(|e| e.loss > 0.0 && e.acc.is_some()));
+        let gcfg = GfeConfig {
+            epochs: 2,
+            batch,
+            checkpoint_every: 0,
+            ..Default::default()
+        };
+        let before = reads();
+        let log = driver::quiet(3, &CPU, |cx| {
+            train_gfe(f.as_ref(), &VarMap::new(), &set, &gcfg, cx)
+        })
+        .unwrap();
+        let gfe = reads() - before;
+        assert!(log
+            .entries
+            .iter()
+            .all(|e| e.loss.is_finite() && e.acc.is_some()));
+        per_batch.push((afe, gfe));
+    }
+    // 1 batch per epoch against 6: the same number of reads, one per epoch
+    assert_eq!(per_batch[0], per_batch[1]);
+    assert_eq!(per_batch[0], (2, 2));
 }

@@ -12,12 +12,13 @@ use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
 use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
+use crate::train::host::DeviceSums;
 use crate::train::init::var_builder;
 use crate::train::progress::{EpochLog, TrainLog};
 use crate::train::rng::{sub_seed, STREAM_GFE};
 use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::VarMap;
 use rand::seq::IndexedRandom;
 use rand::Rng;
@@ -135,13 +136,14 @@ pub fn triplet_terms(
     ((dap - dan)? + margin)?.relu()
 }
 
-/// Loss over `trips` of embeddings `e` [B, D], and the fraction with d(a,p) < d(a,n).
+/// Loss over `trips` of embeddings `e` [B, D], and the fraction with d(a,p) < d(a,n) (both
+/// scalar tensors on `e`'s device: nothing is read to the host).
 pub fn triplet_loss(
     e: &Tensor,
     trips: &[Triplet],
     margin: f64,
     red: Reduction,
-) -> Result<(Tensor, f64)> {
+) -> Result<(Tensor, Tensor)> {
     if trips.is_empty() {
         bail!("triplet_loss: no triplets");
     }
@@ -152,15 +154,15 @@ pub fn triplet_loss(
     let a = e.index_select(&idx(|t| t.0)?, 0)?;
     let p = e.index_select(&idx(|t| t.1)?, 0)?;
     let n = e.index_select(&idx(|t| t.2)?, 0)?;
-    let dap = (&a - &p)?.sqr()?.sum(D::Minus1)?.to_vec1::<f32>()?;
-    let dan = (&a - &n)?.sqr()?.sum(D::Minus1)?.to_vec1::<f32>()?;
-    let ok = dap.iter().zip(&dan).filter(|(p, n)| p < n).count();
+    let dap = (&a - &p)?.sqr()?.sum(D::Minus1)?;
+    let dan = (&a - &n)?.sqr()?.sum(D::Minus1)?;
+    let ok = dap.lt(&dan)?.to_dtype(DType::F32)?.mean_all()?;
     let terms = triplet_terms(&a, &p, &n, margin)?;
     let loss = match red {
         Reduction::Sum => terms.sum_all()?,
         Reduction::Mean => terms.mean_all()?,
     };
-    Ok((loss, ok as f64 / trips.len() as f64))
+    Ok((loss, ok))
 }
 
 pub fn l2_normalize(e: &Tensor) -> candle_core::Result<Tensor> {
@@ -209,14 +211,23 @@ impl Rounds for GfeRounds<'_> {
     }
     fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
         let (batches, mut rng) = self.part.batches(STREAM_GFE, epoch, self.cfg.batch);
-        let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
+        let mut sums = DeviceSums::default();
+        let mut n = 0usize;
         for (bi, b) in batches.iter().enumerate() {
             let step = self
                 .step(b, &mut rng)
                 .with_context(|| format!("GFE epoch {epoch} batch {bi}"))?;
-            if let Some((l, a)) = step {
-                (loss_sum, acc_sum, n) = (loss_sum + l, acc_sum + a, n + 1);
+            if let Some(stats) = step {
+                sums.add(stats)?;
+                n += 1;
             }
+        }
+        let (loss_sum, acc_sum) = match sums.read()?.as_deref() {
+            Some(&[l, a]) => (l, a),
+            _ => (0.0, 0.0),
+        };
+        if !loss_sum.is_finite() {
+            bail!("GFE epoch {epoch}: triplet loss is {loss_sum} (diverged)");
         }
         let nf = n.max(1) as f64;
         Ok(EpochLog {
@@ -236,8 +247,10 @@ impl Rounds for GfeRounds<'_> {
 }
 
 impl GfeRounds<'_> {
-    /// One optimisation step on batch `b`; None when the batch yields no triplet.
-    fn step(&mut self, b: &[usize], rng: &mut impl Rng) -> Result<Option<(f64, f64)>> {
+    /// One optimisation step on batch `b`: its loss and triplet accuracy on the device (read
+    /// once per epoch), or None when the batch yields no triplet. Semi-hard mining reads the
+    /// batch's distances to choose triplets on the host; the default random mining reads nothing.
+    fn step(&mut self, b: &[usize], rng: &mut impl Rng) -> Result<Option<Tensor>> {
         let (set, cfg, dev) = (self.part.set, self.cfg, self.part.dev);
         let labels = set.labels_of(b);
         // random triplets are drawn before the forward pass so the RNG use does not depend on it
@@ -261,11 +274,8 @@ impl GfeRounds<'_> {
             return Ok(None);
         }
         let (loss, acc) = triplet_loss(&e, &trips, cfg.margin, cfg.reduction)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            bail!("triplet loss is {l} (diverged)");
-        }
+        let stats = Tensor::stack(&[loss.detach(), acc], 0)?;
         self.part.opt.backward_step(&loss)?;
-        Ok(Some((l, acc)))
+        Ok(Some(stats))
     }
 }
