@@ -22,11 +22,14 @@ if [ ! -e "$stub/libcuda.so" ]; then
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/libcuda_stub.c"
 fi
 export LIBRARY_PATH="$stub:$LIBRARY_PATH"
-cargo build --release --features cuda --bin mpfnet \
+# its own target dir: a plain `cargo build --release` meanwhile would otherwise overwrite the
+# CUDA binaries in target/release before they are packed
+build="$PWD/target/cuda/build"
+CARGO_TARGET_DIR="$build" cargo build --release --features cuda --bin mpfnet \
     --example device_check --example bench_fold -p mpfnet -p mpfnet-stages
 out=target/gpu-pack
 rm -rf "$out" && mkdir -p "$out"
-for b in target/release/mpfnet target/release/examples/device_check target/release/examples/bench_fold; do
+for b in "$build"/release/mpfnet "$build"/release/examples/device_check "$build"/release/examples/bench_fold; do
     strip -o "$out/$(basename "$b")" "$b"
     xz -9 -T2 "$out/$(basename "$b")"
 done
