@@ -146,21 +146,7 @@ impl Rounds for AfeRounds<'_> {
             )?;
             seen += b.len();
         }
-        let (loss_sum, correct) = match sums.read()?.as_deref() {
-            Some(&[l, c]) => (l, c),
-            _ => (0.0, 0.0),
-        };
-        if !loss_sum.is_finite() {
-            bail!("AFE epoch {epoch}: cross-entropy is {loss_sum} (diverged)");
-        }
-        let seen = seen.max(1) as f64;
-        Ok(EpochLog {
-            epoch,
-            loss: loss_sum / seen,
-            acc: Some(correct / seen),
-            lr: self.part.opt.lr(),
-            val_acc: None,
-        })
+        sums.epoch_log("AFE", epoch, seen, self.part.opt.lr())
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
         self.part.save(w)

@@ -4,8 +4,10 @@
 
 use std::cell::Cell;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
+
+use crate::train::progress::EpochLog;
 
 thread_local! {
     // per thread: a round and its reads run on one thread, and tests run side by side
@@ -40,5 +42,25 @@ impl DeviceSums {
     /// The totals, or None when nothing was added.
     pub fn read(&self) -> Result<Option<Vec<f64>>> {
         self.0.as_ref().map(values).transpose()
+    }
+
+    /// An epoch's log from sums of (loss, accuracy) over `n` (samples or batches), refusing a
+    /// loss that diverged.
+    pub fn epoch_log(&self, what: &str, epoch: usize, n: usize, lr: f64) -> Result<EpochLog> {
+        let (loss, acc) = match self.read()?.as_deref() {
+            Some(&[l, a]) => (l, a),
+            _ => (0.0, 0.0),
+        };
+        if !loss.is_finite() {
+            bail!("{what} epoch {epoch}: the loss is {loss} (diverged)");
+        }
+        let n = n.max(1) as f64;
+        Ok(EpochLog {
+            epoch,
+            loss: loss / n,
+            acc: Some(acc / n),
+            lr,
+            val_acc: None,
+        })
     }
 }

@@ -826,6 +826,16 @@ fn encoder_training_reads_the_host_once_per_epoch_not_per_step() {
     use crate::train::host::reads;
     let set = blobs(8, 3, SHAPE, 0.5, 3, 4).unwrap(); // 24 samples
     let f = stand_in_factory(cfg_small());
+    // the reads one training makes, checking its log holds a loss and an accuracy per epoch
+    let reads_of = |train: &dyn Fn(&mut TrainCtx) -> anyhow::Result<TrainLog>| {
+        let before = reads();
+        let log = driver::quiet(3, &CPU, |cx| train(cx)).unwrap();
+        assert!(log
+            .entries
+            .iter()
+            .all(|e| e.loss.is_finite() && e.acc.is_some()));
+        reads() - before
+    };
     let mut per_batch = Vec::new();
     for batch in [24, 4] {
         let acfg = AfeConfig {
@@ -834,30 +844,16 @@ fn encoder_training_reads_the_host_once_per_epoch_not_per_step() {
             lr: 0.05,
             ..Default::default()
         };
-        let before = reads();
-        let log = driver::quiet(3, &CPU, |cx| {
-            train_classifier(f.as_ref(), &VarMap::new(), &set, &acfg, cx)
-        })
-        .unwrap();
-        let afe = reads() - before;
-        assert!(log.entries.iter().all(|e| e.loss > 0.0 && e.acc.is_some()));
         let gcfg = GfeConfig {
             epochs: 2,
             batch,
             checkpoint_every: 0,
             ..Default::default()
         };
-        let before = reads();
-        let log = driver::quiet(3, &CPU, |cx| {
-            train_gfe(f.as_ref(), &VarMap::new(), &set, &gcfg, cx)
-        })
-        .unwrap();
-        let gfe = reads() - before;
-        assert!(log
-            .entries
-            .iter()
-            .all(|e| e.loss.is_finite() && e.acc.is_some()));
-        per_batch.push((afe, gfe));
+        per_batch.push((
+            reads_of(&|cx| train_classifier(f.as_ref(), &VarMap::new(), &set, &acfg, cx)),
+            reads_of(&|cx| train_gfe(f.as_ref(), &VarMap::new(), &set, &gcfg, cx)),
+        ));
     }
     // 1 batch per epoch against 6: the same number of reads, one per epoch
     assert_eq!(per_batch[0], per_batch[1]);

@@ -222,21 +222,7 @@ impl Rounds for GfeRounds<'_> {
                 n += 1;
             }
         }
-        let (loss_sum, acc_sum) = match sums.read()?.as_deref() {
-            Some(&[l, a]) => (l, a),
-            _ => (0.0, 0.0),
-        };
-        if !loss_sum.is_finite() {
-            bail!("GFE epoch {epoch}: triplet loss is {loss_sum} (diverged)");
-        }
-        let nf = n.max(1) as f64;
-        Ok(EpochLog {
-            epoch,
-            loss: loss_sum / nf,
-            acc: Some(acc_sum / nf),
-            lr: self.cfg.lr,
-            val_acc: None,
-        })
+        sums.epoch_log("GFE", epoch, n, self.cfg.lr)
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
         self.part.save(w)
