@@ -8,9 +8,9 @@ use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
 use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
-use crate::train::host::DeviceSums;
+use crate::train::host::{DeviceSums, PendingLog};
 use crate::train::init::var_builder;
-use crate::train::progress::{EpochLog, TrainLog};
+use crate::train::progress::TrainLog;
 use crate::train::rng::{sub_seed, STREAM_AFE};
 use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
@@ -134,7 +134,7 @@ impl Rounds for AfeRounds<'_> {
     fn schedule(&self) -> (usize, usize) {
         (self.cfg.epochs, self.cfg.checkpoint_every)
     }
-    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
+    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<PendingLog> {
         self.part.opt.set_lr(self.cfg.lr_at(epoch));
         let (batches, _) = self.part.batches(STREAM_AFE, epoch, self.cfg.batch);
         let mut sums = DeviceSums::default();
@@ -146,7 +146,7 @@ impl Rounds for AfeRounds<'_> {
             )?;
             seen += b.len();
         }
-        sums.epoch_log("AFE", epoch, seen, self.part.opt.lr())
+        Ok(sums.pending(epoch, seen, self.part.opt.lr()))
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
         self.part.save(w)

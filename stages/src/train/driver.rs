@@ -12,8 +12,9 @@ use candle_nn::VarMap;
 use crate::train::ckpt::{Checkpointer, NoCheckpoint, StateWriter};
 use crate::train::data::{shuffled_batches, SampleSet};
 use crate::train::encoder::Encoder;
+use crate::train::host::{read_logs, PendingLog};
 use crate::train::init::sorted_vars;
-use crate::train::progress::{EpochLog, Progress, TrainLog};
+use crate::train::progress::{Progress, TrainLog};
 use crate::train::rng::rng_for;
 use crate::train::sgd::{SgdConfig, SgdMomentum};
 use crate::train::state;
@@ -59,8 +60,12 @@ pub trait Rounds {
     fn start(&mut self, _log: &mut TrainLog) -> Result<()> {
         Ok(())
     }
+    /// How many rounds' logs are read back from the device at once (each read waits for the
+    /// device): every epoch, but only every so many of meta-learning's short steps.
+    const READ_EVERY: usize = 1;
     /// Round `r` (0-based); may record more than its entry in `log` (meta: the best step).
-    fn round(&mut self, r: usize, log: &mut TrainLog) -> Result<EpochLog>;
+    /// Its loss and accuracy stay on the device until the driver reads them.
+    fn round(&mut self, r: usize, log: &mut TrainLog) -> Result<PendingLog>;
     /// The tensors of a checkpoint (variables, momentum buffers, kept states).
     fn save(&self, w: &mut StateWriter) -> Result<()>;
     /// Restores what [`Rounds::save`] wrote.
@@ -91,6 +96,7 @@ pub fn run<L: Rounds>(l: &mut L, cx: &mut TrainCtx) -> Result<TrainLog> {
         l.start(&mut log)?;
     }
     let (total, every) = l.schedule();
+    let mut pending = Vec::new();
     for r in start..total {
         if (cx.cancelled)() {
             bail!(
@@ -100,9 +106,15 @@ pub fn run<L: Rounds>(l: &mut L, cx: &mut TrainCtx) -> Result<TrainLog> {
                 r + 1
             );
         }
-        let entry = l.round(r, &mut log)?;
-        log.push(entry, cx.progress, total);
-        if state::due(every, r + 1, total) {
+        pending.push(l.round(r, &mut log)?);
+        let checkpoint = state::due(every, r + 1, total);
+        if checkpoint || pending.len() >= L::READ_EVERY || r + 1 == total {
+            // a checkpoint never holds a diverged state: its rounds are read (and checked) first
+            for entry in read_logs(L::NAME, L::UNIT, std::mem::take(&mut pending))? {
+                log.push(entry, cx.progress, total);
+            }
+        }
+        if checkpoint {
             let mut w = StateWriter::default();
             l.save(&mut w)?;
             state::save(cx.ckpt, r + 1, &w, &LogState { log: log.clone() })?;

@@ -39,28 +39,56 @@ impl DeviceSums {
         Ok(())
     }
 
-    /// The totals, or None when nothing was added.
-    pub fn read(&self) -> Result<Option<Vec<f64>>> {
-        self.0.as_ref().map(values).transpose()
+    /// The round's log entry from sums of (loss, accuracy) over `n` (samples, batches or
+    /// episodes), left on the device: [`read_logs`] reads it later with others, at once.
+    pub fn pending(self, epoch: usize, n: usize, lr: f64) -> PendingLog {
+        PendingLog {
+            epoch,
+            sums: self.0,
+            n,
+            lr,
+            val_acc: None,
+        }
     }
+}
 
-    /// An epoch's log from sums of (loss, accuracy) over `n` (samples or batches), refusing a
-    /// loss that diverged.
-    pub fn epoch_log(&self, what: &str, epoch: usize, n: usize, lr: f64) -> Result<EpochLog> {
-        let (loss, acc) = match self.read()?.as_deref() {
+/// A round's log whose loss and accuracy sums are still on the device.
+pub struct PendingLog {
+    pub epoch: usize,
+    /// `[loss, accuracy]` summed over `n`; None when nothing was summed
+    sums: Option<Tensor>,
+    n: usize,
+    pub lr: f64,
+    pub val_acc: Option<f64>,
+}
+
+/// The logs of `pending` rounds in one read, refusing a loss that diverged (naming the round:
+/// `what` and `unit` say `meta step 12`).
+pub fn read_logs(what: &str, unit: &str, pending: Vec<PendingLog>) -> Result<Vec<EpochLog>> {
+    let present: Vec<&Tensor> = pending.iter().filter_map(|p| p.sums.as_ref()).collect();
+    let values = if present.is_empty() {
+        Vec::new()
+    } else {
+        values(&Tensor::stack(&present, 0)?)?
+    };
+    let mut read = values.chunks(2);
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        let (loss, acc) = match p.sums.as_ref().and(read.next()) {
             Some(&[l, a]) => (l, a),
             _ => (0.0, 0.0),
         };
         if !loss.is_finite() {
-            bail!("{what} epoch {epoch}: the loss is {loss} (diverged)");
+            bail!("{what} {unit} {}: the loss is {loss} (diverged)", p.epoch);
         }
-        let n = n.max(1) as f64;
-        Ok(EpochLog {
-            epoch,
+        let n = p.n.max(1) as f64;
+        out.push(EpochLog {
+            epoch: p.epoch,
             loss: loss / n,
             acc: Some(acc / n),
-            lr,
-            val_acc: None,
-        })
+            lr: p.lr,
+            val_acc: p.val_acc,
+        });
     }
+    Ok(out)
 }

@@ -859,3 +859,28 @@ fn encoder_training_reads_the_host_once_per_epoch_not_per_step() {
     assert_eq!(per_batch[0], per_batch[1]);
     assert_eq!(per_batch[0], (2, 2));
 }
+
+/// Meta-learning steps read nothing to the host either: their logs come back 25 steps at a
+/// time, so 30 steps read once more than 5 (the per-step reads before made that 25 more).
+#[test]
+fn meta_training_reads_its_step_logs_in_batches() {
+    use crate::train::host::reads;
+    let set = blobs(6, 3, SHAPE, 0.8, 2, 3).unwrap();
+    let train = set.all_indices();
+    let reads_of = |steps: usize| {
+        let cfg = MetaConfig {
+            checkpoint_every: 0,
+            ..meta_cfg(steps)
+        };
+        let model = meta_model(Variant::Single, VarMap::new(), None, 2);
+        let before = reads();
+        let log = meta_train(&model, &set, (&train, &[]), &cfg, 2);
+        let n = reads() - before;
+        assert_eq!(log.entries.len(), steps);
+        assert!(log.entries.iter().enumerate().all(|(i, e)| e.epoch == i
+            && e.loss.is_finite()
+            && e.acc.is_some_and(|a| (0.0..=1.0).contains(&a))));
+        n
+    };
+    assert_eq!(reads_of(30), reads_of(5) + 1);
+}

@@ -12,9 +12,9 @@ use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
 use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
-use crate::train::host::DeviceSums;
+use crate::train::host::{DeviceSums, PendingLog};
 use crate::train::init::var_builder;
-use crate::train::progress::{EpochLog, TrainLog};
+use crate::train::progress::TrainLog;
 use crate::train::rng::{sub_seed, STREAM_GFE};
 use crate::train::sgd::SgdConfig;
 use anyhow::{bail, Context, Result};
@@ -209,7 +209,7 @@ impl Rounds for GfeRounds<'_> {
     fn schedule(&self) -> (usize, usize) {
         (self.cfg.epochs, self.cfg.checkpoint_every)
     }
-    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<EpochLog> {
+    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<PendingLog> {
         let (batches, mut rng) = self.part.batches(STREAM_GFE, epoch, self.cfg.batch);
         let mut sums = DeviceSums::default();
         let mut n = 0usize;
@@ -222,7 +222,7 @@ impl Rounds for GfeRounds<'_> {
                 n += 1;
             }
         }
-        sums.epoch_log("GFE", epoch, n, self.cfg.lr)
+        Ok(sums.pending(epoch, n, self.cfg.lr))
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
         self.part.save(w)

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use crate::train::ckpt::{section_sorted, StateWriter};
 use crate::train::data::SampleSet;
 use crate::train::driver::{self, Rounds, TrainCtx};
+use crate::train::host::{DeviceSums, PendingLog};
 use crate::train::init::{restore, snapshot};
-use crate::train::progress::{EpochLog, TrainLog};
+use crate::train::progress::TrainLog;
 use crate::train::rng::{rng_for, STREAM_META};
 use crate::train::sgd::{GradAccum, SgdConfig, SgdMomentum};
 use crate::train::state;
@@ -102,14 +103,15 @@ impl MetaConfig {
     }
 }
 
-/// Loss and query accuracy of one episode (support and queries embedded in one pass).
+/// Loss and query accuracy of one episode (support and queries embedded in one pass), as
+/// scalars on the device.
 pub fn episode_loss(
     model: &MetaModel,
     set: &SampleSet,
     ep: &Episode,
     cfg: &MetaConfig,
     dev: &Device,
-) -> Result<(Tensor, f64)> {
+) -> Result<(Tensor, Tensor)> {
     let (s, q, qy) = ep.flat();
     let all: Vec<usize> = s.iter().chain(&q).copied().collect();
     let emb = model.embed(&set.batch(&all, dev)?, true)?;
@@ -123,8 +125,12 @@ pub fn episode_loss(
     let lg = logits(&queries, &protos, cfg.distance, cfg.scale)?;
     let y = Tensor::new(qy.clone(), dev)?;
     let loss = candle_nn::loss::cross_entropy(&lg, &y)?;
-    let pred = lg.argmax(D::Minus1)?.to_vec1::<u32>()?;
-    let acc = pred.iter().zip(&qy).filter(|(a, b)| a == b).count() as f64 / qy.len().max(1) as f64;
+    // on the device: the step reads nothing back
+    let acc = lg
+        .argmax(D::Minus1)?
+        .eq(&y)?
+        .to_dtype(loss.dtype())?
+        .mean_all()?;
     Ok((loss, acc))
 }
 
@@ -230,6 +236,8 @@ struct MetaRounds<'a> {
 impl Rounds for MetaRounds<'_> {
     const NAME: &'static str = "meta";
     const UNIT: &'static str = "step";
+    // a step is a few episodes: reading its loss each time would stall the GPU once a step
+    const READ_EVERY: usize = 25;
     fn schedule(&self) -> (usize, usize) {
         (self.cfg.steps, self.cfg.checkpoint_every)
     }
@@ -240,29 +248,23 @@ impl Rounds for MetaRounds<'_> {
         }
         Ok(())
     }
-    fn round(&mut self, step: usize, log: &mut TrainLog) -> Result<EpochLog> {
-        let (loss, acc) = self
+    fn round(&mut self, step: usize, log: &mut TrainLog) -> Result<PendingLog> {
+        let mut entry = self
             .step(step)
             .with_context(|| format!("meta step {step}"))?;
         let done = step + 1;
-        let val = if state::due(self.cfg.eval_every, done, self.cfg.steps) {
+        entry.val_acc = if state::due(self.cfg.eval_every, done, self.cfg.steps) {
             self.validate()?
         } else {
             None
         };
-        if let Some(a) = val {
+        if let Some(a) = entry.val_acc {
             if log.best_val_acc.is_none_or(|b| a > b) {
                 (log.best_step, log.best_val_acc, self.best) =
                     (Some(done), Some(a), take_snapshot(self.model)?);
             }
         }
-        Ok(EpochLog {
-            epoch: step,
-            loss,
-            acc: Some(acc),
-            lr: self.cfg.lr,
-            val_acc: val,
-        })
+        Ok(entry)
     }
     fn save(&self, w: &mut StateWriter) -> Result<()> {
         for (tag, map) in self.model.maps() {
@@ -289,29 +291,26 @@ impl Rounds for MetaRounds<'_> {
 }
 
 impl MetaRounds<'_> {
-    /// One optimisation step over `episodes_per_step` episodes; returns mean loss and accuracy.
-    fn step(&mut self, step: usize) -> Result<(f64, f64)> {
+    /// One optimisation step over `episodes_per_step` episodes; its log holds the summed loss
+    /// and accuracy, still on the device.
+    fn step(&mut self, step: usize) -> Result<PendingLog> {
         let cfg = self.cfg;
         let n = cfg.episodes_per_step.max(1);
         let vars = self.opt.vars();
         let mut acc_g = GradAccum::default();
-        let (mut loss_sum, mut acc_sum) = (0.0, 0.0);
+        let mut sums = DeviceSums::default();
         for e in 0..n {
             let mut rng = rng_for(self.seed, &[STREAM_META, step as u64, e as u64]);
             let ep = sample_episode(&self.by_class, cfg.n_way, cfg.k_shot, cfg.n_query, &mut rng)?;
             let (loss, acc) = episode_loss(self.model, self.pools.set, &ep, cfg, self.dev)
                 .with_context(|| format!("episode {e}"))?;
-            let l = loss.to_scalar::<f32>()? as f64;
-            if !l.is_finite() {
-                bail!("episode loss is {l} (diverged)");
-            }
             if !vars.is_empty() {
-                acc_g.add(&(loss / n as f64)?.backward()?, vars)?;
+                acc_g.add(&(&loss / n as f64)?.backward()?, vars)?;
             }
-            (loss_sum, acc_sum) = (loss_sum + l, acc_sum + acc);
+            sums.add(Tensor::stack(&[loss, acc], 0)?)?;
         }
         self.opt.step_with(|v| acc_g.get(v))?;
-        Ok((loss_sum / n as f64, acc_sum / n as f64))
+        Ok(sums.pending(step, n, cfg.lr))
     }
 
     /// Validation accuracy, or None without validation samples.
