@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine (one H100 or H200, CUDA 13.0 driver, PyTorch with CUDA, no Rust, no
 # network), from the repository root, with target/gpu-pack/ made by scripts/gpu-pack.sh:
-#   1. every CA-I3D op on cuda:0 (stock-op path) against the custom CPU op, forward and
-#      backward, 1e-4 relative in f32;
+#   1. every CA-I3D op on cuda:0 (conv3d through cuDNN, the others through stock candle ops)
+#      against the custom CPU op, forward and backward, 1e-4 relative in f32;
 #   2. one CA-I3D training step at the benchmark widths (batch 4, 5x10x128x128) and at the
 #      paper's (batch 16), beside PyTorch's on the same GPU;
 #   3. bench_fold at paper scale on cuda:0 (one fold, extrapolated to CASME II's 26);
@@ -17,8 +17,8 @@ for f in "$pack"/*.xz; do
         "$f" "$bin/$(basename "$f" .xz)"
     chmod +x "$bin/$(basename "$f" .xz)"
 done
-# The binaries link libcudart.so.13, libcublas.so.13 and libcurand.so.10 (and the driver's
-# libcuda.so.1): take them from the system CUDA, else from PyTorch's NVIDIA wheels.
+# The binaries link libcudart.so.13, libcublas.so.13, libcurand.so.10 and libcudnn.so.9 (and
+# the driver's libcuda.so.1): take them from the system CUDA, else from PyTorch's NVIDIA wheels.
 cuda_libs="${CUDA_HOME:-/usr/local/cuda}/lib64"
 wheel_libs=$(python3 -c 'import glob, os, nvidia; r = os.path.dirname(nvidia.__path__[0] + "/"); print(":".join(sorted(glob.glob(r + "/*/lib") + glob.glob(r + "/*/*/lib"))))' 2>/dev/null || true)
 export LD_LIBRARY_PATH="$cuda_libs:${wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

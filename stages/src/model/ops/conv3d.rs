@@ -418,7 +418,8 @@ pub fn conv3d_bwd_input_cpu(g: &Geo, gout: &[f32], w: &[f32]) -> Vec<f32> {
     gx
 }
 
-/// The conv3d custom op (CPU only; other devices use [`super::reference::conv3d`]).
+/// The conv3d custom op (CPU only; CUDA uses [`super::cudnn`] or, like other devices,
+/// [`super::reference::conv3d`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Conv3dOp {
     pub stride: [usize; 3],
@@ -472,12 +473,18 @@ impl F32Op2 for Conv3dOp {
 }
 
 /// 3D convolution without bias: `x [B, Cin, T, H, W]`, `w [Cout, Cin, kt, kh, kw]`.
-/// Custom gemm kernels on CPU, stock candle ops elsewhere.
+/// Custom gemm kernels on CPU, cuDNN on CUDA with the `cudnn` feature, stock candle ops
+/// elsewhere.
 pub fn conv3d(x: &Tensor, w: &Tensor, stride: [usize; 3], padding: [usize; 3]) -> Result<Tensor> {
     if use_custom(x) {
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, Cpu2(Conv3dOp { stride, padding }))
-    } else {
-        super::reference::conv3d(x, w, stride, padding)
+        return x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, Cpu2(Conv3dOp { stride, padding }));
     }
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda() && !super::reference_forced() {
+        let op = super::cudnn::CudnnConv3d { stride, padding };
+        return x.contiguous()?.apply_op2(&w.contiguous()?, op);
+    }
+    super::reference::conv3d(x, w, stride, padding)
 }

@@ -4,13 +4,16 @@
 //! - a CPU custom op (`candle_core::CustomOp*`) with an analytic backward, built on the `gemm`
 //!   crate and rayon (stock candle ops measured 8-9x slower than PyTorch on this CPU);
 //! - a reference path built only from stock candle ops, used on non-CPU devices (so a CUDA build
-//!   runs the model unchanged) and in the tests as the ground truth.
+//!   runs the model unchanged) and in the tests as the ground truth;
+//! - for conv3d on CUDA with the `cudnn` feature, cuDNN's N-d convolution ([`cudnn`]).
 //!
 //! All tensors are f32, layout `[B, C, T, H, W]`.
 
 pub mod bn;
 pub mod ca;
 pub mod conv3d;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod pool3d;
 pub mod reference;
 
@@ -30,6 +33,12 @@ pub fn use_custom(x: &Tensor) -> bool {
 
 thread_local! {
     static FORCE_REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the stock-op reference path is forced on this thread ([`with_reference`]).
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+pub(crate) fn reference_forced() -> bool {
+    FORCE_REFERENCE.with(|c| c.get())
 }
 
 /// Runs `f` with the stock-op reference path forced on the current thread (benchmarks, tests).
