@@ -232,74 +232,10 @@ fn write_axis_files(root: &Path) {
 /// The pipeline: three axis sources, per-sample stages, per-fold stages, two globals.
 fn pipeline_toml(root: &Path) -> String {
     let p = |n: &str| root.join(n).display().to_string();
-    format!(
-        r#"name = "casme2_shape"
-seed = 7
-report = ["report"]
-
-[stages.dataset]
-kind = "axis"
-path = "{samples}"
-
-[stages.folds]
-kind = "axis"
-path = "{folds}"
-inputs = {{ after = "dataset" }}
-
-[stages.balance]
-kind = "axis"
-path = "{pairs}"
-inputs = {{ after = "folds" }}
-
-[stages.prep]
-kind = "item"
-over = "dataset"
-
-[stages.flow]
-kind = "item"
-over = "dataset"
-scale = 0.5
-inputs = {{ prev = "prep" }}
-
-[stages.features]
-kind = "item"
-over = "dataset"
-offset = 1.0
-inputs = {{ prev = "flow" }}
-
-[stages.features_mag]
-kind = "item"
-over = "balance"
-scale = 2.0
-
-[stages.gfe]
-kind = "fold"
-over = "folds"
-inputs = {{ items = "features[*]" }}
-
-[stages.afe]
-kind = "fold"
-over = "folds"
-inputs = {{ items = "features[*]", extra = "features_mag[*]", prev = "gfe" }}
-
-[stages.meta]
-kind = "fold"
-over = "folds"
-lr = 0.05
-inputs = {{ items = "features[*]", prev = "afe" }}
-
-[stages.eval]
-kind = "summary"
-inputs = {{ ins = "meta[*]" }}
-
-[stages.report]
-kind = "summary"
-inputs = {{ ins = "eval" }}
-"#,
-        samples = p("samples.txt"),
-        folds = p("folds.txt"),
-        pairs = p("pairs.txt"),
-    )
+    include_str!("casme2_shape.toml")
+        .replace("{samples}", &p("samples.txt"))
+        .replace("{folds}", &p("folds.txt"))
+        .replace("{pairs}", &p("pairs.txt"))
 }
 
 impl Bench {

@@ -28,6 +28,13 @@ kind = "num"
 value = 5.0
 "#;
 
+/// A new environment holding one pipeline file.
+fn env_with(name: &str, pipeline: &str) -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let p = env.write(name, pipeline);
+    (env, p)
+}
+
 fn fan_env() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let items = env.write("items.txt", "a 1\nb 2\nc 3\n");
@@ -136,8 +143,7 @@ fn corrupt_blob_is_detected_and_recomputed() {
 
 #[test]
 fn failure_stops_dependents_and_keep_going_finishes_the_rest() {
-    let env = Env::new();
-    let p = env.write(
+    let (env, p) = env_with(
         "f.toml",
         r#"
 [stages.bad]
@@ -253,19 +259,13 @@ fn extends_and_set_overrides() {
 
 #[test]
 fn seeds_are_per_node_and_reproducible() {
-    let env = Env::new();
-    let p = env.write(
-        "s.toml",
-        "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n",
-    );
+    const SEEDED: &str =
+        "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n";
+    let (env, p) = env_with("s.toml", SEEDED);
     let a = env.value(&p, &[], "n1");
     let b = env.value(&p, &[], "n2");
     assert_ne!(a, b, "different nodes draw different seeds");
-    let env2 = Env::new();
-    let p2 = env2.write(
-        "s.toml",
-        "seed = 11\n[stages.n1]\nkind = \"noise\"\n[stages.n2]\nkind = \"noise\"\n",
-    );
+    let (env2, p2) = env_with("s.toml", SEEDED);
     assert_eq!(env2.value(&p2, &[], "n1"), a, "same pipeline, same numbers");
     assert_ne!(env2.value(&p2, &["seed=12"], "n1"), a);
 }
@@ -310,8 +310,7 @@ fn child_run() {
 
 #[test]
 fn killed_run_resumes_from_checkpoint_with_same_result() {
-    let env = Env::new();
-    let p = env.write("steps.toml", STEPS);
+    let (env, p) = env_with("steps.toml", STEPS);
     let mut c = child(&env, &p).spawn().unwrap();
     // wait until a few checkpoints exist, then kill -9
     let ck = env.ws.cache_dir.join("checkpoints");
@@ -355,10 +354,9 @@ fn killed_run_resumes_from_checkpoint_with_same_result() {
 #[test]
 #[cfg(unix)]
 fn failed_cache_write_fails_the_node_and_keeps_the_cache_sound() {
-    let env = Env::new();
     // `small` stores a few hundred bytes; `big` a 4 MB tensor, over the limit below (1 MiB in
     // 512-byte blocks, 2 MiB where a shell counts KiB).
-    let p = env.write(
+    let (env, p) = env_with(
         "big.toml",
         "[stages.small]\nkind = \"num\"\nvalue = 2\n\
          [stages.big]\nkind = \"num\"\nwidth = 1000000\ninputs = { ins = \"small\" }\n",

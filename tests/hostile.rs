@@ -3,7 +3,7 @@
 //! error and exit status 2, never an abort, also with the address space capped (`ulimit -v`),
 //! where an allocation sized by a crafted number would fail loudly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mpfnet_stages::bundle::{tiny_example, Bundle};
@@ -132,17 +132,22 @@ fn crafted(edit: impl Fn(&mut Bundle)) -> Vec<u8> {
     b.to_bytes().unwrap()
 }
 
-#[test]
-fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // a real clip to predict on
+/// A real clip to predict on (`d/clip`) and the untouched bundle (`d/good.safetensors`).
+fn clip_and_bundle(d: &Path) -> (PathBuf, PathBuf) {
     let clip = d.join("clip");
     write_clip(&clip, "img", |x, y, k| {
         [(x * 16) as u8, (y * 16) as u8, (k * 40) as u8]
     });
-    let good = d.join("good.safetensors");
-    std::fs::write(&good, crafted(|_| {})).unwrap();
+    let bundle = d.join("good.safetensors");
+    std::fs::write(&bundle, crafted(|_| {})).unwrap();
+    (clip, bundle)
+}
+
+#[test]
+fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (clip, good) = clip_and_bundle(d);
     let o = capped(
         d,
         &["predict", good.to_str().unwrap(), clip.to_str().unwrap()],
@@ -242,17 +247,12 @@ fn crafted_bundles_are_refused_cleanly_under_a_memory_cap() {
 fn predict_reports_each_bad_clip_and_runs_the_good_ones() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let good = d.join("good");
-    write_clip(&good, "f", |x, y, k| {
-        [(x * 9) as u8, (y * 5) as u8, (k * 70) as u8]
-    });
+    let (good, bundle) = clip_and_bundle(d);
     let broken = d.join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     for k in 0..3 {
         std::fs::write(broken.join(format!("f{k}.png")), b"not a png").unwrap();
     }
-    let bundle = d.join("m.safetensors");
-    std::fs::write(&bundle, crafted(|_| {})).unwrap();
     let (b, g, x, missing) = (
         bundle.to_str().unwrap(),
         good.to_str().unwrap(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mpfnet::pipeline::{load, Pipeline};
 use mpfnet::ConfigError;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines")
@@ -63,6 +63,19 @@ fn flownet2_weights(path: &Path) -> Vec<String> {
 
 fn paper_cde() -> Pipeline {
     load_ok(&root().join("paper/casme2_cde.toml"))
+}
+
+/// Each key of `expect` has that value in `table`: whole numbers compared as integers (so a
+/// float in the file fails), others as f64.
+fn assert_has(table: &Value, expect: Value, what: &str) {
+    for (k, want) in expect.as_object().unwrap() {
+        let got = &table[k];
+        let same = match want.as_u64() {
+            Some(n) => got.as_u64() == Some(n),
+            None => got.as_f64() == want.as_f64(),
+        };
+        assert!(same, "{what}: `{k}` is {got}, expected {want}");
+    }
 }
 
 fn params<'a>(p: &'a Pipeline, stage: &str) -> &'a Value {
@@ -561,11 +574,7 @@ fn paper_pipelines_carry_the_papers_settings() {
         }
         // section 2: 128 x 128, L = 11; the magnified copies pre-processed exactly alike
         let fe = params(&p, "features");
-        assert_eq!(
-            (fe["size"].as_u64(), fe["frames"].as_u64()),
-            (Some(128), Some(11)),
-            "{file}"
-        );
+        assert_has(fe, json!({"size": 128, "frames": 11}), file);
         assert_eq!(
             fe,
             params(&p, "features_mag"),
@@ -584,51 +593,26 @@ fn paper_pipelines_carry_the_papers_settings() {
             );
             assert_eq!(params(&p, s)["channels"], "both", "{file}: {s}");
         }
-        let g = &params(&p, "gfe")["train"];
-        assert_eq!(
-            (g["epochs"].as_u64(), g["batch"].as_u64()),
-            (Some(60), Some(128)),
-            "{file}"
+        assert_has(
+            &params(&p, "gfe")["train"],
+            json!({"epochs": 60, "batch": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}),
+            file,
         );
-        assert_eq!(
-            (
-                g["lr"].as_f64(),
-                g["momentum"].as_f64(),
-                g["weight_decay"].as_f64()
-            ),
-            (Some(0.01), Some(0.9), Some(5e-4)),
-            "{file}"
-        );
-        let a = &params(&p, "afe")["train"];
-        assert_eq!(
-            (a["epochs"].as_u64(), a["lr_step"].as_u64()),
-            (Some(80), Some(10)),
-            "{file}"
-        );
-        assert_eq!(
-            (
-                a["lr"].as_f64(),
-                a["gamma"].as_f64(),
-                a["momentum"].as_f64(),
-                a["weight_decay"].as_f64()
-            ),
-            (Some(0.001), Some(0.1), Some(0.9), Some(5e-4)),
-            "{file}"
+        assert_has(
+            &params(&p, "afe")["train"],
+            json!({"epochs": 80, "lr_step": 10, "lr": 0.001, "gamma": 0.1, "momentum": 0.9,
+                   "weight_decay": 5e-4}),
+            file,
         );
         // section 4.3: 5-shot episodes over all classes, 4 per batch, SGD 0.05 / 0.9; gamma per dataset
         for s in ["meta_p", "meta_c"] {
             let m = params(&p, s);
             let t = &m["train"];
             assert!(t["n_way"].is_null(), "{file}: {s}: N-way over all classes");
-            assert_eq!(
-                (t["k_shot"].as_u64(), t["episodes_per_step"].as_u64()),
-                (Some(5), Some(4)),
-                "{file}: {s}"
-            );
-            assert_eq!(
-                (t["lr"].as_f64(), t["momentum"].as_f64()),
-                (Some(0.05), Some(0.9)),
-                "{file}: {s}"
+            assert_has(
+                t,
+                json!({"k_shot": 5, "episodes_per_step": 4, "lr": 0.05, "momentum": 0.9}),
+                &format!("{file}: {s}"),
             );
             assert_eq!(t["distance"], "Cosine", "{file}: {s}");
             assert_eq!(m["pretrained"], true);

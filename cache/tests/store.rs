@@ -23,6 +23,13 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A store in a new temporary folder (kept while the folder lives).
+fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    (dir, s)
+}
+
 fn no_racy() -> StoreOptions {
     StoreOptions {
         stat_racy_window: Duration::ZERO,
@@ -83,8 +90,7 @@ fn open_creates_layout_and_refuses_newer_format() {
 
 #[test]
 fn blob_round_trip_is_idempotent_and_read_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let data = bytes(1, 100_000);
     let d = s.put_blob(&data).unwrap();
     assert_eq!(d, Digest::of(&data));
@@ -121,8 +127,7 @@ fn blob_round_trip_is_idempotent_and_read_only() {
 
 #[test]
 fn corrupt_blob_is_a_miss_and_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let data = bytes(2, 5000);
     let d = s.put_blob(&data).unwrap();
     let p = s.blob_path(&d);
@@ -161,8 +166,7 @@ fn corrupt_blob_is_a_miss_and_quarantined() {
 
 #[test]
 fn actions_round_trip_and_damage_is_a_miss() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let out = s.put_blob(b"result").unwrap();
     let key = KeyHasher::new("test-action").str("node").u64(1).digest();
     let rec = ActionRecord {
@@ -223,8 +227,7 @@ fn actions_round_trip_and_damage_is_a_miss() {
 
 #[test]
 fn resolve_prefix_unique_ambiguous_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (_dir, s) = fresh_store();
     let digests: Vec<Digest> = (0..40)
         .map(|i| s.put_blob(&bytes(100 + i, 10)).unwrap())
         .collect();
@@ -279,8 +282,7 @@ fn resolve_prefix_unique_ambiguous_missing() {
 
 #[test]
 fn checkpoints_latest_skips_corrupt_and_keeps_two() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let node = KeyHasher::new("node").str("train").digest();
     assert_eq!(s.latest_checkpoint(&node).unwrap(), None);
     for step in [1u64, 5, 10] {
@@ -403,8 +405,7 @@ fn stat_cache_does_not_trust_racy_files() {
 
 #[test]
 fn gc_keeps_what_is_asked_and_respects_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let mut keys = Vec::new();
     let mut outs = Vec::new();
     for i in 0..6u64 {
@@ -502,8 +503,7 @@ fn gc_keeps_what_is_asked_and_respects_grace() {
 
 #[test]
 fn verify_reports_and_quarantines_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (_dir, s) = fresh_store();
     let good = s.put_blob(&bytes(400, 3_000_000)).unwrap();
     let bad = s.put_blob(&bytes(401, 2000)).unwrap();
     let k_good = Digest::of(b"kg");
@@ -601,8 +601,7 @@ fn check_all_present(s: &Store, written: &[(Digest, Digest, Vec<u8>)]) {
 
 #[test]
 fn concurrent_threads_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
+    let (dir, s) = fresh_store();
     let written: Vec<_> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..8u64)
             .map(|w| {
@@ -639,16 +638,24 @@ fn child_test(name: &str, root: &Path, id: u64) -> Command {
     cmd
 }
 
+/// The store folder and id that the test `parent` gave this child process; `None` (saying so)
+/// when run on its own.
+fn child_env(parent: &str) -> Option<(String, u64)> {
+    let Ok(root) = std::env::var(CHILD_ROOT) else {
+        eprintln!("helper: does nothing unless spawned by {parent}");
+        return None;
+    };
+    Some((root, std::env::var(CHILD_ID).unwrap().parse().unwrap()))
+}
+
 /// Not a test by itself: the body of each child process spawned by
 /// `concurrent_processes_lose_nothing` (it needs the child's environment).
 #[test]
 #[ignore = "child-process helper for concurrent_processes_lose_nothing"]
 fn child_writer_process() {
-    let Ok(root) = std::env::var(CHILD_ROOT) else {
-        eprintln!("helper: does nothing unless spawned by concurrent_processes_lose_nothing");
+    let Some((root, id)) = child_env("concurrent_processes_lose_nothing") else {
         return;
     };
-    let id: u64 = std::env::var(CHILD_ID).unwrap().parse().unwrap();
     let files = PathBuf::from(std::env::var(CHILD_FILES).unwrap());
     let s = Store::open_with(Path::new(&root), no_racy()).unwrap();
     let written: Vec<_> = std::thread::scope(|sc| {
@@ -765,12 +772,10 @@ fn put_file_streams_into_a_blob() {
 #[test]
 #[ignore = "child-process helper for killed_writer_leaves_no_torn_files"]
 fn child_endless_writer() {
-    let Ok(root) = std::env::var(CHILD_ROOT) else {
-        eprintln!("helper: does nothing unless spawned by killed_writer_leaves_no_torn_files");
+    let Some((root, seed)) = child_env("killed_writer_leaves_no_torn_files") else {
         return;
     };
     let s = Store::open(Path::new(&root)).unwrap();
-    let seed: u64 = std::env::var(CHILD_ID).unwrap().parse().unwrap();
     // Large writes dominate the loop, so a kill most likely lands mid-write.
     let mut buf = bytes(seed, 8 << 20);
     for i in 0u64.. {

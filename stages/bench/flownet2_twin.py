@@ -100,7 +100,8 @@ class Refine(nn.Module):
     """Not a module of the original: a mixin holding the decoder of FlowNetC/FlowNetS."""
 
 
-def add_decoder(m, width, up_bias):
+def add_decoder(m, width, up_bias, inter=False):
+    """The decoder from level 6 to 2; `inter`: FlowNetSD's, an i_conv before each prediction."""
     c = lambda n: ch(n, width)  # noqa: E731
     cat5, cat4, cat3, cat2 = (c(512) + c(512) + 2, c(512) + c(256) + 2, c(256) + c(128) + 2,
                               c(128) + c(64) + 2)
@@ -108,11 +109,16 @@ def add_decoder(m, width, up_bias):
     m.deconv4 = deconv(cat5, c(256))
     m.deconv3 = deconv(cat4, c(128))
     m.deconv2 = deconv(cat3, c(64))
+    if inter:
+        m.inter_conv5 = i_conv(cat5, c(512))
+        m.inter_conv4 = i_conv(cat4, c(256))
+        m.inter_conv3 = i_conv(cat3, c(128))
+        m.inter_conv2 = i_conv(cat2, c(64))
     m.predict_flow6 = predict_flow(c(1024))
-    m.predict_flow5 = predict_flow(cat5)
-    m.predict_flow4 = predict_flow(cat4)
-    m.predict_flow3 = predict_flow(cat3)
-    m.predict_flow2 = predict_flow(cat2)
+    m.predict_flow5 = predict_flow(c(512) if inter else cat5)
+    m.predict_flow4 = predict_flow(c(256) if inter else cat4)
+    m.predict_flow3 = predict_flow(c(128) if inter else cat3)
+    m.predict_flow2 = predict_flow(c(64) if inter else cat2)
     m.upsampled_flow6_to_5 = nn.ConvTranspose2d(2, 2, 4, 2, 1, bias=up_bias)
     m.upsampled_flow5_to_4 = nn.ConvTranspose2d(2, 2, 4, 2, 1, bias=up_bias)
     m.upsampled_flow4_to_3 = nn.ConvTranspose2d(2, 2, 4, 2, 1, bias=up_bias)
@@ -129,16 +135,55 @@ def add_deep(m, width):
     m.conv6_1 = conv(c(1024), c(1024))
 
 
-def decode(m, c2, c3, c4, c5, c6):
-    flow6 = m.predict_flow6(c6)
-    concat5 = torch.cat((c5, m.deconv5(c6), m.upsampled_flow6_to_5(flow6)), 1)
-    flow5 = m.predict_flow5(concat5)
-    concat4 = torch.cat((c4, m.deconv4(concat5), m.upsampled_flow5_to_4(flow5)), 1)
-    flow4 = m.predict_flow4(concat4)
-    concat3 = torch.cat((c3, m.deconv3(concat4), m.upsampled_flow4_to_3(flow4)), 1)
-    flow3 = m.predict_flow3(concat3)
-    concat2 = torch.cat((c2, m.deconv2(concat3), m.upsampled_flow3_to_2(flow3)), 1)
-    return m.predict_flow2(concat2)
+def add_fine(m, width, input_channels):
+    """conv0 ... conv2_1: the full- and half-resolution layers of FlowNetSD and FlowNetFusion."""
+    c = lambda n: ch(n, width)  # noqa: E731
+    m.conv0 = conv(input_channels, c(64))
+    m.conv1 = conv(c(64), c(64), s=2)
+    m.conv1_1 = conv(c(64), c(128))
+    m.conv2 = conv(c(128), c(128), s=2)
+    m.conv2_1 = conv(c(128), c(128))
+
+
+def fine(m, x):
+    c0 = m.conv0(x)
+    c1 = m.conv1_1(m.conv1(c0))
+    return c0, c1, m.conv2_1(m.conv2(c1))
+
+
+def deep(m, c3):
+    c4 = m.conv4_1(m.conv4(c3))
+    c5 = m.conv5_1(m.conv5(c4))
+    return c4, c5, m.conv6_1(m.conv6(c5))
+
+
+def decode(m, top, skips):
+    """From the coarsest map `top`, for each finer level l in `skips` ((l, map), coarse to fine):
+    the map, the deconvolved previous features and the up-sampled flow concatenated, then
+    inter_conv<l> where the network has one, then predict_flow<l>."""
+    flow = getattr(m, f"predict_flow{skips[0][0] + 1}")(top)
+    x = top
+    for level, skip in skips:
+        up = getattr(m, f"upsampled_flow{level + 1}_to_{level}")
+        x = torch.cat((skip, getattr(m, f"deconv{level}")(x), up(flow)), 1)
+        flow = getattr(m, f"predict_flow{level}")(getattr(m, f"inter_conv{level}", lambda t: t)(x))
+    return flow
+
+
+def add_tail(m, width, conv3_k, sd):
+    """How FlowNetS and FlowNetSD end alike: conv3 (kernel `conv3_k`, stride 2), conv3_1, the
+    deep layers and the decoder (`sd`: FlowNetSD's, with biased up-samplers and i_convs)."""
+    c = lambda n: ch(n, width)  # noqa: E731
+    m.conv3 = conv(c(128), c(256), conv3_k, 2)
+    m.conv3_1 = conv(c(256), c(256))
+    add_deep(m, width)
+    add_decoder(m, width, sd, inter=sd)
+
+
+def tail(m, c2):
+    c3 = m.conv3_1(m.conv3(c2))
+    c4, c5, c6 = deep(m, c3)
+    return decode(m, c6, [(5, c5), (4, c4), (3, c3), (2, c2)])
 
 
 class FlowNetC(nn.Module):
@@ -160,10 +205,8 @@ class FlowNetC(nn.Module):
         c3b = self.conv3(self.conv2(self.conv1(x2)))
         corr = F.leaky_relu(correlation(c3a, c3b), 0.1)
         c3_1 = self.conv3_1(torch.cat((self.conv_redir(c3a), corr), 1))
-        c4 = self.conv4_1(self.conv4(c3_1))
-        c5 = self.conv5_1(self.conv5(c4))
-        c6 = self.conv6_1(self.conv6(c5))
-        return decode(self, c2a, c3_1, c4, c5, c6)
+        c4, c5, c6 = deep(self, c3_1)
+        return decode(self, c6, [(5, c5), (4, c4), (3, c3_1), (2, c2a)])
 
 
 class FlowNetS(nn.Module):
@@ -172,69 +215,21 @@ class FlowNetS(nn.Module):
         c = lambda n: ch(n, width)  # noqa: E731
         self.conv1 = conv(input_channels, c(64), 7, 2)
         self.conv2 = conv(c(64), c(128), 5, 2)
-        self.conv3 = conv(c(128), c(256), 5, 2)
-        self.conv3_1 = conv(c(256), c(256))
-        add_deep(self, width)
-        add_decoder(self, width, False)
+        add_tail(self, width, 5, False)
 
     def forward(self, x):
-        c2 = self.conv2(self.conv1(x))
-        c3 = self.conv3_1(self.conv3(c2))
-        c4 = self.conv4_1(self.conv4(c3))
-        c5 = self.conv5_1(self.conv5(c4))
-        c6 = self.conv6_1(self.conv6(c5))
-        return decode(self, c2, c3, c4, c5, c6)
+        return tail(self, self.conv2(self.conv1(x)))
 
 
 class FlowNetSD(nn.Module):
     def __init__(self, width):
         super().__init__()
-        c = lambda n: ch(n, width)  # noqa: E731
-        cat5, cat4, cat3, cat2 = (c(512) + c(512) + 2, c(512) + c(256) + 2, c(256) + c(128) + 2,
-                                  c(128) + c(64) + 2)
-        self.conv0 = conv(6, c(64))
-        self.conv1 = conv(c(64), c(64), s=2)
-        self.conv1_1 = conv(c(64), c(128))
-        self.conv2 = conv(c(128), c(128), s=2)
-        self.conv2_1 = conv(c(128), c(128))
-        self.conv3 = conv(c(128), c(256), s=2)
-        self.conv3_1 = conv(c(256), c(256))
-        add_deep(self, width)
-        self.deconv5 = deconv(c(1024), c(512))
-        self.deconv4 = deconv(cat5, c(256))
-        self.deconv3 = deconv(cat4, c(128))
-        self.deconv2 = deconv(cat3, c(64))
-        self.inter_conv5 = i_conv(cat5, c(512))
-        self.inter_conv4 = i_conv(cat4, c(256))
-        self.inter_conv3 = i_conv(cat3, c(128))
-        self.inter_conv2 = i_conv(cat2, c(64))
-        self.predict_flow6 = predict_flow(c(1024))
-        self.predict_flow5 = predict_flow(c(512))
-        self.predict_flow4 = predict_flow(c(256))
-        self.predict_flow3 = predict_flow(c(128))
-        self.predict_flow2 = predict_flow(c(64))
-        self.upsampled_flow6_to_5 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
-        self.upsampled_flow5_to_4 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
-        self.upsampled_flow4_to_3 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
-        self.upsampled_flow3_to_2 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
+        add_fine(self, width, 6)
+        add_tail(self, width, 3, True)
 
     def forward(self, x):
-        c0 = self.conv0(x)
-        c1 = self.conv1_1(self.conv1(c0))
-        c2 = self.conv2_1(self.conv2(c1))
-        c3 = self.conv3_1(self.conv3(c2))
-        c4 = self.conv4_1(self.conv4(c3))
-        c5 = self.conv5_1(self.conv5(c4))
-        c6 = self.conv6_1(self.conv6(c5))
-        flow6 = self.predict_flow6(c6)
-        concat5 = torch.cat((c5, self.deconv5(c6), self.upsampled_flow6_to_5(flow6)), 1)
-        flow5 = self.predict_flow5(self.inter_conv5(concat5))
-        concat4 = torch.cat((c4, self.deconv4(concat5), self.upsampled_flow5_to_4(flow5)), 1)
-        flow4 = self.predict_flow4(self.inter_conv4(concat4))
-        concat3 = torch.cat((c3, self.deconv3(concat4), self.upsampled_flow4_to_3(flow4)), 1)
-        flow3 = self.predict_flow3(self.inter_conv3(concat3))
-        concat2 = torch.cat((c2, self.deconv2(concat3), self.upsampled_flow3_to_2(flow3)), 1)
-        return self.predict_flow2(self.inter_conv2(concat2))
+        _, _, c2 = fine(self, x)
+        return tail(self, c2)
 
 
 class FlowNetFusion(nn.Module):
@@ -242,11 +237,7 @@ class FlowNetFusion(nn.Module):
         super().__init__()
         c = lambda n: ch(n, width)  # noqa: E731
         cat1, cat0 = c(128) + c(32) + 2, c(64) + c(16) + 2
-        self.conv0 = conv(11, c(64))
-        self.conv1 = conv(c(64), c(64), s=2)
-        self.conv1_1 = conv(c(64), c(128))
-        self.conv2 = conv(c(128), c(128), s=2)
-        self.conv2_1 = conv(c(128), c(128))
+        add_fine(self, width, 11)
         self.deconv1 = deconv(c(128), c(32))
         self.deconv0 = deconv(cat1, c(16))
         self.inter_conv1 = i_conv(cat1, c(32))
@@ -258,14 +249,8 @@ class FlowNetFusion(nn.Module):
         self.upsampled_flow1_to_0 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
 
     def forward(self, x):
-        c0 = self.conv0(x)
-        c1 = self.conv1_1(self.conv1(c0))
-        c2 = self.conv2_1(self.conv2(c1))
-        flow2 = self.predict_flow2(c2)
-        concat1 = torch.cat((c1, self.deconv1(c2), self.upsampled_flow2_to_1(flow2)), 1)
-        flow1 = self.predict_flow1(self.inter_conv1(concat1))
-        concat0 = torch.cat((c0, self.deconv0(concat1), self.upsampled_flow1_to_0(flow1)), 1)
-        return self.predict_flow0(self.inter_conv0(concat0))
+        c0, c1, c2 = fine(self, x)
+        return decode(self, c2, [(1, c1), (0, c0)])
 
 
 class FlowNet2(nn.Module):

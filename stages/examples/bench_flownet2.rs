@@ -85,18 +85,16 @@ fn main() -> Result<()> {
     )?;
     let ms = time(runs, || Ok(c.forward(&x)?))?;
     println!("  FlowNetC alone                  {ms:9.1} ms");
-    let f = Tensor::randn(
-        0f32,
-        1.0,
-        (1, cfg.ch(256), size / 8, size / 8),
-        &Device::Cpu,
-    )?;
-    let g = Tensor::randn(
-        0f32,
-        1.0,
-        (1, cfg.ch(256), size / 8, size / 8),
-        &Device::Cpu,
-    )?;
+    // two random feature maps of FlowNetC's correlation input
+    let features = || {
+        Tensor::randn(
+            0f32,
+            1.0,
+            (1, cfg.ch(256), size / 8, size / 8),
+            &Device::Cpu,
+        )
+    };
+    let (f, g) = (features()?, features()?);
     let corr = Correlation::FLOWNETC;
     let ms = time(runs.max(5), || Ok(corr.forward(&f, &g)?))?;
     let ms_ref = time(runs.max(5), || Ok(corr.reference(&f, &g)?))?;

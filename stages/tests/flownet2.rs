@@ -19,6 +19,14 @@ fn refusal(name: &str) -> String {
         .to_string()
 }
 
+/// Why `fnet::load` refuses the checkpoint `name` as the full network.
+fn load_refusal(name: &str) -> String {
+    fnet::load(fixture(name), &FlowNet2Config::default(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+}
+
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/flownet2")
@@ -256,24 +264,10 @@ fn checkpoints_of_the_official_layout_are_accepted_and_others_refused_by_key() {
         "{e}"
     );
     // load() refuses before reading any weight
-    let e = fnet::load(
-        fixture("shapes_wrong_shape.pth.tar"),
-        &FlowNet2Config::default(),
-        &Device::Cpu,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = load_refusal("shapes_wrong_shape.pth.tar");
     assert!(e.contains("flownetfusion.predict_flow1.bias"), "{e}");
     // a reduced checkpoint is not the full network
-    let e = fnet::load(
-        fixture("twin.pth.tar"),
-        &FlowNet2Config::default(),
-        &Device::Cpu,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = load_refusal("twin.pth.tar");
     assert!(
         e.contains("flownetc.conv1.0.weight") && e.contains("expected [64, 3, 7, 7]"),
         "{e}"

@@ -5,7 +5,7 @@
 use crate::data::coded::{read_coded_rows, sheet_in, sheets_named, Columns};
 use crate::data::frames::FrameFinder;
 use crate::data::index::{map_entries, Entry};
-use crate::data::sheet::parse_frame;
+use crate::data::sheet::subject_number;
 use crate::data::{ClassMap, DatasetIndex, DatasetKind, FaultPolicy, Task};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -75,19 +75,11 @@ impl Options {
             policy: FaultPolicy::Skip,
         }
     }
-
-    pub fn class_map(&self) -> ClassMap {
-        self.class_map
-            .clone()
-            .unwrap_or_else(|| ClassMap::default_for(DatasetKind::Casme2, self.task))
-    }
 }
 
 /// `1`, `01`, `1.0`, `sub1`, `sub01` -> `sub01`.
 pub fn normalise_subject(s: &str) -> Option<String> {
-    let t = s.trim().to_lowercase();
-    let digits = t.strip_prefix("sub").unwrap_or(&t);
-    parse_frame(digits).map(|n| format!("sub{n:02}"))
+    subject_number(s, "sub", |n| format!("sub{n:02}"))
 }
 
 fn find_sheet(root: &Path) -> Result<PathBuf> {
@@ -131,5 +123,6 @@ pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
 /// Loads CASME II under the options' task / class map and fault policy.
 pub fn load(opts: &Options) -> Result<DatasetIndex> {
     let entries = scan(opts)?;
-    map_entries(NAME, &entries, &opts.class_map(), opts.policy)
+    let map = ClassMap::chosen_or_default(opts.class_map.as_ref(), DatasetKind::Casme2, opts.task);
+    map_entries(NAME, &entries, &map, opts.policy)
 }

@@ -84,6 +84,13 @@ impl ClassMap {
         m
     }
 
+    /// A loader's map: the user's `chosen` one, else the dataset's default for the task.
+    pub fn chosen_or_default(chosen: Option<&ClassMap>, kind: DatasetKind, task: Task) -> Self {
+        chosen
+            .cloned()
+            .unwrap_or_else(|| Self::default_for(kind, task))
+    }
+
     /// The default map for a dataset and task (see paper Sec. 4.1-4.2).
     pub fn default_for(kind: DatasetKind, task: Task) -> Self {
         use DatasetKind::*;

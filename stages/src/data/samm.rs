@@ -50,12 +50,6 @@ impl Options {
             policy: FaultPolicy::Skip,
         }
     }
-
-    pub fn class_map(&self) -> ClassMap {
-        self.class_map
-            .clone()
-            .unwrap_or_else(|| ClassMap::default_for(DatasetKind::Samm, self.task))
-    }
 }
 
 /// `6`, `06`, `006`, `6.0` -> `006`.
@@ -117,5 +111,6 @@ pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
 
 pub fn load(opts: &Options) -> Result<DatasetIndex> {
     let entries = scan(opts)?;
-    map_entries(NAME, &entries, &opts.class_map(), opts.policy)
+    let map = ClassMap::chosen_or_default(opts.class_map.as_ref(), DatasetKind::Samm, opts.task);
+    map_entries(NAME, &entries, &map, opts.policy)
 }

@@ -192,6 +192,13 @@ pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
     rows
 }
 
+/// A subject cell or folder name spelled the dataset's way: trimmed, lower-cased, `prefix`
+/// dropped where present, read as a number (as [`parse_frame`]) and given to `spell`.
+pub fn subject_number(s: &str, prefix: &str, spell: fn(u32) -> String) -> Option<String> {
+    let t = s.trim().to_lowercase();
+    parse_frame(t.strip_prefix(prefix).unwrap_or(&t)).map(spell)
+}
+
 /// Parses a frame number cell: a non-negative integer (Excel may give `46` or `46.0`).
 pub fn parse_frame(s: &str) -> Option<u32> {
     let s = s.trim();

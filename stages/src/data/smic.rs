@@ -45,19 +45,11 @@ impl Options {
             policy: FaultPolicy::Skip,
         }
     }
-
-    pub fn class_map(&self) -> ClassMap {
-        self.class_map
-            .clone()
-            .unwrap_or_else(|| ClassMap::default_for(DatasetKind::Smic, self.task))
-    }
 }
 
 /// `s01`, `S1`, `1` -> `s1` (the folders' spelling).
 pub fn normalise_subject(s: &str) -> Option<String> {
-    let t = s.trim().to_lowercase();
-    let d = t.strip_prefix('s').unwrap_or(&t);
-    crate::data::sheet::parse_frame(d).map(|n| format!("s{n}"))
+    crate::data::sheet::subject_number(s, "s", |n| format!("s{n}"))
 }
 
 /// Grey image downsampled by box averaging to about 64 px wide.
@@ -192,5 +184,6 @@ pub fn scan(opts: &Options) -> Result<Vec<Entry>> {
 
 pub fn load(opts: &Options) -> Result<DatasetIndex> {
     let entries = scan(opts)?;
-    map_entries(NAME, &entries, &opts.class_map(), opts.policy)
+    let map = ClassMap::chosen_or_default(opts.class_map.as_ref(), DatasetKind::Smic, opts.task);
+    map_entries(NAME, &entries, &map, opts.policy)
 }

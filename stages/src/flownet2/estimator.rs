@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::checkpoint;
 use super::nets::{FlowNet2, FlowNet2Config};
-use crate::prep::flow::{FlowEstimator, FlowField};
+use crate::prep::flow::{check_same_size, FlowEstimator, FlowField};
 use crate::prep::image::Frame;
 
 /// FlowNet2 with loaded weights.
@@ -82,15 +82,7 @@ impl FlowNet2Flow {
 
 impl FlowEstimator for FlowNet2Flow {
     fn flow(&self, a: &Frame, b: &Frame) -> Result<FlowField> {
-        if a.width != b.width || a.height != b.height {
-            bail!(
-                "FlowNet2 needs frames of one size, got {}x{} and {}x{}",
-                a.width,
-                a.height,
-                b.width,
-                b.height
-            );
-        }
+        check_same_size("FlowNet2", a, b)?;
         let flow = self.net.flow(&self.image(a)?, &self.image(b)?)?;
         let flow = flow.squeeze(0)?.to_device(&Device::Cpu)?;
         let u = flow.get(0)?.flatten_all()?.to_vec1::<f32>()?;

@@ -7,6 +7,20 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 
+/// The LeakyReLU(0.1) that follows every `conv` and `deconv` (and FlowNetC's correlation).
+pub fn leaky(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::leaky_relu(x, 0.1)
+}
+
+/// A 3x3 convolution with bias, padding 1 (`i_conv`'s and `predict_flow`'s).
+fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+}
+
 /// `conv(batchNorm=False, ...)`: convolution with bias, padding (k - 1) / 2, LeakyReLU(0.1).
 #[derive(Clone, Debug)]
 pub struct ConvLeaky {
@@ -28,32 +42,13 @@ impl ConvLeaky {
 
 impl Module for ConvLeaky {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::leaky_relu(&self.conv.forward(x)?, 0.1)
+        leaky(&self.conv.forward(x)?)
     }
 }
 
 /// `i_conv(batchNorm=False, ...)`: 3x3 convolution with bias, no activation.
-#[derive(Clone, Debug)]
-pub struct IConv {
-    conv: Conv2d,
-}
-
-impl IConv {
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        Ok(Self {
-            conv: candle_nn::conv2d(cin, cout, 3, cfg, vb.pp("0"))?,
-        })
-    }
-}
-
-impl Module for IConv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(x)
-    }
+pub fn i_conv(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
+    conv3x3(vb.pp("0"), cin, cout)
 }
 
 /// `deconv(in, out)`: 4x4 transposed convolution, stride 2, padding 1, with bias; LeakyReLU(0.1).
@@ -80,54 +75,21 @@ impl DeconvLeaky {
 
 impl Module for DeconvLeaky {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::leaky_relu(&self.deconv.forward(x)?, 0.1)
+        leaky(&self.deconv.forward(x)?)
     }
 }
 
 /// `predict_flow(in)`: 3x3 convolution to 2 channels, with bias.
-#[derive(Clone, Debug)]
-pub struct PredictFlow {
-    conv: Conv2d,
-}
-
-impl PredictFlow {
-    pub fn new(vb: VarBuilder, cin: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        Ok(Self {
-            conv: candle_nn::conv2d(cin, 2, 3, cfg, vb)?,
-        })
-    }
-}
-
-impl Module for PredictFlow {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(x)
-    }
+pub fn predict_flow(vb: VarBuilder, cin: usize) -> Result<Conv2d> {
+    conv3x3(vb, cin, 2)
 }
 
 /// `nn.ConvTranspose2d(2, 2, 4, 2, 1)`: doubles a flow's resolution (learned). FlowNetS builds
 /// it without bias, FlowNetC, FlowNetSD and FlowNetFusion with one.
-#[derive(Clone, Debug)]
-pub struct UpsampleFlow {
-    deconv: ConvTranspose2d,
-}
-
-impl UpsampleFlow {
-    pub fn new(vb: VarBuilder, bias: bool) -> Result<Self> {
-        let deconv = if bias {
-            candle_nn::conv_transpose2d(2, 2, 4, up_cfg(), vb)?
-        } else {
-            candle_nn::conv_transpose2d_no_bias(2, 2, 4, up_cfg(), vb)?
-        };
-        Ok(Self { deconv })
-    }
-}
-
-impl Module for UpsampleFlow {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.deconv.forward(x)
+pub fn upsample_flow(vb: VarBuilder, bias: bool) -> Result<ConvTranspose2d> {
+    if bias {
+        candle_nn::conv_transpose2d(2, 2, 4, up_cfg(), vb)
+    } else {
+        candle_nn::conv_transpose2d_no_bias(2, 2, 4, up_cfg(), vb)
     }
 }

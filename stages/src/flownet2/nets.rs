@@ -9,10 +9,10 @@
 //! keep their sizes.
 
 use candle_core::{IndexOp, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Conv2d, ConvTranspose2d, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{ConvLeaky, DeconvLeaky, IConv, PredictFlow, UpsampleFlow};
+use super::layers::{i_conv, leaky, predict_flow, upsample_flow, ConvLeaky, DeconvLeaky};
 use super::ops::{channel_norm, resample2d, Correlation};
 
 /// FlowNet2's configuration (the defaults are the published network's).
@@ -72,16 +72,16 @@ struct LevelSpec {
 #[derive(Clone, Debug)]
 struct Level {
     deconv: DeconvLeaky,
-    inter: Option<IConv>,
-    predict: PredictFlow,
-    upsample: UpsampleFlow,
+    inter: Option<Conv2d>,
+    predict: Conv2d,
+    upsample: ConvTranspose2d,
 }
 
 /// FlowNet's decoder: a flow prediction from the coarsest encoder map, then one [`Level`] per
 /// finer scale.
 #[derive(Clone, Debug)]
 struct Decoder {
-    top: PredictFlow,
+    top: Conv2d,
     levels: Vec<Level>,
 }
 
@@ -103,20 +103,20 @@ impl Decoder {
             .iter()
             .map(|l| {
                 l.inter
-                    .map(|(i, o)| IConv::new(at("inter_conv", l), i, o))
+                    .map(|(i, o)| i_conv(at("inter_conv", l), i, o))
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
-        let top = PredictFlow::new(vb.pp(format!("predict_flow{}", top.0)), top.1)?;
+        let top = predict_flow(vb.pp(format!("predict_flow{}", top.0)), top.1)?;
         let predicts = specs
             .iter()
-            .map(|l| PredictFlow::new(at("predict_flow", l), l.predict))
+            .map(|l| predict_flow(at("predict_flow", l), l.predict))
             .collect::<Result<Vec<_>>>()?;
         let ups = specs
             .iter()
             .map(|l| {
                 let name = format!("upsampled_flow{}_to_{}", l.level + 1, l.level);
-                UpsampleFlow::new(vb.pp(name), up_bias)
+                upsample_flow(vb.pp(name), up_bias)
             })
             .collect::<Result<Vec<_>>>()?;
         let levels = deconvs
@@ -252,11 +252,41 @@ impl Module for FlowNetC {
             c3.narrow(0, 0, b)?,
             c3.narrow(0, b, b)?,
         );
-        let corr = candle_nn::ops::leaky_relu(&self.corr.forward(&c3a, &c3b)?, 0.1)?;
+        let corr = leaky(&self.corr.forward(&c3a, &c3b)?)?;
         let redir = self.conv_redir.forward(&c3a)?;
         let c3_1 = self.conv3_1.forward(&cat(&[&redir, &corr])?)?;
         let (c4, c5, c6) = self.deep.forward(&c3_1)?;
         self.refine.forward(&c6, &[&c5, &c4, &c3_1, &c2a])
+    }
+}
+
+/// How FlowNetS and FlowNetSD end alike: from the quarter-resolution map c2, conv3 and
+/// conv3_1 (stride 2, then 3x3), the deep layers, and the decoder over (c6 ... c2).
+#[derive(Clone, Debug)]
+struct Tail {
+    conv3: ConvLeaky,
+    conv3_1: ConvLeaky,
+    deep: Deep,
+    decoder: Decoder,
+}
+
+impl Tail {
+    /// `conv3_k`: conv3's kernel (FlowNetS 5, FlowNetSD 3); `sd`: FlowNetSD's decoder
+    /// (up-samplers with bias, `inter_conv` layers).
+    fn new(vb: &VarBuilder, cfg: &FlowNet2Config, conv3_k: usize, sd: bool) -> Result<Self> {
+        let c = |n| cfg.ch(n);
+        Ok(Self {
+            conv3: ConvLeaky::new(vb.pp("conv3"), c(128), c(256), conv3_k, 2)?,
+            conv3_1: ConvLeaky::new(vb.pp("conv3_1"), c(256), c(256), 3, 1)?,
+            deep: Deep::new(vb, cfg)?,
+            decoder: decoder6(vb, cfg, sd, sd)?,
+        })
+    }
+
+    fn forward(&self, c2: &Tensor) -> Result<Tensor> {
+        let c3 = self.conv3_1.forward(&self.conv3.forward(c2)?)?;
+        let (c4, c5, c6) = self.deep.forward(&c3)?;
+        self.decoder.forward(&c6, &[&c5, &c4, &c3, c2])
     }
 }
 
@@ -265,10 +295,7 @@ impl Module for FlowNetC {
 pub struct FlowNetS {
     conv1: ConvLeaky,
     conv2: ConvLeaky,
-    conv3: ConvLeaky,
-    conv3_1: ConvLeaky,
-    deep: Deep,
-    refine: Decoder,
+    tail: Tail,
 }
 
 impl FlowNetS {
@@ -277,20 +304,15 @@ impl FlowNetS {
         Ok(Self {
             conv1: ConvLeaky::new(vb.pp("conv1"), input_channels, c(64), 7, 2)?,
             conv2: ConvLeaky::new(vb.pp("conv2"), c(64), c(128), 5, 2)?,
-            conv3: ConvLeaky::new(vb.pp("conv3"), c(128), c(256), 5, 2)?,
-            conv3_1: ConvLeaky::new(vb.pp("conv3_1"), c(256), c(256), 3, 1)?,
-            deep: Deep::new(&vb, cfg)?,
-            refine: decoder6(&vb, cfg, false, false)?,
+            tail: Tail::new(&vb, cfg, 5, false)?,
         })
     }
 }
 
 impl Module for FlowNetS {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c2 = self.conv2.forward(&self.conv1.forward(x)?)?;
-        let c3 = self.conv3_1.forward(&self.conv3.forward(&c2)?)?;
-        let (c4, c5, c6) = self.deep.forward(&c3)?;
-        self.refine.forward(&c6, &[&c5, &c4, &c3, &c2])
+        self.tail
+            .forward(&self.conv2.forward(&self.conv1.forward(x)?)?)
     }
 }
 
@@ -299,10 +321,7 @@ impl Module for FlowNetS {
 #[derive(Clone, Debug)]
 pub struct FlowNetSD {
     fine: Fine,
-    conv3: ConvLeaky,
-    conv3_1: ConvLeaky,
-    deep: Deep,
-    decoder: Decoder,
+    tail: Tail,
 }
 
 /// The full- and half-resolution 3x3 layers (conv0 ... conv2_1) FlowNetSD and FlowNetFusion
@@ -340,14 +359,9 @@ impl Fine {
 
 impl FlowNetSD {
     pub fn new(vb: VarBuilder, cfg: &FlowNet2Config) -> Result<Self> {
-        let c = |n| cfg.ch(n);
-        let conv = |name: &str, i, o, s| ConvLeaky::new(vb.pp(name), i, o, 3, s);
         Ok(Self {
             fine: Fine::new(&vb, cfg, 6)?,
-            conv3: conv("conv3", c(128), c(256), 2)?,
-            conv3_1: conv("conv3_1", c(256), c(256), 1)?,
-            deep: Deep::new(&vb, cfg)?,
-            decoder: decoder6(&vb, cfg, true, true)?,
+            tail: Tail::new(&vb, cfg, 3, true)?,
         })
     }
 }
@@ -355,9 +369,7 @@ impl FlowNetSD {
 impl Module for FlowNetSD {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, c2) = self.fine.forward(x)?;
-        let c3 = self.conv3_1.forward(&self.conv3.forward(&c2)?)?;
-        let (c4, c5, c6) = self.deep.forward(&c3)?;
-        self.decoder.forward(&c6, &[&c5, &c4, &c3, &c2])
+        self.tail.forward(&c2)
     }
 }
 

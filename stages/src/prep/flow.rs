@@ -96,6 +96,20 @@ pub trait FlowEstimator: Send + Sync {
     fn name(&self) -> String;
 }
 
+/// Refuses a pair of frames of different sizes (`who` names the estimator).
+pub fn check_same_size(who: &str, a: &Frame, b: &Frame) -> Result<()> {
+    if a.width != b.width || a.height != b.height {
+        bail!(
+            "{who} needs frames of one size, got {}x{} and {}x{}",
+            a.width,
+            a.height,
+            b.width,
+            b.height
+        );
+    }
+    Ok(())
+}
+
 /// TV-L1 parameters. Defaults follow OpenCV's `DualTVL1OpticalFlow` (median filtering 5,
 /// 30 inner x 10 outer = at most 300 iterations per warp) except `scale_step` (OpenCV: 0.8;
 /// 0.5 here: ~25% faster, ~20% higher EPE on 128x128 faces, see examples/bench_prep.rs) and
@@ -416,15 +430,7 @@ impl Step {
 
 impl FlowEstimator for TvL1 {
     fn flow(&self, a: &Frame, b: &Frame) -> Result<FlowField> {
-        if a.width != b.width || a.height != b.height {
-            bail!(
-                "TV-L1 needs frames of one size, got {}x{} and {}x{}",
-                a.width,
-                a.height,
-                b.width,
-                b.height
-            );
-        }
+        check_same_size("TV-L1", a, b)?;
         if a.width < 2 || a.height < 2 {
             bail!(
                 "TV-L1 needs frames of at least 2x2, got {}x{}",

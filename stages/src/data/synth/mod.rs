@@ -82,6 +82,21 @@ impl Default for SynthConfig {
     }
 }
 
+impl SynthConfig {
+    /// The same configuration with every nuisance (head drift and rotation, jitter, blinks,
+    /// sensor noise) switched off: only the facial action moves.
+    pub fn without_nuisance(self) -> Self {
+        Self {
+            head_motion_px: 0.0,
+            head_rotation_deg: 0.0,
+            jitter_px: 0.0,
+            blink_prob: 0.0,
+            noise_sigma: 0.0,
+            ..self
+        }
+    }
+}
+
 /// What [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynthSummary {

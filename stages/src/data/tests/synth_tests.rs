@@ -117,14 +117,10 @@ fn synth_without_nuisance_moves_only_the_face() {
         size: 64,
         onset_apex_frames: (3, 4),
         apex_offset_frames: (1, 2),
-        head_motion_px: 0.0,
-        head_rotation_deg: 0.0,
-        jitter_px: 0.0,
-        blink_prob: 0.0,
-        noise_sigma: 0.0,
         amplitude_px: (2.0, 2.0),
         ..Default::default()
-    };
+    }
+    .without_nuisance();
     generate(&cfg, dir.path()).unwrap();
     let idx = casme2::load(&casme2::Options::new(dir.path(), Layout::Cropped)).unwrap();
     assert_eq!(idx.samples.len(), 3);
