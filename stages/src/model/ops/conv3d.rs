@@ -483,7 +483,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, stride: [usize; 3], padding: [usize; 3]) -
     }
     #[cfg(feature = "cudnn")]
     if x.device().is_cuda() && !super::reference_forced() {
-        let op = super::cudnn::CudnnConv3d { stride, padding };
+        let op = super::cudnn::CudnnConv3d::forward(stride, padding);
         return x.contiguous()?.apply_op2(&w.contiguous()?, op);
     }
     super::reference::conv3d(x, w, stride, padding)

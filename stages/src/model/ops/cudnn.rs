@@ -1,8 +1,9 @@
 //! CA-I3D's 3D convolution on CUDA through cuDNN's N-dimensional convolution (feature `cudnn`).
 //!
-//! Three custom ops, each with a CUDA forward only: the convolution, its gradient with respect
-//! to the input (cuDNN's backward-data) and with respect to the weight (backward-filter). The
-//! first one's `bwd` applies the other two, so autograd never leaves the device. Without this
+//! One custom op with a CUDA forward only, in three passes: the convolution, its gradient with
+//! respect to the input (cuDNN's backward-data) and with respect to the weight
+//! (backward-filter). The convolution's `bwd` applies the other two, so autograd never leaves
+//! the device. Without this
 //! feature a CUDA build runs [`super::reference::conv3d`] (one candle `conv2d` per temporal tap).
 //!
 //! Math: f32 through FMA kernels by default, so a CUDA run matches the CPU ops to 1e-4; with
@@ -112,10 +113,6 @@ impl Plan {
         })
     }
 
-    fn len(d: [usize; 5]) -> usize {
-        d.iter().product()
-    }
-
     /// Refuses a gradient whose shape is not this convolution's output.
     fn check_y(&self, got: &Shape) -> Result<()> {
         if got.dims() != &self.y[..] {
@@ -132,43 +129,79 @@ fn workspace(dev: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
     dev.alloc_zeros::<u8>(bytes)
 }
 
-fn wrap(y: CudaSlice<f32>, dev: &CudaDevice, d: [usize; 5]) -> (CudaStorage, Shape) {
-    (
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        Shape::from(d.to_vec()),
-    )
+/// Builds cuDNN's pass descriptor `$pass { .. }`, picks its heuristic algorithm, allocates the
+/// workspace that needs and launches it on `$buf`s (the three passes differ only in these).
+macro_rules! launch {
+    ($dev:expr, $pass:ident { $($f:ident: $d:expr),* }, $($buf:expr),*) => {{
+        let op = $pass { $($f: $d),* };
+        let algo = op.pick_algorithm()?;
+        let mut work = workspace($dev, op.get_workspace_size(algo)?)?;
+        // SAFETY: the descriptors describe exactly the buffers passed (packed f32 of these
+        // dims), and beta = 0 overwrites the output entirely
+        unsafe { op.launch(algo, Some(&mut work), (1f32, 0f32), $($buf),*) }?;
+    }};
 }
 
-/// `conv3d(x, w)` without bias; `bwd` gives both gradients through the two ops below.
+/// Which of cuDNN's three convolution passes an op runs; the backward ones carry the shape that
+/// their inputs do not give.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    /// `(x, w) -> y`
+    Forward,
+    /// `(grad_y, w) -> grad_x`
+    Data { x: [usize; 5] },
+    /// `(x, grad_y) -> grad_w`
+    Filter { w: [usize; 5] },
+}
+
+/// `conv3d(x, w)` without bias through cuDNN; its `bwd` applies the two backward passes as ops
+/// of the same kind, so both gradients are computed on the device.
 #[derive(Clone, Copy, Debug)]
 pub struct CudnnConv3d {
-    pub stride: [usize; 3],
-    pub padding: [usize; 3],
-}
-
-/// The gradient with respect to the input: applied to `(grad_y, w)`.
-#[derive(Clone, Copy, Debug)]
-struct CudnnConv3dData {
-    x: [usize; 5],
     stride: [usize; 3],
     padding: [usize; 3],
+    pass: Pass,
 }
 
-/// The gradient with respect to the weight: applied to `(x, grad_y)`.
-#[derive(Clone, Copy, Debug)]
-struct CudnnConv3dFilter {
-    w: [usize; 5],
-    stride: [usize; 3],
-    padding: [usize; 3],
-}
+impl CudnnConv3d {
+    pub fn forward(stride: [usize; 3], padding: [usize; 3]) -> Self {
+        CudnnConv3d {
+            stride,
+            padding,
+            pass: Pass::Forward,
+        }
+    }
 
-fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
-    bail!("{op} runs on CUDA only (the CPU has its own conv3d op)")
+    /// The convolution's (x, w) dims: from the two inputs `a`, `b`, or from the pass.
+    fn dims(&self, a: &Shape, b: &Shape) -> Result<([usize; 5], [usize; 5])> {
+        let (x, w) = match self.pass {
+            Pass::Forward => (a, b),
+            Pass::Data { x } => return Ok((x, dims5(b, "conv3d weight")?)),
+            Pass::Filter { w } => return Ok((dims5(a, "conv3d input")?, w)),
+        };
+        Ok((dims5(x, "conv3d input")?, dims5(w, "conv3d weight")?))
+    }
+
+    /// Runs this op's pass of the convolution `p` on its inputs `a`, `b` into `o`.
+    #[rustfmt::skip]
+    fn run(&self, dev: &CudaDevice, p: &Plan, (a, b): (&CudaView<f32>, &CudaView<f32>), o: &mut CudaSlice<f32>) -> Result<()> {
+        let (conv, xd, wd, yd) = (&p.conv, &p.xd, &p.wd, &p.yd);
+        match self.pass {
+            Pass::Forward => launch!(dev, ConvForward { conv: conv, x: xd, w: wd, y: yd }, a, b, o),
+            Pass::Data { .. } => launch!(dev, ConvBackwardData { conv: conv, dx: xd, w: wd, dy: yd }, o, b, a),
+            Pass::Filter { .. } => launch!(dev, ConvBackwardFilter { conv: conv, x: xd, dw: wd, dy: yd }, a, o, b),
+        }
+        Ok(())
+    }
 }
 
 impl CustomOp2 for CudnnConv3d {
     fn name(&self) -> &'static str {
-        "mpf-conv3d-cudnn"
+        match self.pass {
+            Pass::Forward => "mpf-conv3d-cudnn",
+            Pass::Data { .. } => "mpf-conv3d-cudnn-bwd-data",
+            Pass::Filter { .. } => "mpf-conv3d-cudnn-bwd-filter",
+        }
     }
 
     fn cpu_fwd(
@@ -178,42 +211,35 @@ impl CustomOp2 for CudnnConv3d {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        bail!(
+            "{} runs on CUDA only (the CPU has its own conv3d op)",
+            self.name()
+        )
     }
 
     fn cuda_fwd(
         &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
+        sa: &CudaStorage,
+        la: &Layout,
+        sb: &CudaStorage,
+        lb: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = &xs.device;
-        let cudnn = handle(dev)?;
-        let x = dims5(xl.shape(), "conv3d input")?;
-        let w = dims5(wl.shape(), "conv3d weight")?;
-        let p = Plan::new(&cudnn, x, w, self.stride, self.padding)?;
-        let mut y = unsafe { dev.alloc::<f32>(Plan::len(p.y)) }?;
-        let op = ConvForward {
-            conv: &p.conv,
-            x: &p.xd,
-            w: &p.wd,
-            y: &p.yd,
+        let dev = &sa.device;
+        let (x, w) = self.dims(la.shape(), lb.shape())?;
+        let p = Plan::new(&handle(dev)?, x, w, self.stride, self.padding)?;
+        let (a, b) = (view(sa, la)?, view(sb, lb)?);
+        let out = match self.pass {
+            Pass::Forward => p.y,
+            Pass::Data { .. } => p.check_y(la.shape()).map(|_| p.x)?,
+            Pass::Filter { .. } => p.check_y(lb.shape()).map(|_| p.w)?,
         };
-        let algo = op.pick_algorithm()?;
-        let mut work = workspace(dev, op.get_workspace_size(algo)?)?;
-        // SAFETY: the descriptors describe exactly the buffers passed (packed f32 of these dims)
-        unsafe {
-            op.launch(
-                algo,
-                Some(&mut work),
-                (1f32, 0f32),
-                &view(xs, xl)?,
-                &view(ws, wl)?,
-                &mut y,
-            )
-        }?;
-        Ok(wrap(y, dev, p.y))
+        // SAFETY: every pass writes all of `o` (beta = 0) before anything reads it
+        let mut o = unsafe { dev.alloc::<f32>(out.iter().product()) }?;
+        self.run(dev, &p, (&a, &b), &mut o)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(o, dev.clone()),
+            Shape::from(out.to_vec()),
+        ))
     }
 
     fn bwd(
@@ -224,123 +250,19 @@ impl CustomOp2 for CudnnConv3d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (stride, padding) = (self.stride, self.padding);
+        let pass = |pass| CudnnConv3d { pass, ..*self };
         let gx = if x.track_op() {
             let x = dims5(x.shape(), "conv3d input")?;
-            let op = CudnnConv3dData { x, stride, padding };
-            Some(grad.apply_op2_no_bwd(w, &op)?)
+            Some(grad.apply_op2_no_bwd(w, &pass(Pass::Data { x }))?)
         } else {
             None
         };
         let gw = if w.track_op() {
             let w = dims5(w.shape(), "conv3d weight")?;
-            let op = CudnnConv3dFilter { w, stride, padding };
-            Some(x.apply_op2_no_bwd(&grad, &op)?)
+            Some(x.apply_op2_no_bwd(&grad, &pass(Pass::Filter { w }))?)
         } else {
             None
         };
         Ok((gx, gw))
-    }
-}
-
-impl CustomOp2 for CudnnConv3dData {
-    fn name(&self) -> &'static str {
-        "mpf-conv3d-cudnn-bwd-data"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        gs: &CudaStorage,
-        gl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = &gs.device;
-        let cudnn = handle(dev)?;
-        let w = dims5(wl.shape(), "conv3d weight")?;
-        let p = Plan::new(&cudnn, self.x, w, self.stride, self.padding)?;
-        p.check_y(gl.shape())?;
-        let mut dx = unsafe { dev.alloc::<f32>(Plan::len(p.x)) }?;
-        let op = ConvBackwardData {
-            conv: &p.conv,
-            dx: &p.xd,
-            w: &p.wd,
-            dy: &p.yd,
-        };
-        let algo = op.pick_algorithm()?;
-        let mut work = workspace(dev, op.get_workspace_size(algo)?)?;
-        // SAFETY: as in the forward; beta = 0 overwrites dx entirely
-        unsafe {
-            op.launch(
-                algo,
-                Some(&mut work),
-                (1f32, 0f32),
-                &mut dx,
-                &view(ws, wl)?,
-                &view(gs, gl)?,
-            )
-        }?;
-        Ok(wrap(dx, dev, p.x))
-    }
-}
-
-impl CustomOp2 for CudnnConv3dFilter {
-    fn name(&self) -> &'static str {
-        "mpf-conv3d-cudnn-bwd-filter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = &xs.device;
-        let cudnn = handle(dev)?;
-        let x = dims5(xl.shape(), "conv3d input")?;
-        let p = Plan::new(&cudnn, x, self.w, self.stride, self.padding)?;
-        p.check_y(gl.shape())?;
-        let mut dw = unsafe { dev.alloc::<f32>(Plan::len(p.w)) }?;
-        let op = ConvBackwardFilter {
-            conv: &p.conv,
-            x: &p.xd,
-            dw: &p.wd,
-            dy: &p.yd,
-        };
-        let algo = op.pick_algorithm()?;
-        let mut work = workspace(dev, op.get_workspace_size(algo)?)?;
-        // SAFETY: as in the forward; beta = 0 overwrites dw entirely
-        unsafe {
-            op.launch(
-                algo,
-                Some(&mut work),
-                (1f32, 0f32),
-                &view(xs, xl)?,
-                &mut dw,
-                &view(gs, gl)?,
-            )
-        }?;
-        Ok(wrap(dw, dev, p.w))
     }
 }
