@@ -393,9 +393,16 @@ pub trait StageParams: Serialize + DeserializeOwned + Default {
     }
 }
 
+/// Where a stage crate records which of its source files each of its kinds depends on (a
+/// table its build script generates): the kinds' code fingerprints come from it.
+pub trait SourceClaims {
+    /// The (source path, digest) pairs `kind`'s output depends on (see [`Stage::code_files`]).
+    fn files_of(kind: &str) -> Vec<(String, String)>;
+}
+
 /// A stage kind written against typed parameters. Every `TypedStage` is a [`Stage`] (the
 /// blanket impl below does the JSON plumbing once: defaults, parsing, validation, the code
-/// fingerprint from [`TypedStage::code_files`]).
+/// fingerprint from the files its crate's [`TypedStage::Claims`] claim for it).
 pub trait TypedStage: Send + Sync {
     const KIND: &'static str;
     /// Bump whenever the output would change (see [`Stage`]).
@@ -408,8 +415,8 @@ pub trait TypedStage: Send + Sync {
     const USES_SEED: bool = false;
     const VOLATILE: bool = false;
     type Params: StageParams;
-    /// The (source path, digest) pairs the output depends on (see [`Stage::code_files`]).
-    fn sources(&self) -> Vec<(String, String)>;
+    /// The claims table of the kind's crate, looked up by [`TypedStage::KIND`].
+    type Claims: SourceClaims;
     /// See [`Stage::file_params`].
     fn files_in(&self, _params: &Self::Params) -> Vec<String> {
         Vec::new()
@@ -434,10 +441,10 @@ impl<T: TypedStage> Stage for T {
         T::VERSION
     }
     fn code(&self) -> String {
-        fingerprint_of(&self.sources())
+        fingerprint_of(&self.code_files())
     }
     fn code_files(&self) -> Vec<(String, String)> {
-        self.sources()
+        T::Claims::files_of(T::KIND)
     }
     fn about(&self) -> &'static str {
         T::ABOUT

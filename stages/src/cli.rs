@@ -179,94 +179,107 @@ pub struct ClipPrediction {
 
 /// Prepares each clip exactly as the bundle's training data were and classifies it; with
 /// `explain`, writes `<k>_gradcam.png` and `<k>_flow.png` per clip there. Stops at the first
-/// clip that fails (see [`predict_each`] for one result per clip).
+/// clip that fails (see [`ClipClassifier::each`] for one result per clip).
 pub fn predict_clips(
     pred: &crate::bundle::Predictor,
     clips: &[Clip],
     detect_face: bool,
     explain: Option<&std::path::Path>,
 ) -> Result<Vec<ClipPrediction>> {
-    predict_each(pred, clips, detect_face, explain)
+    ClipClassifier::new(pred, detect_face, explain)
+        .each(clips)
         .into_iter()
         .collect()
 }
 
-/// One result per clip: a bad clip (unreadable frame, no face found) is reported and the
-/// others still run.
-pub fn predict_each(
-    pred: &crate::bundle::Predictor,
-    clips: &[Clip],
-    detect_face: bool,
-    explain: Option<&std::path::Path>,
-) -> Vec<Result<ClipPrediction>> {
-    let mut prep = pred.meta.preprocess.clone();
-    prep.detect_face |= detect_face;
-    clips
-        .iter()
-        .enumerate()
-        .map(|(k, c)| predict_one(pred, &prep, k, c, explain))
-        .collect()
+/// A bundle's model with the pre-processing its training data had (see [`predict_clips`]).
+pub struct ClipClassifier<'a> {
+    pred: &'a crate::bundle::Predictor,
+    prep: crate::kinds::features::FeatureParams,
+    explain: Option<&'a std::path::Path>,
 }
 
-fn predict_one(
-    pred: &crate::bundle::Predictor,
-    prep: &crate::kinds::features::FeatureParams,
-    k: usize,
-    c: &Clip,
-    explain: Option<&std::path::Path>,
-) -> Result<ClipPrediction> {
-    use anyhow::Context;
-    use mpfnet_api::BadInputExt;
-    let ctx = || format!("clip {}", c.name);
-    // what is wrong with the clip itself is the user's input; the rest is a failure of ours
-    let onset = crate::prep::image::load_frame(&c.onset)
-        .bad_input()
-        .with_context(ctx)?;
-    let apex = crate::prep::image::load_frame(&c.apex)
-        .bad_input()
-        .with_context(ctx)?;
-    let names = [c.onset.display().to_string(), c.apex.display().to_string()];
-    let (onset, apex) = prep
-        .crop_pair(onset, apex, &names)
-        .bad_input()
-        .with_context(ctx)?;
-    let p = prep.prepare(onset, apex, 0).with_context(ctx)?;
-    let input = pred.input(&p.x, &p.shape).with_context(ctx)?;
-    let probs = pred.classify(&input).with_context(ctx)?;
-    let best = crate::train::meta::proto::argmax(&probs);
-    if let Some(dir) = explain {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--explain {}: cannot create the folder", dir.display()))?;
-        let cam = pred.grad_cam(&input, best).with_context(ctx)?;
-        let title = format!("Grad-CAM {} -> {}", c.name, pred.meta.classes[best]);
-        crate::eval::gradcam::overlay_png(
-            &p.shape,
-            &p.x,
-            &cam,
-            &title,
-            &dir.join(format!("{k:03}_gradcam.png")),
-        )?;
-        let (t, h, w) = (p.shape[1], p.shape[2], p.shape[3]);
-        let plane =
-            |ch: usize| p.x[(ch * t + t / 2) * h * w..(ch * t + t / 2 + 1) * h * w].to_vec();
-        let flow = crate::prep::flow::FlowField {
-            width: w,
-            height: h,
-            u: plane(0),
-            v: plane(1),
-        };
-        std::fs::write(
-            dir.join(format!("{k:03}_flow.png")),
-            crate::kinds::features::png(&crate::prep::viz::flow_to_rgb(&flow, None))?,
-        )?;
+impl<'a> ClipClassifier<'a> {
+    pub fn new(
+        pred: &'a crate::bundle::Predictor,
+        detect_face: bool,
+        explain: Option<&'a std::path::Path>,
+    ) -> Self {
+        let mut prep = pred.meta.preprocess.clone();
+        prep.detect_face |= detect_face;
+        ClipClassifier {
+            pred,
+            prep,
+            explain,
+        }
     }
-    Ok(ClipPrediction {
-        clip: c.name.clone(),
-        onset: c.onset.display().to_string(),
-        apex: c.apex.display().to_string(),
-        predicted: pred.meta.classes[best].clone(),
-        probs,
-    })
+
+    /// One result per clip: a bad clip (unreadable frame, no face found) is reported and the
+    /// others still run.
+    pub fn each(&self, clips: &[Clip]) -> Vec<Result<ClipPrediction>> {
+        clips
+            .iter()
+            .enumerate()
+            .map(|(k, c)| self.one(k, c))
+            .collect()
+    }
+
+    fn one(&self, k: usize, c: &Clip) -> Result<ClipPrediction> {
+        use anyhow::Context;
+        use mpfnet_api::BadInputExt;
+        let (pred, prep) = (self.pred, &self.prep);
+        let ctx = || format!("clip {}", c.name);
+        // what is wrong with the clip itself is the user's input; the rest is a failure of ours
+        let onset = crate::prep::image::load_frame(&c.onset)
+            .bad_input()
+            .with_context(ctx)?;
+        let apex = crate::prep::image::load_frame(&c.apex)
+            .bad_input()
+            .with_context(ctx)?;
+        let names = [c.onset.display().to_string(), c.apex.display().to_string()];
+        let (onset, apex) = prep
+            .crop_pair(onset, apex, &names)
+            .bad_input()
+            .with_context(ctx)?;
+        let p = prep.prepare(onset, apex, 0).with_context(ctx)?;
+        let input = pred.input(&p.x, &p.shape).with_context(ctx)?;
+        let probs = pred.classify(&input).with_context(ctx)?;
+        let best = crate::train::meta::proto::argmax(&probs);
+        if let Some(dir) = self.explain {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("--explain {}: cannot create the folder", dir.display())
+            })?;
+            let cam = pred.grad_cam(&input, best).with_context(ctx)?;
+            let title = format!("Grad-CAM {} -> {}", c.name, pred.meta.classes[best]);
+            crate::eval::gradcam::overlay_png(
+                &p.shape,
+                &p.x,
+                &cam,
+                &title,
+                &dir.join(format!("{k:03}_gradcam.png")),
+            )?;
+            let (t, h, w) = (p.shape[1], p.shape[2], p.shape[3]);
+            let plane =
+                |ch: usize| p.x[(ch * t + t / 2) * h * w..(ch * t + t / 2 + 1) * h * w].to_vec();
+            let flow = crate::prep::flow::FlowField {
+                width: w,
+                height: h,
+                u: plane(0),
+                v: plane(1),
+            };
+            std::fs::write(
+                dir.join(format!("{k:03}_flow.png")),
+                crate::kinds::features::png(&crate::prep::viz::flow_to_rgb(&flow, None))?,
+            )?;
+        }
+        Ok(ClipPrediction {
+            clip: c.name.clone(),
+            onset: c.onset.display().to_string(),
+            apex: c.apex.display().to_string(),
+            predicted: pred.meta.classes[best].clone(),
+            probs,
+        })
+    }
 }
 
 /// `mpfnet predict`; `expect` = the `features` parameters of `--pipeline`, resolved by the CLI.
@@ -302,7 +315,7 @@ pub fn predict(a: &PredictArgs, expect: Option<&serde_json::Value>) -> Result<()
     let loaded = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut res = Vec::new();
-    for r in predict_each(&pred, &clips, a.detect_face, a.explain.as_deref()) {
+    for r in ClipClassifier::new(&pred, a.detect_face, a.explain.as_deref()).each(&clips) {
         match r {
             Ok(p) => res.push(p),
             Err(e) => failed.push(e),

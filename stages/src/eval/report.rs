@@ -104,8 +104,8 @@ pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# {}\n\n{}\n", r.title, r.data_note);
     let _ = writeln!(s, "Headline metrics pool the predictions of all LOSO folds (MEGC2019 convention); per-fold means are given beside them. Figures marked \"paper, on its data\" are the paper's own results on the real datasets, not a reproduction target for other data.\n");
-    sde_table(&mut s, r);
-    cde_table(&mut s, r);
+    main_table(&mut s, r, Task::Sde);
+    main_table(&mut s, r, Task::Cde);
     ablation_table(&mut s, r);
     feature_table(&mut s, r);
     for run in &r.runs {
@@ -129,33 +129,33 @@ pub fn markdown(r: &Report) -> String {
 
 /// All of paper Sec. 5's figures, whatever was run.
 fn paper_reference(s: &mut String) {
-    let _ = writeln!(s, "## The paper's figures (paper, on its data)\n\n| task | dataset | MPFNet-P | MPFNet-C |\n| --- | --- | --- | --- |");
-    for (d, name) in [
+    let pair = |(a, b): (f64, f64)| format!("{a:.3} / {b:.3}");
+    let sde = [
         ("smic", "SMIC-HS 3-class"),
         ("casme2", "CASME II 5-class"),
         ("samm", "SAMM 5-class"),
-    ] {
+    ]
+    .map(|(d, name)| {
         let p = paper_sde(d, "MPFNet-P").unwrap_or_default();
         let c = paper_sde(d, "MPFNet-C").unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "| SDE Acc / F1 | {name} | {:.3} / {:.3} | {:.3} / {:.3} |",
-            p.0, p.1, c.0, c.1
-        );
-    }
-    for (d, name) in [
+        vec!["SDE Acc / F1".into(), name.into(), pair(p), pair(c)]
+    });
+    let cde = [
         ("smic", "SMIC-HS"),
         ("casme2", "CASME II"),
         ("samm", "SAMM"),
         ("megc2019", "MEGC2019-CD"),
-    ] {
+    ]
+    .map(|(d, name)| {
         let c = paper_cde(d, "MPFNet-C").unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "| CDE UF1 / UAR | {name} | - | {:.3} / {:.3} |",
-            c.0, c.1
-        );
-    }
+        vec!["CDE UF1 / UAR".into(), name.into(), "-".into(), pair(c)]
+    });
+    table(
+        s,
+        "The paper's figures (paper, on its data)",
+        &["task", "dataset", "MPFNet-P", "MPFNet-C"],
+        sde.into_iter().chain(cde),
+    );
     let abl: Vec<String> = ABLATION_ORDER
         .iter()
         .map(|v| format!("{v} {}", f(paper_ablation(v))))
@@ -166,7 +166,7 @@ fn paper_reference(s: &mut String) {
         .collect();
     let _ = writeln!(
         s,
-        "\nAblations, Acc on CASME II 3-class: {}. Input features (MPFNet-C): {}.\n",
+        "Ablations, Acc on CASME II 3-class: {}. Input features (MPFNet-C): {}.\n",
         abl.join(", "),
         feats.join(", ")
     );
@@ -180,54 +180,71 @@ fn full_input_runs(r: &Report, task: Task) -> Vec<&RunResult> {
         .collect()
 }
 
-fn sde_table(s: &mut String, r: &Report) {
-    let runs = full_input_runs(r, Task::Sde);
-    if runs.is_empty() {
-        return;
-    }
-    let _ = writeln!(s, "## SDE (Acc / F1)\n\n| dataset | classes | method | Acc | F1 | Acc per-fold mean | Acc (paper, on its data) | F1 (paper, on its data) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for x in runs {
-        let p = paper_sde(&x.dataset, &x.variant);
-        let m = &x.summary.pooled;
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.3} | {} | {} | {} | {} |",
-            x.dataset,
-            x.class_names.len(),
-            x.variant,
-            m.acc,
-            f(m.f1_macro),
-            f(x.summary.fold_means.acc),
-            f(p.map(|p| p.0)),
-            f(p.map(|p| p.1))
-        );
-    }
-    let _ = writeln!(s);
-}
+/// The paper's pair of figures for (dataset, variant): [`paper_sde`], [`paper_cde`].
+type PaperPair = fn(&str, &str) -> Option<(f64, f64)>;
 
-fn cde_table(s: &mut String, r: &Report) {
-    let runs = full_input_runs(r, Task::Cde);
+/// The main tables (paper Sec. 5): per run on the full input, our figures, then the paper's
+/// pair for that dataset and variant (SDE: Acc, F1; CDE: UF1, UAR).
+fn main_table(s: &mut String, r: &Report, task: Task) {
+    let runs = full_input_runs(r, task);
     if runs.is_empty() {
         return;
     }
-    let _ = writeln!(s, "## CDE (UF1 / UAR)\n\n| dataset | method | UF1 | UAR | UF1 per-fold mean | UAR per-fold mean | UF1 (paper, on its data) | UAR (paper, on its data) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for x in runs {
-        let p = paper_cde(&x.dataset, &x.variant);
-        let m = &x.summary.pooled;
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            x.dataset,
-            x.variant,
-            f(m.uf1),
-            f(m.uar),
-            f(x.summary.fold_means.uf1),
-            f(x.summary.fold_means.uar),
-            f(p.map(|p| p.0)),
-            f(p.map(|p| p.1))
-        );
-    }
-    let _ = writeln!(s);
+    let (title, columns, paper): (_, [&str; 8], PaperPair) = match task {
+        Task::Sde => (
+            "SDE (Acc / F1)",
+            [
+                "dataset",
+                "classes",
+                "method",
+                "Acc",
+                "F1",
+                "Acc per-fold mean",
+                "Acc (paper, on its data)",
+                "F1 (paper, on its data)",
+            ],
+            paper_sde,
+        ),
+        Task::Cde => (
+            "CDE (UF1 / UAR)",
+            [
+                "dataset",
+                "method",
+                "UF1",
+                "UAR",
+                "UF1 per-fold mean",
+                "UAR per-fold mean",
+                "UF1 (paper, on its data)",
+                "UAR (paper, on its data)",
+            ],
+            paper_cde,
+        ),
+    };
+    let rows = runs.into_iter().map(|x| {
+        let (m, fm) = (&x.summary.pooled, &x.summary.fold_means);
+        let mut cells = match task {
+            Task::Sde => vec![
+                x.dataset.clone(),
+                x.class_names.len().to_string(),
+                x.variant.clone(),
+                format!("{:.3}", m.acc),
+                f(m.f1_macro),
+                f(fm.acc),
+            ],
+            Task::Cde => vec![
+                x.dataset.clone(),
+                x.variant.clone(),
+                f(m.uf1),
+                f(m.uar),
+                f(fm.uf1),
+                f(fm.uar),
+            ],
+        };
+        let p = paper(&x.dataset, &x.variant);
+        cells.extend([f(p.map(|p| p.0)), f(p.map(|p| p.1))]);
+        cells
+    });
+    table(s, title, &columns, rows);
 }
 
 fn ablation_table(s: &mut String, r: &Report) {
@@ -253,20 +270,19 @@ fn ablation_table(s: &mut String, r: &Report) {
         if rows.len() < 2 {
             continue;
         }
-        let _ = writeln!(s, "## Ablation: prior learning ({d}, 3-class)\n\n| method | Acc | UF1 | UAR | Acc (paper, on its data: CASME II 3-class) |\n| --- | --- | --- | --- | --- |");
-        for x in rows {
-            let m = &x.summary.pooled;
-            let _ = writeln!(
-                s,
-                "| {} | {:.3} | {} | {} | {} |",
-                x.variant,
-                m.acc,
-                f(m.uf1),
-                f(m.uar),
-                f(paper_ablation(&x.variant))
-            );
-        }
-        let _ = writeln!(s);
+        let rows = rows.into_iter().map(|x| {
+            let mut cells = vec![x.variant.clone()];
+            cells.extend(acc_uf1_uar(&x.summary.pooled));
+            cells.push(f(paper_ablation(&x.variant)));
+            cells
+        });
+        let columns = ["method", "Acc", "UF1", "UAR", PAPER_CASME_ACC];
+        table(
+            s,
+            &format!("Ablation: prior learning ({d}, 3-class)"),
+            &columns,
+            rows,
+        );
     }
 }
 
@@ -285,33 +301,52 @@ fn feature_table(s: &mut String, r: &Report) {
     {
         return;
     }
-    let _ = writeln!(s, "## Ablation: input features (MPFNet-C, 3-class)\n\n| dataset | input | Acc | UF1 | UAR | Acc (paper, on its data: CASME II 3-class) |\n| --- | --- | --- | --- | --- | --- |");
-    for x in rows {
-        let m = &x.summary.pooled;
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.3} | {} | {} | {} |",
-            x.dataset,
-            x.features,
-            m.acc,
-            f(m.uf1),
-            f(m.uar),
-            f(paper_features(&x.features))
-        );
-    }
-    let _ = writeln!(s);
+    let rows = rows.into_iter().map(|x| {
+        let mut cells = vec![x.dataset.clone(), x.features.clone()];
+        cells.extend(acc_uf1_uar(&x.summary.pooled));
+        cells.push(f(paper_features(&x.features)));
+        cells
+    });
+    let columns = ["dataset", "input", "Acc", "UF1", "UAR", PAPER_CASME_ACC];
+    table(
+        s,
+        "Ablation: input features (MPFNet-C, 3-class)",
+        &columns,
+        rows,
+    );
 }
 
-fn metrics_row(s: &mut String, what: &str, m: &Metrics) {
-    let _ = writeln!(
-        s,
-        "| {what} | {:.3} | {} | {} | {} | {} |",
-        m.acc,
-        f(m.f1_macro),
-        f(m.uf1),
-        f(m.uar),
-        f(m.class_acc_std)
-    );
+/// The ablation tables' column of the paper's figures.
+const PAPER_CASME_ACC: &str = "Acc (paper, on its data: CASME II 3-class)";
+
+/// The ablation tables' cells of one run: Acc, UF1, UAR.
+fn acc_uf1_uar(m: &Metrics) -> [String; 3] {
+    [format!("{:.3}", m.acc), f(m.uf1), f(m.uar)]
+}
+
+/// A markdown table's header: the column names, then the rule.
+fn header(s: &mut String, columns: &[&str]) {
+    let rule = " --- |".repeat(columns.len());
+    let _ = writeln!(s, "| {} |\n|{rule}", columns.join(" | "));
+}
+
+fn row(s: &mut String, cells: &[String]) {
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
+}
+
+/// A section of one table: `## title`, the header, a line per row, a blank line.
+fn table(
+    s: &mut String,
+    title: &str,
+    columns: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) {
+    let _ = writeln!(s, "## {title}\n");
+    header(s, columns);
+    for r in rows {
+        row(s, &r);
+    }
+    let _ = writeln!(s);
 }
 
 fn run_detail(s: &mut String, x: &RunResult) {
@@ -321,30 +356,45 @@ fn run_detail(s: &mut String, x: &RunResult) {
     };
     let _ = writeln!(s, "## {} {} {} ({})\n", x.dataset, t, x.variant, x.features);
     let fm = &x.summary.fold_means;
-    let _ = writeln!(s, "| convention | Acc | F1 | UF1 | UAR | std of per-class Acc |\n| --- | --- | --- | --- | --- | --- |");
-    metrics_row(s, "pooled (headline)", &x.summary.pooled);
-    let _ = writeln!(
+    let columns = [
+        "convention",
+        "Acc",
+        "F1",
+        "UF1",
+        "UAR",
+        "std of per-class Acc",
+    ];
+    header(s, &columns);
+    let m = &x.summary.pooled;
+    row(
         s,
-        "| per-fold mean ({} folds) | {} | {} | {} | {} | {} |\n",
-        fm.folds,
-        f(fm.acc),
-        f(fm.f1_macro),
-        f(fm.uf1),
-        f(fm.uar),
-        f(fm.class_acc_std)
+        &[
+            "pooled (headline)".into(),
+            format!("{:.3}", m.acc),
+            f(m.f1_macro),
+            f(m.uf1),
+            f(m.uar),
+            f(m.class_acc_std),
+        ],
     );
-    let _ = writeln!(
+    row(
         s,
-        "| class | N | precision | recall (Acc_c) | F1 |\n| --- | --- | --- | --- | --- |"
+        &[
+            format!("per-fold mean ({} folds)", fm.folds),
+            f(fm.acc),
+            f(fm.f1_macro),
+            f(fm.uf1),
+            f(fm.uar),
+            f(fm.class_acc_std),
+        ],
     );
-    for (name, c) in x.class_names.iter().zip(&x.summary.pooled.per_class) {
-        let _ = writeln!(
+    let _ = writeln!(s);
+    header(s, &["class", "N", "precision", "recall (Acc_c)", "F1"]);
+    for (name, c) in x.class_names.iter().zip(&m.per_class) {
+        let support = c.support.to_string();
+        row(
             s,
-            "| {name} | {} | {} | {} | {} |",
-            c.support,
-            f(c.precision),
-            f(c.recall),
-            f(c.f1)
+            &[name.clone(), support, f(c.precision), f(c.recall), f(c.f1)],
         );
     }
     let _ = writeln!(s, "\nConfusion matrix (rows true, columns predicted):\n");
@@ -354,9 +404,9 @@ fn run_detail(s: &mut String, x: &RunResult) {
         x.class_names.join(" | "),
         " --- |".repeat(x.class_names.len())
     );
-    for (name, row) in x.class_names.iter().zip(&x.summary.confusion.m) {
-        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-        let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+    for (name, counts) in x.class_names.iter().zip(&x.summary.confusion.m) {
+        let cells = std::iter::once(name.clone()).chain(counts.iter().map(|v| v.to_string()));
+        row(s, &cells.collect::<Vec<_>>());
     }
     let _ = writeln!(s);
 }

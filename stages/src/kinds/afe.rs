@@ -5,11 +5,8 @@
 use anyhow::Result;
 use mpfnet_api::{Artifact, Ctx, InputDecl, TypedStage};
 
-use super::artifacts::{fold_phi, meta_artifact, Balancing, IndexInfo};
-use super::train::{
-    curves_of, fold_of, load_set, skipped_final, train_encoder, EncoderJob, EncoderParams,
-    AFE_CURVE,
-};
+use super::artifacts::{fold_phi, Balancing, FoldInfo, IndexInfo};
+use super::train::{curves_of, load_set, train_encoder, EncoderJob, EncoderParams, AFE_CURVE};
 use crate::train::data::SampleSet;
 
 pub type AfeParams = EncoderParams<crate::train::afe::AfeConfig>;
@@ -33,52 +30,54 @@ impl TypedStage for Afe {
     const HEAVY: bool = true;
     const USES_SEED: bool = true;
     type Params = AfeParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &AfeParams, ctx: &Ctx) -> Result<Artifact> {
-        let fold = fold_of(ctx)?;
-        if fold.test.is_empty() && !p.final_model {
-            return meta_artifact(&skipped_final(&fold));
-        }
-        let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
-        let balance = ctx.input("balance")?.one()?.load()?;
-        let phi = fold_phi(&balance, &fold.test_subject)?;
-        let class_of = info.class_of();
-        // the original plus one magnified copy per phi in 1..=phi_max of its class (paper Sec. 3.3.3)
-        let mut originals = Vec::new();
-        let mut magnified = Vec::new();
-        for id in &fold.train {
-            originals.push((id.clone(), id.clone()));
-            for f in 1..=phi[class_of[id.as_str()]] {
-                magnified.push((format!("{id}@{f}"), id.clone()));
-            }
-        }
-        let a = load_set(ctx.input("features")?, &originals, &info, p.channels, ctx)?;
-        let b = load_set(ctx.input("magnified")?, &magnified, &info, p.channels, ctx)?;
-        let set = SampleSet::new(
-            [a.data, b.data].concat(),
-            a.shape,
-            [a.labels, b.labels].concat(),
-            [a.subjects, b.subjects].concat(),
-            [a.ids, b.ids].concat(),
-            info.classes.len(),
-        )?;
-        let balancing = Balancing {
-            phi_max: phi,
-            class_counts_after_balancing: set.class_counts(&set.all_indices()),
-        };
-        let job = EncoderJob {
-            tag: "afe",
-            title: AFE_CURVE,
-            set,
-            balancing: Some(balancing),
-        };
-        train_encoder(ctx, p, &fold, job, |factory, map, set, cx| {
-            crate::train::afe::train_classifier(factory, map, set, &p.train, cx)
-        })
+        train_encoder(
+            ctx,
+            p,
+            |fold, info| balanced_job(p, ctx, fold, info),
+            |factory, map, set, cx| {
+                crate::train::afe::train_classifier(factory, map, set, &p.train, cx)
+            },
+        )
     }
     fn pngs(&self, art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {
         curves_of(art, "afe", AFE_CURVE)
     }
+}
+
+/// The fold's training set: each sample plus one magnified copy per phi in 1..=phi_max of its
+/// class (paper Sec. 3.3.3), with the balancing recorded.
+fn balanced_job(p: &AfeParams, ctx: &Ctx, fold: &FoldInfo, info: &IndexInfo) -> Result<EncoderJob> {
+    let balance = ctx.input("balance")?.one()?.load()?;
+    let phi = fold_phi(&balance, &fold.test_subject)?;
+    let class_of = info.class_of();
+    let mut originals = Vec::new();
+    let mut magnified = Vec::new();
+    for id in &fold.train {
+        originals.push((id.clone(), id.clone()));
+        for f in 1..=phi[class_of[id.as_str()]] {
+            magnified.push((format!("{id}@{f}"), id.clone()));
+        }
+    }
+    let a = load_set(ctx.input("features")?, &originals, info, p.channels, ctx)?;
+    let b = load_set(ctx.input("magnified")?, &magnified, info, p.channels, ctx)?;
+    let set = SampleSet::new(
+        [a.data, b.data].concat(),
+        a.shape,
+        [a.labels, b.labels].concat(),
+        [a.subjects, b.subjects].concat(),
+        [a.ids, b.ids].concat(),
+        info.classes.len(),
+    )?;
+    let balancing = Balancing {
+        phi_max: phi,
+        class_counts_after_balancing: set.class_counts(&set.all_indices()),
+    };
+    Ok(EncoderJob {
+        tag: "afe",
+        title: AFE_CURVE,
+        set,
+        balancing: Some(balancing),
+    })
 }

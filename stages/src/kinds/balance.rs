@@ -41,9 +41,7 @@ impl TypedStage for Balance {
         InputDecl::required("folds", "a `folds` stage"),
     ];
     type Params = BalanceParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &BalanceParams, ctx: &Ctx) -> Result<Artifact> {
         let ds = ctx.input("dataset")?.one()?.load()?;
         let folds = ctx.input("folds")?.one()?.load()?;

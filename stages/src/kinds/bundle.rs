@@ -58,9 +58,7 @@ impl TypedStage for BundleStage {
         ),
     ];
     type Params = BundleParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &BundleParams, ctx: &Ctx) -> Result<Artifact> {
         let (m, tensors) = final_model(ctx)?;
         let (_, first) = ctx

@@ -290,9 +290,7 @@ impl TypedStage for Dataset {
     const ABOUT: &'static str = "index a dataset (CASME II, SAMM, SMIC-HS, MEGC2019-CD, manifest, synthetic): one axis item per sample";
     const VOLATILE: bool = true;
     type Params = DatasetParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &DatasetParams, ctx: &Ctx) -> Result<Artifact> {
         // what the data folder holds (a sheet, a frame) is the user's input: exit status 2
         let index = p.load().bad_input()?;

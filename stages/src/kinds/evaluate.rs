@@ -144,9 +144,7 @@ impl TypedStage for Evaluate {
         "meta[*]: the folds' test predictions",
     )];
     type Params = EvaluateParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &EvaluateParams, ctx: &Ctx) -> Result<Artifact> {
         let pooled = Pooled::gather(ctx)?;
         let classes = pooled.last.classes.clone().unwrap_or_default();

@@ -53,9 +53,7 @@ impl TypedStage for Features {
     const KIND: &'static str = "features";
     const ABOUT: &'static str = "crop, (magnify,) interpolate to L frames, TV-L1 or FlowNet2 flow + frame difference: a 5 x (L-1) x H x W tensor";
     type Params = FeatureParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn files_in(&self, p: &FeatureParams) -> Vec<String> {
         // the checkpoint's content keys the node, not its path
         if p.flow_backend == FlowBackend::Flownet2 {

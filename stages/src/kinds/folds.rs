@@ -53,9 +53,7 @@ impl TypedStage for Folds {
     const INPUTS: &'static [InputDecl] = &[InputDecl::required("dataset", "a `dataset` stage")];
     const USES_SEED: bool = true;
     type Params = FoldParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &FoldParams, ctx: &Ctx) -> Result<Artifact> {
         let ds = ctx.input("dataset")?.one()?.load()?;
         let info = IndexInfo::from_artifact(&ds)?;

@@ -4,11 +4,7 @@
 use anyhow::Result;
 use mpfnet_api::{Artifact, Ctx, InputDecl, TypedStage};
 
-use super::artifacts::{meta_artifact, IndexInfo};
-use super::train::{
-    curves_of, fold_of, load_set, skipped_final, train_encoder, EncoderJob, EncoderParams,
-    GFE_CURVE,
-};
+use super::train::{curves_of, load_set, train_encoder, EncoderJob, EncoderParams, GFE_CURVE};
 
 pub type GfeParams = EncoderParams<crate::train::triplet::GfeConfig>;
 
@@ -27,26 +23,25 @@ impl TypedStage for Gfe {
     const HEAVY: bool = true;
     const USES_SEED: bool = true;
     type Params = GfeParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &GfeParams, ctx: &Ctx) -> Result<Artifact> {
-        let fold = fold_of(ctx)?;
-        if fold.test.is_empty() && !p.final_model {
-            return meta_artifact(&skipped_final(&fold));
-        }
-        let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
-        let wanted: Vec<(String, String)> =
-            fold.train.iter().map(|i| (i.clone(), i.clone())).collect();
-        let job = EncoderJob {
-            tag: "gfe",
-            title: GFE_CURVE,
-            set: load_set(ctx.input("features")?, &wanted, &info, p.channels, ctx)?,
-            balancing: None,
-        };
-        train_encoder(ctx, p, &fold, job, |factory, map, set, cx| {
-            crate::train::triplet::train_gfe(factory, map, set, &p.train, cx)
-        })
+        train_encoder(
+            ctx,
+            p,
+            |fold, info| {
+                let wanted: Vec<(String, String)> =
+                    fold.train.iter().map(|i| (i.clone(), i.clone())).collect();
+                Ok(EncoderJob {
+                    tag: "gfe",
+                    title: GFE_CURVE,
+                    set: load_set(ctx.input("features")?, &wanted, info, p.channels, ctx)?,
+                    balancing: None,
+                })
+            },
+            |factory, map, set, cx| {
+                crate::train::triplet::train_gfe(factory, map, set, &p.train, cx)
+            },
+        )
     }
     fn pngs(&self, art: &Artifact) -> Result<Vec<(String, Vec<u8>)>> {
         curves_of(art, "gfe", GFE_CURVE)

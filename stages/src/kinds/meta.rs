@@ -13,8 +13,8 @@ use super::artifacts::{
 };
 use super::common::i64_array;
 use super::train::{
-    curves_of, device, factory, fold_of, load_set, restore_encoder, skipped_final, subjects_of,
-    weights_to_artifact, with_train_ctx,
+    curves_of, device, factory, fold_work, load_set, restore_encoder, skipped_final, subjects_of,
+    weights_to_artifact, with_train_ctx, FoldWork,
 };
 use crate::model::CaI3dConfig;
 use crate::train::data::SampleSet;
@@ -95,21 +95,19 @@ impl TypedStage for Meta {
     const HEAVY: bool = true;
     const USES_SEED: bool = true;
     type Params = MetaParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &MetaParams, ctx: &Ctx) -> Result<Artifact> {
-        let fold = fold_of(ctx)?;
-        if fold.test.is_empty() && !p.final_model {
-            let s = skipped_final(&fold);
-            let out = MetaOutput {
-                final_model: Some(s.final_model),
-                skipped: Some(s.skipped),
-                ..p.output(&fold)
-            };
-            return no_predictions(&out);
-        }
-        let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
+        let (fold, info) = match fold_work(ctx, p.final_model)? {
+            FoldWork::Train(fold, info) => (fold, info),
+            FoldWork::Skip(fold) => {
+                let s = skipped_final(&fold);
+                return no_predictions(&MetaOutput {
+                    final_model: Some(s.final_model),
+                    skipped: Some(s.skipped),
+                    ..p.output(&fold)
+                });
+            }
+        };
         if p.variant == MetaVariant::Ncm {
             return ncm_artifact(ctx, p, &fold, &info);
         }

@@ -151,6 +151,15 @@ pub fn code_files_for(kind: &str) -> Vec<(String, String)> {
     mpfnet_api::code_files_of(&stage_table(), &prefixes_of(kind))
 }
 
+/// This crate's [`mpfnet_api::SourceClaims`]: every kind's `TypedStage::Claims`.
+pub struct Claims;
+
+impl mpfnet_api::SourceClaims for Claims {
+    fn files_of(kind: &str) -> Vec<(String, String)> {
+        code_files_for(kind)
+    }
+}
+
 /// The digest table without the test-only files.
 fn stage_table() -> Vec<(&'static str, &'static str)> {
     source::SOURCE_DIGESTS

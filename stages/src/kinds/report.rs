@@ -42,9 +42,7 @@ impl TypedStage for ReportStage {
         "a list of evaluate stages: [\"eval_p\", \"eval_c\"]",
     )];
     type Params = ReportParams;
-    fn sources(&self) -> Vec<(String, String)> {
-        super::code_files_for(Self::KIND)
-    }
+    type Claims = super::Claims;
     fn compute(&self, p: &ReportParams, ctx: &Ctx) -> Result<Artifact> {
         let mut runs = Vec::new();
         let mut art = Artifact::new();

@@ -295,6 +295,22 @@ pub(super) fn skipped_final(fold: &FoldInfo) -> SkippedMeta {
     }
 }
 
+/// What a training node (gfe, afe, meta) works on: its fold and the dataset index, or only the
+/// fold where it skips the `final` split (its `final_model` is false; see [`skipped_final`]).
+pub(super) enum FoldWork {
+    Train(FoldInfo, IndexInfo),
+    Skip(FoldInfo),
+}
+
+pub(super) fn fold_work(ctx: &Ctx, final_model: bool) -> Result<FoldWork> {
+    let fold = FoldInfo::from_item(ctx.item()?)?;
+    if fold.test.is_empty() && !final_model {
+        return Ok(FoldWork::Skip(fold));
+    }
+    let info = IndexInfo::from_artifact(&ctx.input("dataset")?.one()?.load()?)?;
+    Ok(FoldWork::Train(fold, info))
+}
+
 /// How a prior-learning kind (gfe, afe) trains: its name (weights prefix, curve file), the
 /// curve's title, the fold's training set (with the AFE's balancing) and the loop.
 pub(super) struct EncoderJob {
@@ -304,17 +320,24 @@ pub(super) struct EncoderJob {
     pub balancing: Option<Balancing>,
 }
 
-/// Trains a gfe/afe encoder on `job.set` with `train` and packs the weights, log and curve.
-pub(super) fn train_encoder<T, F>(
+/// A gfe/afe node: skips the `final` split where `final_model` is false; otherwise trains an
+/// encoder on the set `job_of` gathers for the fold with `train` and packs the weights, log and
+/// curve.
+pub(super) fn train_encoder<T, J, F>(
     ctx: &Ctx,
     p: &EncoderParams<T>,
-    fold: &FoldInfo,
-    job: EncoderJob,
+    job_of: J,
     train: F,
 ) -> Result<Artifact>
 where
+    J: FnOnce(&FoldInfo, &IndexInfo) -> Result<EncoderJob>,
     F: FnOnce(&EncoderFactory, &VarMap, &SampleSet, &mut TrainCtx) -> Result<TrainLog>,
 {
+    let (fold, info) = match fold_work(ctx, p.final_model)? {
+        FoldWork::Train(fold, info) => (fold, info),
+        FoldWork::Skip(fold) => return meta_artifact(&skipped_final(&fold)),
+    };
+    let job = job_of(&fold, &info)?;
     let dev = device(ctx.device)?;
     let cfg = model_cfg(&p.model, p.channels);
     let map = VarMap::new();
@@ -342,10 +365,6 @@ where
         )?,
     );
     Ok(art)
-}
-
-pub(super) fn fold_of(ctx: &Ctx) -> Result<FoldInfo> {
-    FoldInfo::from_item(ctx.item()?)
 }
 
 /// The distinct subjects of `idx` in `set`, sorted: what a training node trained on, recorded in
