@@ -2,11 +2,9 @@
 //! state the objective; this is the natural reading: a Linear(D -> n_classes) head on the
 //! embedding, cross-entropy, SGD with a step schedule lr * gamma^(epoch / lr_step).
 //! The head's variables live in the same VarMap under `HEAD_PREFIX`; the meta stage ignores them.
-use std::collections::HashMap;
 
-use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
-use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
+use crate::train::driver::{self, EpochRounds, EpochStep, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
 use crate::train::host::{DeviceSums, PendingLog};
 use crate::train::init::var_builder;
@@ -109,10 +107,10 @@ pub fn train_classifier(
         cx.dev,
     )?;
     let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
-    let mut rounds = AfeRounds {
+    let mut rounds = EpochRounds {
         part: SgdPart::new("afe", (varmap, set), sgd, (cx.seed, cx.dev))?,
-        model: &model,
-        cfg,
+        schedule: (cfg.epochs, cfg.checkpoint_every),
+        step: AfeStep { model: &model, cfg },
     };
     let log = driver::run(&mut rounds, cx)?;
     rounds
@@ -122,45 +120,34 @@ pub fn train_classifier(
 }
 
 /// AFE epochs: cross-entropy over shuffled batches at the epoch's step-schedule rate.
-struct AfeRounds<'a> {
-    part: SgdPart<'a>,
+struct AfeStep<'a> {
     model: &'a Classifier,
     cfg: &'a AfeConfig,
 }
 
-impl Rounds for AfeRounds<'_> {
+impl EpochStep for AfeStep<'_> {
     const NAME: &'static str = "AFE";
-    const UNIT: &'static str = "epoch";
-    fn schedule(&self) -> (usize, usize) {
-        (self.cfg.epochs, self.cfg.checkpoint_every)
-    }
-    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<PendingLog> {
-        self.part.opt.set_lr(self.cfg.lr_at(epoch));
-        let (batches, _) = self.part.batches(STREAM_AFE, epoch, self.cfg.batch);
+    fn epoch(&mut self, part: &mut SgdPart, epoch: usize) -> Result<PendingLog> {
+        part.opt.set_lr(self.cfg.lr_at(epoch));
+        let (batches, _) = part.batches(STREAM_AFE, epoch, self.cfg.batch);
         let mut sums = DeviceSums::default();
         let mut seen = 0usize;
         for (bi, b) in batches.iter().enumerate() {
             sums.add(
-                self.step(b)
+                self.step(part, b)
                     .with_context(|| format!("AFE epoch {epoch} batch {bi}"))?,
             )?;
             seen += b.len();
         }
-        Ok(sums.pending(epoch, seen, self.part.opt.lr()))
-    }
-    fn save(&self, w: &mut StateWriter) -> Result<()> {
-        self.part.save(w)
-    }
-    fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
-        self.part.restore(t)
+        Ok(sums.pending(epoch, seen, part.opt.lr()))
     }
 }
 
-impl AfeRounds<'_> {
+impl AfeStep<'_> {
     /// One step; returns, on the device, the batch's summed loss and its number of correct
     /// predictions (read once per epoch: see `train/host.rs`).
-    fn step(&mut self, b: &[usize]) -> Result<Tensor> {
-        let (set, dev) = (self.part.set, self.part.dev);
+    fn step(&self, part: &mut SgdPart, b: &[usize]) -> Result<Tensor> {
+        let (set, dev) = (part.set, part.dev);
         let logits = self.model.logits(&set.batch(b, dev)?, true)?;
         let y = set.labels_tensor(b, dev)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
@@ -170,7 +157,7 @@ impl AfeRounds<'_> {
             .to_dtype(DType::F32)?
             .sum_all()?;
         let stats = Tensor::stack(&[(loss.detach() * b.len() as f64)?, correct], 0)?;
-        self.part.opt.backward_step(&loss)?;
+        part.opt.backward_step(&loss)?;
         Ok(stats)
     }
 }

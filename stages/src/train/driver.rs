@@ -123,6 +123,39 @@ pub fn run<L: Rounds>(l: &mut L, cx: &mut TrainCtx) -> Result<TrainLog> {
     Ok(log)
 }
 
+/// What one epoch of a network trained by SGD computes (GFE: triplets, AFE: classification).
+pub trait EpochStep {
+    /// names the loop in messages
+    const NAME: &'static str;
+    /// Epoch `epoch` over `part`'s samples; its loss and accuracy stay on the device.
+    fn epoch(&mut self, part: &mut SgdPart, epoch: usize) -> Result<PendingLog>;
+}
+
+/// The rounds of [`SgdPart`] training: epochs, checkpoints of its variables and optimiser.
+pub struct EpochRounds<'a, S> {
+    pub part: SgdPart<'a>,
+    /// (epochs, checkpoint every this many epochs; 0: never)
+    pub schedule: (usize, usize),
+    pub step: S,
+}
+
+impl<S: EpochStep> Rounds for EpochRounds<'_, S> {
+    const NAME: &'static str = S::NAME;
+    const UNIT: &'static str = "epoch";
+    fn schedule(&self) -> (usize, usize) {
+        self.schedule
+    }
+    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<PendingLog> {
+        self.step.epoch(&mut self.part, epoch)
+    }
+    fn save(&self, w: &mut StateWriter) -> Result<()> {
+        self.part.save(w)
+    }
+    fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        self.part.restore(t)
+    }
+}
+
 /// One network trained by SGD on the whole of a sample set (GFE, AFE): its variables, their
 /// optimiser, and what a checkpoint holds of them (under `tag`).
 pub struct SgdPart<'a> {

@@ -6,11 +6,9 @@
 //! (FaceNet): random positive; the negative is the closest one farther than the positive
 //! (d(a,n) > d(a,p)); when none is, the farthest negative (TensorFlow's convention).
 //! Loss (paper): sum over anchors of max(d(a,p)^2 - d(a,n)^2 + margin, 0), squared Euclidean.
-use std::collections::HashMap;
 
-use crate::train::ckpt::StateWriter;
 use crate::train::data::SampleSet;
-use crate::train::driver::{self, Rounds, SgdPart, TrainCtx};
+use crate::train::driver::{self, EpochRounds, EpochStep, SgdPart, TrainCtx};
 use crate::train::encoder::{Encoder, EncoderFactory};
 use crate::train::host::{DeviceSums, PendingLog};
 use crate::train::init::var_builder;
@@ -184,10 +182,13 @@ pub fn train_gfe(
     )
     .context("building the GFE encoder")?;
     let sgd = SgdConfig::new(cfg.lr, cfg.momentum, cfg.weight_decay);
-    let mut rounds = GfeRounds {
+    let mut rounds = EpochRounds {
         part: SgdPart::new("gfe", (varmap, set), sgd, (cx.seed, cx.dev))?,
-        enc: enc.as_ref(),
-        cfg,
+        schedule: (cfg.epochs, cfg.checkpoint_every),
+        step: GfeStep {
+            enc: enc.as_ref(),
+            cfg,
+        },
     };
     let log = driver::run(&mut rounds, cx)?;
     rounds
@@ -197,25 +198,20 @@ pub fn train_gfe(
 }
 
 /// GFE epochs: triplets mined inside shuffled batches.
-struct GfeRounds<'a> {
-    part: SgdPart<'a>,
+struct GfeStep<'a> {
     enc: &'a dyn Encoder,
     cfg: &'a GfeConfig,
 }
 
-impl Rounds for GfeRounds<'_> {
+impl EpochStep for GfeStep<'_> {
     const NAME: &'static str = "GFE";
-    const UNIT: &'static str = "epoch";
-    fn schedule(&self) -> (usize, usize) {
-        (self.cfg.epochs, self.cfg.checkpoint_every)
-    }
-    fn round(&mut self, epoch: usize, _log: &mut TrainLog) -> Result<PendingLog> {
-        let (batches, mut rng) = self.part.batches(STREAM_GFE, epoch, self.cfg.batch);
+    fn epoch(&mut self, part: &mut SgdPart, epoch: usize) -> Result<PendingLog> {
+        let (batches, mut rng) = part.batches(STREAM_GFE, epoch, self.cfg.batch);
         let mut sums = DeviceSums::default();
         let mut n = 0usize;
         for (bi, b) in batches.iter().enumerate() {
             let step = self
-                .step(b, &mut rng)
+                .step(part, b, &mut rng)
                 .with_context(|| format!("GFE epoch {epoch} batch {bi}"))?;
             if let Some(stats) = step {
                 sums.add(stats)?;
@@ -224,20 +220,14 @@ impl Rounds for GfeRounds<'_> {
         }
         Ok(sums.pending(epoch, n, self.cfg.lr))
     }
-    fn save(&self, w: &mut StateWriter) -> Result<()> {
-        self.part.save(w)
-    }
-    fn restore(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
-        self.part.restore(t)
-    }
 }
 
-impl GfeRounds<'_> {
+impl GfeStep<'_> {
     /// One optimisation step on batch `b`: its loss and triplet accuracy on the device (read
     /// once per epoch), or None when the batch yields no triplet. Semi-hard mining reads the
     /// batch's distances to choose triplets on the host; the default random mining reads nothing.
-    fn step(&mut self, b: &[usize], rng: &mut impl Rng) -> Result<Option<Tensor>> {
-        let (set, cfg, dev) = (self.part.set, self.cfg, self.part.dev);
+    fn step(&self, part: &mut SgdPart, b: &[usize], rng: &mut impl Rng) -> Result<Option<Tensor>> {
+        let (set, cfg, dev) = (part.set, self.cfg, part.dev);
         let labels = set.labels_of(b);
         // random triplets are drawn before the forward pass so the RNG use does not depend on it
         let pre = matches!(cfg.mining, Mining::Random).then(|| random_triplets(&labels, rng));
@@ -261,7 +251,7 @@ impl GfeRounds<'_> {
         }
         let (loss, acc) = triplet_loss(&e, &trips, cfg.margin, cfg.reduction)?;
         let stats = Tensor::stack(&[loss.detach(), acc], 0)?;
-        self.part.opt.backward_step(&loss)?;
+        part.opt.backward_step(&loss)?;
         Ok(Some(stats))
     }
 }
