@@ -1,6 +1,6 @@
-//! Reads from the device to the host in the encoders' training rounds go through here, so a test
-//! can count them. On a GPU every read waits for the queued work: a round sums its loss and
-//! accuracy on the device and reads them once, at its end, never inside a step.
+//! Reads from the device to the host in training rounds go through here, so a test can count
+//! them. On a GPU every read waits for the queued work: a round sums its loss and accuracy on the
+//! device, and the driver reads the sums of a batch of rounds at once, never inside a step.
 
 use std::cell::Cell;
 
@@ -25,8 +25,8 @@ pub fn reads() -> usize {
     READS.with(|r| r.get())
 }
 
-/// Running sums of per-step statistics kept on the device: `add` queues an addition, `read`
-/// brings the totals over once.
+/// Running sums of per-step statistics kept on the device: `add` queues an addition, `pending`
+/// hands the totals to [`read_logs`].
 #[derive(Default)]
 pub struct DeviceSums(Option<Tensor>);
 

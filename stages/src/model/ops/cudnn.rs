@@ -125,8 +125,11 @@ impl Plan {
     }
 }
 
+/// cuDNN's scratch memory: never read before cuDNN writes it, so not zero-filled (a memset per
+/// convolution otherwise).
 fn workspace(dev: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    dev.alloc_zeros::<u8>(bytes)
+    // SAFETY: cuDNN only reads what it wrote into its workspace
+    unsafe { dev.alloc::<u8>(bytes) }
 }
 
 /// Builds cuDNN's pass descriptor `$pass { .. }`, picks its heuristic algorithm, allocates the
